@@ -3,9 +3,25 @@
 //! the audit chain links its entries.
 //!
 //! Both the network-facing server and the privileged activator use this
-//! crate, so the activator's decision never depends on the server's code
-//! beyond these pure functions.
+//! crate, so the activator's decision depends only on these pure
+//! functions and on what it reads from its own machine.
 
+pub mod audit;
+pub mod certificate;
+pub mod digest;
+pub mod policy;
+pub mod sshsig;
+pub mod statement;
 pub mod store_path;
 
+#[cfg(test)]
+mod test_keys;
+
+pub use certificate::{
+    Certificate, CertificateError, Verdict, VerifiedCertificate, Vote,
+    VoteSignature, verify_certificate, verify_vote,
+};
+pub use digest::Sha256Digest;
+pub use policy::{Approver, ApproverKey, ApproverName, Policy, PolicyError};
+pub use statement::{Action, STATEMENT_FORMAT, Source, Statement};
 pub use store_path::{StorePath, StorePathError};

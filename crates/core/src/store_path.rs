@@ -29,7 +29,9 @@ pub struct StorePath(String);
 pub enum StorePathError {
     #[error("{0:?} is not under {STORE_DIR}/")]
     NotInStore(String),
-    #[error("{0:?} has an invalid hash part (expected 32 Nix base32 characters)")]
+    #[error(
+        "{0:?} has an invalid hash part (expected 32 Nix base32 characters)"
+    )]
     InvalidHash(String),
     #[error("{0:?} has an invalid name (letters, digits and +-._?= only)")]
     InvalidName(String),
@@ -119,13 +121,18 @@ impl AsRef<Path> for StorePath {
 }
 
 impl Serialize for StorePath {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+    fn serialize<S: Serializer>(
+        &self,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&self.0)
     }
 }
 
 impl<'de> Deserialize<'de> for StorePath {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+    fn deserialize<D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
         Self::parse(&text).map_err(serde::de::Error::custom)
     }
