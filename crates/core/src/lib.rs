@@ -10,6 +10,7 @@ pub mod audit;
 pub mod certificate;
 pub mod digest;
 pub mod policy;
+pub mod protocol;
 pub mod sshsig;
 pub mod statement;
 pub mod store_path;
