@@ -1,0 +1,142 @@
+//! The diff document: everything an approver reviews before signing.
+//!
+//! The document has three parts, source (git), packages (closure) and
+//! system (files on the machine), with the security-relevant changes
+//! collected as alerts at the top. The server hashes its JSON form and
+//! the signed statement carries that SHA-256, so [`DiffDocument::to_json`]
+//! must give the same bytes for the same inputs: every list is sorted,
+//! every map is ordered, and nothing depends on time or on limits that
+//! vary between runs.
+
+mod alerts;
+mod packages;
+mod render;
+mod source;
+mod system;
+mod text;
+
+use std::path::Path;
+
+use countersign_core::{Sha256Digest, StorePath};
+use serde::{Deserialize, Serialize};
+
+pub use alerts::{Alert, AlertKind, Severity, sort_alerts, system_alerts};
+pub use packages::{
+    PackageDiff, PackageVersions, Rebuild, VersionChange, diff_closures,
+    package_diff, package_name,
+};
+pub use render::render_text;
+pub use source::{
+    FileContent, FileDiff, FileStatus, MAX_COMMITS, MAX_FILES,
+    MAX_TEXT_BYTES, MAX_TOTAL_DIFF_LINES, SourceDiff, source_diff,
+};
+pub use system::{
+    ChangeStatus, EntryChange, MAX_DIFF_BYTES, MAX_HASH_BYTES,
+    MAX_TREE_DEPTH, MAX_TREE_ENTRIES, Node, SpecialisationChange,
+    SystemDiff, mask_store_hashes, system_diff, system_diff_from_nothing,
+};
+pub use text::{Hunk, NO_NEWLINE_MARKER};
+
+use crate::error::{Error, Result};
+use crate::nix::{Nix, path_info};
+
+/// Version of the document's JSON layout.
+pub const DIFF_FORMAT: u32 = 1;
+
+/// The whole diff between the deployed system and a candidate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiffDocument {
+    pub format: u32,
+    /// Security-relevant changes, most severe first.
+    pub alerts: Vec<Alert>,
+    pub source: SourceDiff,
+    pub packages: PackageDiff,
+    pub system: SystemDiff,
+}
+
+/// What to compare.
+#[derive(Debug, Clone, Copy)]
+pub struct DiffInputs<'a> {
+    /// The bare mirror that holds both commits.
+    pub mirror: &'a Path,
+    /// The deployed commit, if the running system came from this
+    /// repository.
+    pub old_commit: Option<&'a str>,
+    pub new_commit: &'a str,
+    /// The running system, if there is one.
+    pub old_system: Option<&'a StorePath>,
+    /// The built candidate.
+    pub new_system: &'a StorePath,
+}
+
+impl DiffDocument {
+    /// Computes all three parts and the alerts. Only reads: the mirror
+    /// through git, the closures through `nix path-info`, and the two
+    /// systems' files.
+    pub fn compute(nix: &Nix, inputs: &DiffInputs<'_>) -> Result<Self> {
+        let source =
+            source_diff(inputs.mirror, inputs.old_commit, inputs.new_commit)?;
+        let new_closure = path_info(nix, &[inputs.new_system], true)?;
+        let (packages, system) = match inputs.old_system {
+            Some(old) => {
+                let old_closure = path_info(nix, &[old], true)?;
+                (
+                    diff_closures(&old_closure, &new_closure),
+                    system_diff(old, inputs.new_system)?,
+                )
+            }
+            None => (
+                diff_closures(&[], &new_closure),
+                system_diff_from_nothing(inputs.new_system)?,
+            ),
+        };
+        Ok(Self::assemble(source, packages, system))
+    }
+
+    /// Puts computed parts together and derives the alerts.
+    pub fn assemble(
+        source: SourceDiff,
+        packages: PackageDiff,
+        system: SystemDiff,
+    ) -> Self {
+        let alerts = system_alerts(&system);
+        Self {
+            format: DIFF_FORMAT,
+            alerts,
+            source,
+            packages,
+            system,
+        }
+    }
+
+    /// The canonical JSON bytes, the ones that are hashed and served.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("the document serializes to JSON")
+    }
+
+    /// SHA-256 of [`DiffDocument::to_json`].
+    pub fn digest(&self) -> Sha256Digest {
+        Sha256Digest::of(&self.to_json())
+    }
+
+    /// Parses a document, for example one fetched from the server after
+    /// its digest was checked against the signed statement.
+    pub fn from_json(bytes: &[u8]) -> Result<Self> {
+        let document: Self = serde_json::from_slice(bytes).map_err(|error| {
+            Error::invalid("diff document", "(JSON)", error.to_string())
+        })?;
+        if document.format != DIFF_FORMAT {
+            return Err(Error::invalid(
+                "diff document",
+                format!("format {}", document.format),
+                format!("this version reads format {DIFF_FORMAT} only"),
+            ));
+        }
+        Ok(document)
+    }
+
+    /// The most severe alert's severity, if there is any alert.
+    pub fn max_severity(&self) -> Option<Severity> {
+        self.alerts.iter().map(|alert| alert.severity).max()
+    }
+}

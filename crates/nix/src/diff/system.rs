@@ -1,0 +1,561 @@
+//! The system part of the diff: what changes on the machine, read from
+//! the two toplevels' files.
+//!
+//! Nothing of the candidate is executed. Files are reached through
+//! [`crate::store_read::resolve`], so a symbolic link that leaves the
+//! store is reported with its target text and never opened.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use countersign_core::{Sha256Digest, StorePath};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::text::{Hunk, as_text, diff_lines};
+use crate::error::{Error, Result};
+use crate::store_read::{Resolved, read_dir_sorted, read_limited, resolve};
+
+/// Files up to this size get a text diff.
+pub const MAX_DIFF_BYTES: u64 = 64 * 1024;
+
+/// Files up to this size are compared by content; larger ones by their
+/// location in the store.
+pub const MAX_HASH_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Maximum entries read from one tree, and maximum directory depth.
+pub const MAX_TREE_ENTRIES: usize = 20_000;
+pub const MAX_TREE_DEPTH: usize = 16;
+
+/// Where systemd system units live below `etc`.
+const UNIT_DIR: &str = "systemd/system/";
+
+/// What changes on the machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SystemDiff {
+    /// The running system, when there is one.
+    pub old_system: Option<StorePath>,
+    pub new_system: StorePath,
+    /// Entries of the toplevel itself, such as `kernel`, `initrd`,
+    /// `kernel-params`, `activate` and `bin/switch-to-configuration`.
+    pub toplevel: Vec<EntryChange>,
+    /// systemd units and their `.wants` links, named relative to
+    /// `/etc/systemd/system`.
+    pub units: Vec<EntryChange>,
+    /// Every other `/etc` entry, named relative to `/etc`.
+    pub etc: Vec<EntryChange>,
+    pub specialisations: Vec<SpecialisationChange>,
+    /// Whether a tree had more than [`MAX_TREE_ENTRIES`] entries or was
+    /// deeper than [`MAX_TREE_DEPTH`], so some changes may be missing.
+    pub truncated: bool,
+}
+
+/// One added, removed or changed entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryChange {
+    pub path: String,
+    pub status: ChangeStatus,
+    pub old: Option<Node>,
+    pub new: Option<Node>,
+    /// Text diff, for files of at most [`MAX_DIFF_BYTES`] that are text
+    /// on both sides (an added or removed file diffs against nothing).
+    pub hunks: Option<Vec<Hunk>>,
+    pub lines_added: Option<u64>,
+    pub lines_removed: Option<u64>,
+    /// Whether the texts differ only in the hash parts of store paths,
+    /// which happens whenever any dependency is rebuilt.
+    pub only_store_hashes_changed: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeStatus {
+    Added,
+    Removed,
+    Changed,
+}
+
+/// What one entry is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Node {
+    /// A regular file; `location` is its path in the store after links
+    /// were resolved. `sha256` is absent above [`MAX_HASH_BYTES`].
+    File {
+        location: String,
+        size: u64,
+        executable: bool,
+        sha256: Option<String>,
+    },
+    /// A link into the store, compared by target. Used for toplevel
+    /// entries such as `kernel` and `sw`.
+    StoreLink { target: String },
+    /// A link whose target leaves the store. The target was not opened.
+    OutsideLink { target: String },
+    /// A link that dangles.
+    Missing,
+    /// A chain of more links than [`crate::store_read::MAX_HOPS`].
+    TooManyHops,
+    /// A socket, device or pipe.
+    Special,
+}
+
+/// A specialisation (`specialisation/<name>`, a complete system of its
+/// own) that was added, removed or changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpecialisationChange {
+    pub name: String,
+    pub status: ChangeStatus,
+    /// The diff between the two versions, for a changed specialisation.
+    pub diff: Option<Box<SystemDiff>>,
+}
+
+/// Compares the system `old` (the running one) with `new` (the
+/// candidate) by reading their files.
+pub fn system_diff(old: &StorePath, new: &StorePath) -> Result<SystemDiff> {
+    diff_systems(Some(old), new, true)
+}
+
+/// Like [`system_diff`], with no running system to compare with: every
+/// entry of `new` is added.
+pub fn system_diff_from_nothing(new: &StorePath) -> Result<SystemDiff> {
+    diff_systems(None, new, true)
+}
+
+fn diff_systems(
+    old: Option<&StorePath>,
+    new: &StorePath,
+    with_specialisations: bool,
+) -> Result<SystemDiff> {
+    let before = match old {
+        Some(system) => SystemTrees::read(system)?,
+        None => SystemTrees::default(),
+    };
+    let after = SystemTrees::read(new)?;
+
+    let mut old_units = BTreeMap::new();
+    let mut old_etc = BTreeMap::new();
+    split_units(before.etc, &mut old_units, &mut old_etc);
+    let mut new_units = BTreeMap::new();
+    let mut new_etc = BTreeMap::new();
+    split_units(after.etc, &mut new_units, &mut new_etc);
+
+    let specialisations = if with_specialisations {
+        diff_specialisations(&before.specialisations, &after.specialisations)?
+    } else {
+        Vec::new()
+    };
+    Ok(SystemDiff {
+        old_system: old.cloned(),
+        new_system: new.clone(),
+        toplevel: compare(&before.toplevel, &after.toplevel)?,
+        units: compare(&old_units, &new_units)?,
+        etc: compare(&old_etc, &new_etc)?,
+        specialisations,
+        truncated: before.truncated || after.truncated,
+    })
+}
+
+/// The entries of one system, keyed by path.
+#[derive(Default)]
+struct SystemTrees {
+    toplevel: BTreeMap<String, Node>,
+    etc: BTreeMap<String, Node>,
+    specialisations: BTreeMap<String, Node>,
+    truncated: bool,
+}
+
+impl SystemTrees {
+    fn read(system: &StorePath) -> Result<Self> {
+        // A store path may itself be a link; a toplevel never is, and
+        // reading through one would follow it unchecked.
+        match resolve(system.as_path())? {
+            Resolved::Directory { path } if path == system.as_path() => {}
+            _ => {
+                return Err(Error::invalid(
+                    "system",
+                    system.as_str(),
+                    "is not a directory in the store",
+                ));
+            }
+        }
+        let mut trees = Self::default();
+        let mut walk = Walk::default();
+
+        // The toplevel's own entries: links are leaves, compared by
+        // target, except `etc` and `specialisation`, read below.
+        for name in read_dir_sorted(system.as_path())? {
+            if name == "etc" || name == "specialisation" {
+                continue;
+            }
+            let path = system.as_path().join(&name);
+            walk.leaf_or_dir(&path, &name, 0, &mut trees.toplevel)?;
+        }
+
+        match resolve(&system.as_path().join("etc"))? {
+            Resolved::Directory { path } => {
+                walk.followed(&path, "", 0, &mut trees.etc)?;
+            }
+            Resolved::Missing => {}
+            other => {
+                trees.toplevel.insert("etc".to_owned(), node_of(other)?);
+            }
+        }
+
+        let specialisation_dir = system.as_path().join("specialisation");
+        if let Resolved::Directory { path } = resolve(&specialisation_dir)? {
+            for name in read_dir_sorted(&path)? {
+                let node = leaf(&path.join(&name))?;
+                trees.specialisations.insert(name, node);
+            }
+        }
+        trees.truncated = walk.truncated;
+        Ok(trees)
+    }
+}
+
+#[derive(Default)]
+struct Walk {
+    entries: usize,
+    truncated: bool,
+}
+
+impl Walk {
+    /// Reads a tree whose links are followed (the `etc` tree): a link to
+    /// a store directory is read as that directory.
+    fn followed(
+        &mut self,
+        dir: &Path,
+        prefix: &str,
+        depth: usize,
+        out: &mut BTreeMap<String, Node>,
+    ) -> Result<()> {
+        if depth > MAX_TREE_DEPTH {
+            self.truncated = true;
+            return Ok(());
+        }
+        for name in read_dir_sorted(dir)? {
+            if !self.count() {
+                return Ok(());
+            }
+            let key = format!("{prefix}{name}");
+            match resolve(&dir.join(&name))? {
+                Resolved::Directory { path } => {
+                    self.followed(&path, &format!("{key}/"), depth + 1, out)?;
+                }
+                other => {
+                    out.insert(key, node_of(other)?);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a toplevel entry: a real directory is read entry by entry,
+    /// anything else is one leaf.
+    fn leaf_or_dir(
+        &mut self,
+        path: &Path,
+        key: &str,
+        depth: usize,
+        out: &mut BTreeMap<String, Node>,
+    ) -> Result<()> {
+        if !self.count() {
+            return Ok(());
+        }
+        let metadata = std::fs::symlink_metadata(path)
+            .map_err(|error| Error::io(path, error))?;
+        if metadata.is_dir() {
+            if depth >= MAX_TREE_DEPTH {
+                self.truncated = true;
+                return Ok(());
+            }
+            for name in read_dir_sorted(path)? {
+                let child_key = format!("{key}/{name}");
+                self.leaf_or_dir(&path.join(&name), &child_key, depth + 1, out)?;
+            }
+            return Ok(());
+        }
+        out.insert(key.to_owned(), leaf(path)?);
+        Ok(())
+    }
+
+    fn count(&mut self) -> bool {
+        if self.entries >= MAX_TREE_ENTRIES {
+            self.truncated = true;
+            return false;
+        }
+        self.entries += 1;
+        true
+    }
+}
+
+/// A node for a toplevel entry: a link into the store is described by
+/// its resolved target, anything else by what it is.
+fn leaf(path: &Path) -> Result<Node> {
+    let metadata =
+        std::fs::symlink_metadata(path).map_err(|error| Error::io(path, error))?;
+    let resolved = resolve(path)?;
+    if metadata.file_type().is_symlink() {
+        if let Resolved::File { path, .. } | Resolved::Directory { path } =
+            &resolved
+        {
+            return Ok(Node::StoreLink {
+                target: path.to_string_lossy().into_owned(),
+            });
+        }
+    }
+    node_of(resolved)
+}
+
+fn node_of(resolved: Resolved) -> Result<Node> {
+    Ok(match resolved {
+        Resolved::File {
+            path,
+            size,
+            executable,
+        } => Node::File {
+            sha256: if size <= MAX_HASH_BYTES {
+                Some(hash_file(&path)?)
+            } else {
+                None
+            },
+            location: path.to_string_lossy().into_owned(),
+            size,
+            executable,
+        },
+        Resolved::Directory { path } => Node::StoreLink {
+            target: path.to_string_lossy().into_owned(),
+        },
+        Resolved::OutsideLink { target } => Node::OutsideLink { target },
+        Resolved::Missing => Node::Missing,
+        Resolved::TooManyHops => Node::TooManyHops,
+        Resolved::Special { .. } => Node::Special,
+    })
+}
+
+fn hash_file(path: &Path) -> Result<String> {
+    let mut file = File::open(path).map_err(|error| Error::io(path, error))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = [0u8; 64 * 1024];
+    loop {
+        let count =
+            file.read(&mut buffer).map_err(|error| Error::io(path, error))?;
+        if count == 0 {
+            break;
+        }
+        hasher.update(&buffer[..count]);
+    }
+    Ok(Sha256Digest::from_bytes(hasher.finalize().into()).to_hex())
+}
+
+/// Moves the entries below `systemd/system/` into `units`, renamed
+/// relative to that directory.
+fn split_units(
+    etc: BTreeMap<String, Node>,
+    units: &mut BTreeMap<String, Node>,
+    rest: &mut BTreeMap<String, Node>,
+) {
+    for (path, node) in etc {
+        match path.strip_prefix(UNIT_DIR) {
+            Some(unit) => {
+                units.insert(unit.to_owned(), node);
+            }
+            None => {
+                rest.insert(path, node);
+            }
+        }
+    }
+}
+
+fn compare(
+    old: &BTreeMap<String, Node>,
+    new: &BTreeMap<String, Node>,
+) -> Result<Vec<EntryChange>> {
+    let keys: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    let mut changes = Vec::new();
+    for key in keys {
+        let before = old.get(key);
+        let after = new.get(key);
+        let status = match (before, after) {
+            (None, Some(_)) => ChangeStatus::Added,
+            (Some(_), None) => ChangeStatus::Removed,
+            (Some(a), Some(b)) if same(a, b) => continue,
+            _ => ChangeStatus::Changed,
+        };
+        let mut change = EntryChange {
+            path: key.clone(),
+            status,
+            old: before.cloned(),
+            new: after.cloned(),
+            hunks: None,
+            lines_added: None,
+            lines_removed: None,
+            only_store_hashes_changed: false,
+        };
+        add_text_diff(&mut change)?;
+        changes.push(change);
+    }
+    Ok(changes)
+}
+
+/// Whether two nodes are the same for review: files by content and
+/// executable bit (their location changes with every rebuild), other
+/// nodes by value.
+fn same(a: &Node, b: &Node) -> bool {
+    match (a, b) {
+        (
+            Node::File {
+                sha256: Some(hash_a),
+                executable: exec_a,
+                ..
+            },
+            Node::File {
+                sha256: Some(hash_b),
+                executable: exec_b,
+                ..
+            },
+        ) => hash_a == hash_b && exec_a == exec_b,
+        _ => a == b,
+    }
+}
+
+fn add_text_diff(change: &mut EntryChange) -> Result<()> {
+    let old_text = match &change.old {
+        Some(node) => match small_text(node)? {
+            Some(text) => text,
+            None if matches!(node, Node::File { .. }) => return Ok(()),
+            None => String::new(),
+        },
+        None => String::new(),
+    };
+    let new_text = match &change.new {
+        Some(node) => match small_text(node)? {
+            Some(text) => text,
+            None if matches!(node, Node::File { .. }) => return Ok(()),
+            None => String::new(),
+        },
+        None => String::new(),
+    };
+    if old_text.is_empty() && new_text.is_empty() {
+        return Ok(());
+    }
+    let text = diff_lines(&old_text, &new_text);
+    change.only_store_hashes_changed = change.status == ChangeStatus::Changed
+        && old_text != new_text
+        && mask_store_hashes(&old_text) == mask_store_hashes(&new_text);
+    change.lines_added = Some(text.added);
+    change.lines_removed = Some(text.removed);
+    change.hunks = Some(text.hunks);
+    Ok(())
+}
+
+/// The text of a small text file; `None` for other nodes, binary files
+/// and files above [`MAX_DIFF_BYTES`].
+fn small_text(node: &Node) -> Result<Option<String>> {
+    let Node::File { location, size, .. } = node else {
+        return Ok(None);
+    };
+    if *size > MAX_DIFF_BYTES {
+        return Ok(None);
+    }
+    let (bytes, _) = read_limited(&PathBuf::from(location), MAX_DIFF_BYTES)?;
+    Ok(as_text(&bytes).map(str::to_owned))
+}
+
+/// Replaces the hash part of every store path in `text` with a fixed
+/// placeholder, so that two texts that differ only in rebuilt
+/// dependencies compare equal.
+pub fn mask_store_hashes(text: &str) -> String {
+    const PREFIX: &str = "/nix/store/";
+    const BASE32: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(index) = rest.find(PREFIX) {
+        let after = &rest[index + PREFIX.len()..];
+        let bytes = after.as_bytes();
+        let is_hash = bytes.len() > 32
+            && bytes[..32].iter().all(|b| BASE32.contains(b))
+            && bytes[32] == b'-';
+        out.push_str(&rest[..index + PREFIX.len()]);
+        if is_hash {
+            out.push_str("<hash>");
+            rest = &after[32..];
+        } else {
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn diff_specialisations(
+    old: &BTreeMap<String, Node>,
+    new: &BTreeMap<String, Node>,
+) -> Result<Vec<SpecialisationChange>> {
+    let names: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    let mut changes = Vec::new();
+    for name in names {
+        let (before, after) = (old.get(name), new.get(name));
+        let status = match (before, after) {
+            (None, Some(_)) => ChangeStatus::Added,
+            (Some(_), None) => ChangeStatus::Removed,
+            (Some(a), Some(b)) if a == b => continue,
+            _ => ChangeStatus::Changed,
+        };
+        let system_of = |node: Option<&Node>| match node {
+            Some(Node::StoreLink { target }) => StorePath::parse(target).ok(),
+            _ => None,
+        };
+        // Specialisations of a specialisation are not read, because
+        // NixOS does not nest them.
+        let diff = match (system_of(before), system_of(after)) {
+            (Some(a), Some(b)) => {
+                Some(Box::new(diff_systems(Some(&a), &b, false)?))
+            }
+            (None, Some(b)) => Some(Box::new(diff_systems(None, &b, false)?)),
+            _ => None,
+        };
+        changes.push(SpecialisationChange {
+            name: name.clone(),
+            status,
+            diff,
+        });
+    }
+    Ok(changes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_hashes_are_masked() {
+        let a = "ExecStart=/nix/store/0123456789abcdfghijklmnpqrsvwxyz-sshd/bin/sshd";
+        let b = "ExecStart=/nix/store/zyxwvsrqpnmlkjihgfdcba9876543210-sshd/bin/sshd";
+        assert_eq!(mask_store_hashes(a), mask_store_hashes(b));
+        assert_eq!(
+            mask_store_hashes(a),
+            "ExecStart=/nix/store/<hash>-sshd/bin/sshd"
+        );
+        assert_eq!(mask_store_hashes("/nix/store/short"), "/nix/store/short");
+    }
+
+    #[test]
+    fn files_compare_by_content() {
+        let file = |location: &str, hash: &str| Node::File {
+            location: location.into(),
+            size: 1,
+            executable: false,
+            sha256: Some(hash.into()),
+        };
+        assert!(same(&file("/a", "h"), &file("/b", "h")));
+        assert!(!same(&file("/a", "h"), &file("/a", "g")));
+        assert!(!same(
+            &Node::OutsideLink { target: "/etc/a".into() },
+            &Node::OutsideLink { target: "/etc/b".into() }
+        ));
+    }
+}

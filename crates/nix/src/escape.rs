@@ -1,0 +1,84 @@
+//! Escaping of text that came from a repository or a build.
+//!
+//! File names, diff lines, commit subjects and build output are written
+//! by whoever controls the repository. Printed raw, an ESC byte could
+//! move the cursor, rewrite earlier lines or change the window title, and
+//! a bidirectional override could make a line read differently from what
+//! it is. Every such character is shown as a visible escape instead.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+/// Replaces control characters and bidirectional formatting characters
+/// with visible escapes: `\x1b` for C0, DEL and C1 controls, `\u{202e}`
+/// for the others. A backslash is left as it is, so the output is for
+/// display only and is not meant to be unescaped.
+pub fn escape_control_chars(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if !needs_escape(c) {
+            escaped.push(c);
+        } else if (c as u32) < 0x100 {
+            let _ = write!(escaped, "\\x{:02x}", c as u32);
+        } else {
+            let _ = write!(escaped, "\\u{{{:04x}}}", c as u32);
+        }
+    }
+    Cow::Owned(escaped)
+}
+
+fn needs_escape(c: char) -> bool {
+    c.is_control() || is_bidi_control(c)
+}
+
+/// The Unicode bidirectional embedding, override and isolate characters,
+/// plus the line and paragraph separators, which some terminals treat as
+/// line breaks.
+fn is_bidi_control(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061c}'
+            | '\u{200e}'
+            | '\u{200f}'
+            | '\u{2028}'
+            | '\u{2029}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2066}'..='\u{2069}'
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_text_is_borrowed() {
+        assert!(matches!(
+            escape_control_chars("hello world"),
+            Cow::Borrowed(_)
+        ));
+    }
+
+    #[test]
+    fn controls_become_visible() {
+        assert_eq!(escape_control_chars("a\x1b[2Jb"), "a\\x1b[2Jb");
+        assert_eq!(escape_control_chars("tab\there"), "tab\\x09here");
+        assert_eq!(escape_control_chars("nl\n"), "nl\\x0a");
+        assert_eq!(escape_control_chars("del\x7f"), "del\\x7f");
+        assert_eq!(escape_control_chars("c1\u{9b}"), "c1\\x9b");
+    }
+
+    #[test]
+    fn bidi_overrides_become_visible() {
+        assert_eq!(escape_control_chars("x\u{202e}y"), "x\\u{202e}y");
+        assert_eq!(escape_control_chars("\u{2066}"), "\\u{2066}");
+    }
+
+    #[test]
+    fn other_unicode_is_kept() {
+        assert_eq!(escape_control_chars("größe ✓"), "größe ✓");
+    }
+}
