@@ -1,0 +1,398 @@
+//! The HTTP API under `/api/v1`.
+
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use countersign_core::Verdict;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::api_error::{
+    ApiError, JsonBody, MAX_BODY_BYTES, bytes_response, json_errors,
+};
+use crate::auth::Principal;
+use crate::db::{self, ProposalRow, ProposalState, StoredVerdict};
+use crate::state::AppState;
+use crate::{pipeline, votes};
+
+/// How long one request may take before it is answered with 408.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The most proposals a list returns.
+const LIST_LIMIT: u64 = 200;
+
+/// Builds the router with its limits, timeout and request tracing.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/health", get(health))
+        .route("/auth/challenge", post(challenge))
+        .route("/auth/login", post(login))
+        .route("/proposals", post(create_proposal).get(list_proposals))
+        .route("/proposals/{n}", get(proposal_detail))
+        .route("/proposals/{n}/statement", get(statement))
+        .route("/proposals/{n}/diff", get(diff))
+        .route("/proposals/{n}/log", get(build_log))
+        .route("/proposals/{n}/approvals", post(approve))
+        .route("/proposals/{n}/rejections", post(reject))
+        .route("/status", get(status));
+    Router::new()
+        .nest("/api/v1", api)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(json_errors))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        // The default span records the method and URI, never headers, so
+        // bearer tokens stay out of the log.
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn challenge(
+    State(state): State<AppState>,
+) -> Result<Json<Value>, ApiError> {
+    let (challenge, expires) = state.auth.challenge(db::now())?;
+    Ok(Json(json!({ "challenge": challenge, "expires": expires })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginRequest {
+    challenge: String,
+    signature: String,
+}
+
+async fn login(
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<LoginRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let policy = current_policy(&state)?;
+    let (approver, issued) = state.auth.login(
+        &policy,
+        &request.challenge,
+        &request.signature,
+        db::now(),
+    )?;
+    tracing::info!(approver, "approver logged in");
+    Ok(Json(json!({
+        "token": issued.token,
+        "approver": approver,
+        "expires": issued.expires,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProposeRequest {
+    #[serde(default)]
+    rev: Option<String>,
+}
+
+async fn create_proposal(
+    State(state): State<AppState>,
+    principal: Principal,
+    JsonBody(request): JsonBody<ProposeRequest>,
+) -> Result<Response, ApiError> {
+    let number =
+        pipeline::propose(&state, request.rev, principal.audit_name()).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "proposal": number })))
+        .into_response())
+}
+
+async fn list_proposals(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<Value>, ApiError> {
+    principal.require_approver()?;
+    let rows = state
+        .db
+        .run(|connection| db::proposals(connection, LIST_LIMIT))
+        .await?;
+    let summaries: Vec<Value> = rows.iter().map(summary).collect();
+    Ok(Json(json!({ "proposals": summaries })))
+}
+
+fn summary(row: &ProposalRow) -> Value {
+    json!({
+        "number": row.number,
+        "state": row.state,
+        "commit": row.commit,
+        "subject": row.subject,
+        "target": row.target,
+        "statement_sha256": row.statement_sha256,
+        "created": row.created,
+        "expires": row.expires,
+        "error": row.error,
+    })
+}
+
+/// Parses the `{n}` path segment.
+fn parse_number(text: &str) -> Result<u64, ApiError> {
+    text.parse::<u64>()
+        .ok()
+        .filter(|number| *number > 0)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "invalid proposal number {:?}: expected a positive integer",
+                text.chars().take(40).collect::<String>()
+            ))
+        })
+}
+
+async fn proposal_detail(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(n): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    principal.require_approver()?;
+    let number = parse_number(&n)?;
+    Ok(Json(detail(&state, number).await?))
+}
+
+/// The detail document of one proposal.
+pub async fn detail(state: &AppState, number: u64) -> Result<Value, ApiError> {
+    let (row, votes, events) = state
+        .db
+        .run(move |connection| {
+            let Some(row) = db::proposal(connection, number)? else {
+                return Ok(None);
+            };
+            let votes = db::votes(connection, number)?;
+            let events = db::activation_events(connection, number)?;
+            Ok(Some((row, votes, events)))
+        })
+        .await?
+        .ok_or_else(|| ApiError::proposal_not_found(number))?;
+    let policy = current_policy(state)?;
+    let (counted, _) = votes::counted_approvals(&policy, &votes);
+    let quorum = match policy.check_quorum(&counted) {
+        Ok(()) => json!({
+            "have": counted.len(),
+            "threshold": policy.threshold,
+            "missing_required": [],
+        }),
+        Err(shortfall) => json!({
+            "have": shortfall.have,
+            "threshold": shortfall.threshold,
+            "missing_required": shortfall
+                .missing_required
+                .iter()
+                .map(|name| name.as_str())
+                .collect::<Vec<_>>(),
+        }),
+    };
+    let approvals: Vec<Value> = votes
+        .iter()
+        .filter(|vote| vote.verdict == StoredVerdict::Approve)
+        .map(|vote| json!({ "approver": vote.approver, "at": vote.at }))
+        .collect();
+    let rejections: Vec<Value> = votes
+        .iter()
+        .filter(|vote| vote.verdict == StoredVerdict::Reject)
+        .map(|vote| {
+            json!({
+                "approver": vote.approver,
+                "at": vote.at,
+                "reason": vote.reason,
+            })
+        })
+        .collect();
+    Ok(json!({
+        "number": row.number,
+        "state": row.state,
+        "host": state.config.host,
+        "rev": row.requested_rev,
+        "requested_by": row.requested_by,
+        "commit": row.commit,
+        "subject": row.subject,
+        "base": row.base,
+        "target": row.target,
+        "source": row.source_path,
+        "nar_hash": row.nar_hash,
+        "statement_sha256": row.statement_sha256,
+        "created": row.created,
+        "expires": row.expires,
+        "approvals": approvals,
+        "rejections": rejections,
+        "quorum": quorum,
+        "error": row.error,
+        "activation": events,
+    }))
+}
+
+/// Reads one column of a proposal that exists only once it was built.
+async fn built_column(
+    state: &AppState,
+    principal: &Principal,
+    n: &str,
+    what: &'static str,
+    pick: fn(ProposalRow) -> Option<Vec<u8>>,
+) -> Result<Vec<u8>, ApiError> {
+    principal.require_approver()?;
+    let number = parse_number(n)?;
+    let row = state
+        .db
+        .run(move |connection| db::proposal(connection, number))
+        .await?
+        .ok_or_else(|| ApiError::proposal_not_found(number))?;
+    let current = row.state;
+    pick(row).ok_or_else(|| {
+        let hint = if current == ProposalState::Building {
+            "; wait until it awaits approval"
+        } else {
+            ""
+        };
+        ApiError::conflict(format!(
+            "proposal {number} is {current} and has no {what}{hint}"
+        ))
+    })
+}
+
+async fn statement(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(n): Path<String>,
+) -> Result<Response, ApiError> {
+    let bytes =
+        built_column(&state, &principal, &n, "statement", |row| row.statement)
+            .await?;
+    Ok(bytes_response("application/json", bytes))
+}
+
+async fn diff(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(n): Path<String>,
+) -> Result<Response, ApiError> {
+    let bytes =
+        built_column(&state, &principal, &n, "diff", |row| row.diff).await?;
+    Ok(bytes_response("application/json", bytes))
+}
+
+async fn build_log(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(n): Path<String>,
+) -> Result<Response, ApiError> {
+    principal.require_approver()?;
+    let number = parse_number(&n)?;
+    let exists = state
+        .db
+        .run(move |connection| db::proposal(connection, number))
+        .await?
+        .is_some();
+    if !exists {
+        return Err(ApiError::proposal_not_found(number));
+    }
+    let path = state.log_path(number);
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => Ok(bytes_response("text/plain; charset=utf-8", bytes)),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            Ok(bytes_response("text/plain; charset=utf-8", Vec::new()))
+        }
+        Err(error) => Err(ApiError::internal("reading the build log", &error)),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApprovalRequest {
+    signature: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RejectionRequest {
+    signature: String,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn approve(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(n): Path<String>,
+    JsonBody(request): JsonBody<ApprovalRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let uploader = principal.require_approver()?.to_owned();
+    let number = parse_number(&n)?;
+    votes::vote(
+        &state,
+        number,
+        Verdict::Approve,
+        request.signature,
+        None,
+        uploader,
+    )
+    .await?;
+    Ok(Json(detail(&state, number).await?))
+}
+
+async fn reject(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(n): Path<String>,
+    JsonBody(request): JsonBody<RejectionRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let uploader = principal.require_approver()?.to_owned();
+    let number = parse_number(&n)?;
+    votes::vote(
+        &state,
+        number,
+        Verdict::Reject,
+        request.signature,
+        request.reason,
+        uploader,
+    )
+    .await?;
+    Ok(Json(detail(&state, number).await?))
+}
+
+async fn status(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<Value>, ApiError> {
+    principal.require_approver()?;
+    let (deployed_commit, last_proposal, counts) = state
+        .db
+        .run(|connection| {
+            Ok((
+                db::deployed_commit(connection)?,
+                db::last_number(connection)?,
+                db::state_counts(connection)?,
+            ))
+        })
+        .await?;
+    let current_system = std::fs::canonicalize(&state.config.current_system)
+        .ok()
+        .map(|path| path.to_string_lossy().into_owned());
+    Ok(Json(json!({
+        "host": state.config.host,
+        "current_system": current_system,
+        "deployed_commit": deployed_commit,
+        "last_proposal": last_proposal,
+        "proposals": counts,
+    })))
+}
+
+fn current_policy(
+    state: &AppState,
+) -> Result<std::sync::Arc<countersign_core::Policy>, ApiError> {
+    state.policy.current().map_err(|error| {
+        tracing::error!(error, "the policy cannot be loaded");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error)
+    })
+}

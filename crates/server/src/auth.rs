@@ -1,0 +1,269 @@
+//! API sessions: single-use login challenges signed with an approver's
+//! SSH key, bearer tokens, and the trigger token that may only create
+//! proposals.
+//!
+//! Challenges and tokens live in memory only, so a restart ends every
+//! session. The server keeps the SHA-256 of each token, never the token.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+use countersign_core::Sha256Digest;
+use countersign_core::sshsig::{self, Namespace};
+use subtle::ConstantTimeEq;
+
+use crate::api_error::ApiError;
+use crate::state::AppState;
+
+/// How long a login challenge can be used, in seconds.
+pub const CHALLENGE_LIFETIME_SECS: u64 = 120;
+
+/// How long a session token is valid, in seconds.
+pub const TOKEN_LIFETIME_SECS: u64 = 600;
+
+/// The most challenges that may be outstanding at once, so that
+/// unauthenticated requests cannot fill the memory.
+const MAX_OPEN_CHALLENGES: usize = 1024;
+
+/// The most sessions kept at once.
+const MAX_SESSIONS: usize = 4096;
+
+/// Who made a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// An approver, through a session token.
+    Approver(String),
+    /// The holder of the trigger token.
+    Trigger,
+}
+
+impl Principal {
+    /// The approver's name, or 403 for the trigger token.
+    pub fn require_approver(&self) -> Result<&str, ApiError> {
+        match self {
+            Principal::Approver(name) => Ok(name),
+            Principal::Trigger => Err(ApiError::forbidden(
+                "the trigger token may only create proposals; log in with \
+                 an approver key for anything else",
+            )),
+        }
+    }
+
+    /// How the principal is named in the audit log.
+    pub fn audit_name(&self) -> String {
+        match self {
+            Principal::Approver(name) => format!("approver:{name}"),
+            Principal::Trigger => "trigger".to_owned(),
+        }
+    }
+}
+
+struct Session {
+    approver: String,
+    expires: u64,
+}
+
+/// Challenges, sessions and the trigger token's digest.
+pub struct Auth {
+    challenges: Mutex<HashMap<String, u64>>,
+    sessions: Mutex<HashMap<Sha256Digest, Session>>,
+    trigger: Option<Sha256Digest>,
+}
+
+/// A new session.
+pub struct Issued {
+    pub token: String,
+    pub expires: u64,
+}
+
+impl Auth {
+    pub fn new(trigger_token: Option<&str>) -> Self {
+        Self {
+            challenges: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
+            trigger: trigger_token
+                .map(|token| Sha256Digest::of(token.as_bytes())),
+        }
+    }
+
+    /// Creates a challenge: 32 random bytes as 64 hex digits.
+    pub fn challenge(&self, now: u64) -> Result<(String, u64), ApiError> {
+        let mut challenges = lock(&self.challenges);
+        challenges.retain(|_, expires| *expires > now);
+        if challenges.len() >= MAX_OPEN_CHALLENGES {
+            return Err(ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "too many login challenges are open; try again in two \
+                 minutes",
+            ));
+        }
+        let challenge = random_hex::<32>();
+        let expires = now + CHALLENGE_LIFETIME_SECS;
+        challenges.insert(challenge.clone(), expires);
+        Ok((challenge, expires))
+    }
+
+    /// Checks a signed challenge and opens a session for the approver
+    /// whose key made the signature. The challenge is used up even when
+    /// the signature is invalid.
+    pub fn login(
+        &self,
+        policy: &countersign_core::Policy,
+        challenge: &str,
+        armored: &str,
+        now: u64,
+    ) -> Result<(String, Issued), ApiError> {
+        let expires = lock(&self.challenges).remove(challenge);
+        match expires {
+            Some(expires) if expires > now => {}
+            _ => {
+                return Err(ApiError::unauthorized(
+                    "the challenge is unknown, expired or already used; \
+                     request a new one with POST /api/v1/auth/challenge",
+                ));
+            }
+        }
+        let approver = approver_for_signature(policy, armored)?;
+        let countersign_core::ApproverKey::Ssh(key) = &approver.key;
+        sshsig::verify(
+            key,
+            Namespace::Login,
+            challenge.as_bytes(),
+            armored,
+            approver.user_verification,
+        )
+        .map_err(|error| {
+            ApiError::unauthorized(format!(
+                "login signature of approver {} rejected: {error}; sign the \
+                 challenge with `ssh-keygen -Y sign -n {}`",
+                approver.name,
+                Namespace::Login.as_str()
+            ))
+        })?;
+        let name = approver.name.as_str().to_owned();
+        let issued = self.issue(&name, now);
+        Ok((name, issued))
+    }
+
+    fn issue(&self, approver: &str, now: u64) -> Issued {
+        let token = random_hex::<32>();
+        let expires = now + TOKEN_LIFETIME_SECS;
+        let mut sessions = lock(&self.sessions);
+        sessions.retain(|_, session| session.expires > now);
+        if sessions.len() >= MAX_SESSIONS {
+            // Dropping the session closest to expiry keeps the map
+            // bounded; its holder logs in again.
+            if let Some(oldest) = sessions
+                .iter()
+                .min_by_key(|(_, session)| session.expires)
+                .map(|(digest, _)| *digest)
+            {
+                sessions.remove(&oldest);
+            }
+        }
+        sessions.insert(
+            Sha256Digest::of(token.as_bytes()),
+            Session {
+                approver: approver.to_owned(),
+                expires,
+            },
+        );
+        Issued { token, expires }
+    }
+
+    /// Finds who holds `token`.
+    pub fn authenticate(
+        &self,
+        token: &str,
+        now: u64,
+    ) -> Result<Principal, ApiError> {
+        let digest = Sha256Digest::of(token.as_bytes());
+        if let Some(trigger) = &self.trigger {
+            // Comparing digests of equal length in constant time reveals
+            // neither the token nor its length through timing.
+            if bool::from(digest.as_bytes().ct_eq(trigger.as_bytes())) {
+                return Ok(Principal::Trigger);
+            }
+        }
+        let sessions = lock(&self.sessions);
+        match sessions.get(&digest) {
+            Some(session) if session.expires > now => {
+                Ok(Principal::Approver(session.approver.clone()))
+            }
+            Some(_) => Err(ApiError::unauthorized(
+                "the session token expired; log in again",
+            )),
+            None => Err(ApiError::unauthorized(
+                "the bearer token is not valid; log in again with POST \
+                 /api/v1/auth/challenge and /api/v1/auth/login",
+            )),
+        }
+    }
+}
+
+/// Finds the policy's approver whose key is embedded in an armored SSH
+/// signature. The signature itself is not checked here.
+pub fn approver_for_signature<'p>(
+    policy: &'p countersign_core::Policy,
+    armored: &str,
+) -> Result<&'p countersign_core::Approver, ApiError> {
+    let signature = sshsig::parse(armored).map_err(|error| {
+        ApiError::bad_request(format!(
+            "{error}; send the whole output of `ssh-keygen -Y sign`, from \
+             -----BEGIN SSH SIGNATURE----- to -----END SSH SIGNATURE-----"
+        ))
+    })?;
+    let key = ssh_key::PublicKey::new(signature.public_key().clone(), "");
+    policy.approver_by_ssh_key(&key).ok_or_else(|| {
+        ApiError::forbidden(format!(
+            "the key {} that made this signature belongs to no approver \
+             of the policy for host {}",
+            sshsig::fingerprint(&key),
+            policy.host
+        ))
+    })
+}
+
+fn random_hex<const N: usize>() -> String {
+    let mut bytes = [0u8; N];
+    rand::fill(&mut bytes[..]);
+    hex::encode(bytes)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let value = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
+            ApiError::unauthorized(
+                "missing Authorization header; send `Authorization: Bearer \
+                 <token>` with a token from POST /api/v1/auth/login",
+            )
+        })?;
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|text| text.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|token| !token.is_empty())
+            .ok_or_else(|| {
+                ApiError::unauthorized(
+                    "the Authorization header is not of the form `Bearer \
+                     <token>`",
+                )
+            })?;
+        state.auth.authenticate(token, crate::db::now())
+    }
+}

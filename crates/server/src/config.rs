@@ -1,0 +1,314 @@
+//! The server's configuration file, and the checks that run before the
+//! server starts.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use countersign_core::{Action, Policy};
+use serde::Deserialize;
+
+/// The path of the running system on NixOS.
+pub const DEFAULT_CURRENT_SYSTEM: &str = "/run/current-system";
+
+/// The server's configuration, as read from its TOML file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// The host name; it must equal the policy's `host`.
+    pub host: String,
+    /// The address the HTTP API listens on, for example `127.0.0.1:8470`.
+    pub listen: String,
+    /// The folder of the database, the git mirror, build logs and GC
+    /// roots. It is created if it does not exist.
+    pub state_dir: PathBuf,
+    /// The policy file; it is read again for every proposal and vote, so
+    /// a deployed policy change takes effect without a restart.
+    pub policy: PathBuf,
+    /// The Unix socket of the privileged activator.
+    pub activator_socket: PathBuf,
+    /// The symbolic link to the running system, resolved to find the
+    /// base of each proposal.
+    #[serde(default = "default_current_system")]
+    pub current_system: PathBuf,
+    pub repository: RepositoryConfig,
+    /// The optional bearer token that may only create proposals.
+    #[serde(default)]
+    pub trigger: Option<TriggerConfig>,
+    #[serde(default)]
+    pub nix: NixConfig,
+}
+
+/// The repository that holds the host's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryConfig {
+    /// The address git fetches from: a path, `file://`, `https://` or
+    /// `ssh://`.
+    pub url: String,
+    #[serde(default = "default_branch")]
+    pub branch: String,
+    /// The flake attribute of the toplevel; by default
+    /// `nixosConfigurations.<host>.config.system.build.toplevel`.
+    #[serde(default)]
+    pub attribute: Option<String>,
+    /// What `switch-to-configuration` does with an approved target.
+    #[serde(default = "default_action")]
+    pub action: Action,
+}
+
+/// Where the trigger token is read from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerConfig {
+    pub token_file: PathBuf,
+}
+
+/// Settings for the `nix` program.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NixConfig {
+    /// Passed to every Nix command as `--option NAME VALUE`.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+    /// Environment variables for every Nix command. The file format has
+    /// no such key; programs that embed the server (tests, the demo) set
+    /// it to give Nix its own `HOME` or `NIX_CONFIG`.
+    #[serde(skip)]
+    pub env: Vec<(OsString, OsString)>,
+}
+
+fn default_current_system() -> PathBuf {
+    PathBuf::from(DEFAULT_CURRENT_SYSTEM)
+}
+
+fn default_branch() -> String {
+    "main".to_owned()
+}
+
+fn default_action() -> Action {
+    Action::Switch
+}
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the server configuration {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid server configuration {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid server configuration: {0}")]
+    Invalid(String),
+}
+
+/// The values a validated configuration yields.
+pub(crate) struct Checked {
+    pub(crate) listen: SocketAddr,
+    pub(crate) policy: Policy,
+    pub(crate) policy_bytes: Vec<u8>,
+    pub(crate) trigger_token: Option<String>,
+}
+
+impl ServerConfig {
+    /// Reads, parses and validates the configuration file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| {
+            ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            }
+        })?;
+        let config =
+            Self::parse(&text).map_err(|message| ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Parses configuration text without validating it; [`Self::load`]
+    /// and [`crate::serve`] validate.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|error| error.to_string())
+    }
+
+    /// The flake attribute that is built.
+    pub fn attribute(&self) -> String {
+        match &self.repository.attribute {
+            Some(attribute) => attribute.clone(),
+            None => format!(
+                "nixosConfigurations.{}.config.system.build.toplevel",
+                self.host
+            ),
+        }
+    }
+
+    /// Checks every value that can be checked before starting: the
+    /// listen address, the policy and its host, the trigger token and
+    /// the Nix settings.
+    pub(crate) fn check(&self) -> Result<Checked, ConfigError> {
+        let invalid = |message: String| Err(ConfigError::Invalid(message));
+        let listen: SocketAddr = match self.listen.parse() {
+            Ok(listen) => listen,
+            Err(_) => {
+                return invalid(format!(
+                    "listen = {:?} is not an address and port; write it as \
+                     \"127.0.0.1:8470\" or \"[::1]:8470\"",
+                    self.listen
+                ));
+            }
+        };
+        if self.host.is_empty() {
+            return invalid(
+                "host is empty; set it to this machine's \
+                            host name as the policy names it"
+                    .into(),
+            );
+        }
+        let policy_bytes = match std::fs::read(&self.policy) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                return invalid(format!(
+                    "cannot read the policy file {} (key `policy`): {error}",
+                    self.policy.display()
+                ));
+            }
+        };
+        let policy = match Policy::from_toml(&policy_bytes) {
+            Ok(policy) => policy,
+            Err(error) => {
+                return invalid(format!(
+                    "the policy file {} is invalid: {error}",
+                    self.policy.display()
+                ));
+            }
+        };
+        if policy.host != self.host {
+            return invalid(format!(
+                "host = {:?} differs from the policy's host {:?} in {}; \
+                 the two must name the same machine",
+                self.host,
+                policy.host,
+                self.policy.display()
+            ));
+        }
+        if let Err(error) =
+            countersign_nix::validate_attribute(&self.attribute())
+        {
+            return invalid(format!("repository.attribute: {error}"));
+        }
+        if let Err(error) =
+            countersign_nix::git::validate_branch(&self.repository.branch)
+        {
+            return invalid(format!("repository.branch: {error}"));
+        }
+        if self.repository.url.is_empty() {
+            return invalid(
+                "repository.url is empty; set it to the \
+                            address of the configuration repository"
+                    .into(),
+            );
+        }
+        self.nix_runner()?;
+        let trigger_token = match &self.trigger {
+            Some(trigger) => Some(read_token(&trigger.token_file)?),
+            None => None,
+        };
+        Ok(Checked {
+            listen,
+            policy,
+            policy_bytes,
+            trigger_token,
+        })
+    }
+
+    /// The Nix runner with the configured options and environment.
+    pub(crate) fn nix_runner(
+        &self,
+    ) -> Result<countersign_nix::Nix, ConfigError> {
+        let mut nix = countersign_nix::Nix::new();
+        for (name, value) in &self.nix.options {
+            nix = nix.with_option(name, value).map_err(|error| {
+                ConfigError::Invalid(format!("nix.options: {error}"))
+            })?;
+        }
+        for (key, value) in &self.nix.env {
+            nix = nix.with_env(key, value);
+        }
+        Ok(nix)
+    }
+}
+
+/// Reads the trigger token: the file's content without surrounding
+/// whitespace. The token itself never appears in an error.
+fn read_token(path: &Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        ConfigError::Invalid(format!(
+            "cannot read the trigger token file {} (key \
+             `trigger.token_file`): {error}",
+            path.display()
+        ))
+    })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(ConfigError::Invalid(format!(
+            "the trigger token file {} is empty; write a long random \
+             token into it, or remove the [trigger] section",
+            path.display()
+        )));
+    }
+    if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ConfigError::Invalid(format!(
+            "the trigger token in {} contains whitespace or control \
+             characters; a bearer token must be one word",
+            path.display()
+        )));
+    }
+    Ok(token.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        host = "demo"
+        listen = "127.0.0.1:8470"
+        state_dir = "/var/lib/countersign"
+        policy = "/etc/countersign/policy.toml"
+        activator_socket = "/run/countersign/activator.sock"
+        [repository]
+        url = "/srv/config.git"
+    "#;
+
+    #[test]
+    fn defaults_fill_optional_keys() {
+        let config = ServerConfig::parse(MINIMAL).unwrap();
+        assert_eq!(config.repository.branch, "main");
+        assert_eq!(config.repository.action, Action::Switch);
+        assert_eq!(config.current_system, Path::new("/run/current-system"));
+        assert_eq!(
+            config.attribute(),
+            "nixosConfigurations.demo.config.system.build.toplevel"
+        );
+        assert!(config.trigger.is_none());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = format!("{MINIMAL}\nbranch = \"main\"\n");
+        let error = ServerConfig::parse(&text).unwrap_err();
+        assert!(error.contains("unknown field `branch`"), "{error}");
+    }
+
+    #[test]
+    fn invalid_action_is_rejected() {
+        let text = format!("{MINIMAL}\naction = \"reboot\"\n");
+        assert!(ServerConfig::parse(&text).is_err());
+    }
+}

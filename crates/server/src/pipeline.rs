@@ -1,0 +1,487 @@
+//! The proposal pipeline: number, fetch, build, diff, statement.
+//!
+//! Each proposal runs as a background task. The git and Nix work runs on
+//! a blocking thread, one proposal at a time, and its output goes to the
+//! proposal's build log. Any failure leaves the proposal `failed` with
+//! the error and the log; nothing is activated.
+
+use std::fs::File;
+use std::io::Write as _;
+use std::path::Path;
+
+use countersign_core::{
+    STATEMENT_FORMAT, Sha256Digest, Source, Statement, StorePath,
+};
+use countersign_nix::diff::{DiffDocument, DiffInputs};
+use countersign_nix::{FetchedSource, git};
+use serde_json::json;
+
+use crate::activator;
+use crate::api_error::ApiError;
+use crate::db::{self, AuditEvent, BuiltProposal, Context, ProposalState};
+use crate::state::AppState;
+
+/// Longest revision a request may name.
+const MAX_REV_LEN: usize = 256;
+
+/// Creates proposal N in state `building` and starts its pipeline.
+///
+/// N is one more than the highest number the database or the activator
+/// has seen, so that a fresh database on a machine with a long history
+/// does not propose numbers the activator would refuse.
+pub async fn propose(
+    state: &AppState,
+    rev: Option<String>,
+    requested_by: String,
+) -> Result<u64, ApiError> {
+    if let Some(rev) = &rev {
+        check_rev(rev)?;
+    }
+    let _numbering = state.numbering.lock().await;
+    let activator_last =
+        match activator::status(&state.config.activator_socket).await {
+            Ok(status) => Some(status.last_proposal),
+            Err(error) => {
+                tracing::warn!(
+                    %error,
+                    "the activator's last proposal is unknown; numbering \
+                     from the database alone"
+                );
+                None
+            }
+        };
+    let rev_for_db = rev.clone();
+    let number = state
+        .db
+        .run(move |connection| {
+            let tx = connection.transaction().context("begin")?;
+            let last = db::last_number(&tx)?.max(activator_last.unwrap_or(0));
+            let number = last + 1;
+            db::insert_proposal(
+                &tx,
+                number,
+                rev_for_db.as_deref(),
+                &requested_by,
+            )?;
+            db::append_audit(
+                &tx,
+                AuditEvent {
+                    kind: "proposal-created",
+                    proposal: number,
+                    approver: None,
+                    detail: json!({
+                        "rev": rev_for_db,
+                        "requested_by": requested_by,
+                        "activator_last_proposal": activator_last,
+                    }),
+                },
+            )?;
+            tx.commit().context("commit")?;
+            Ok(number)
+        })
+        .await?;
+    drop(_numbering);
+    let task_state = state.clone();
+    tokio::spawn(async move { run(task_state, number, rev).await });
+    Ok(number)
+}
+
+fn check_rev(rev: &str) -> Result<(), ApiError> {
+    let valid = !rev.is_empty()
+        && rev.len() <= MAX_REV_LEN
+        && !rev.starts_with('-')
+        && !rev.chars().any(|c| c.is_whitespace() || c.is_control());
+    if valid {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "invalid rev {:?}: give a commit id, tag or revision of the \
+             configured branch, without spaces and not starting with '-'",
+            rev.chars().take(MAX_REV_LEN).collect::<String>()
+        )))
+    }
+}
+
+/// The results of a successful build.
+struct Built {
+    commit: String,
+    subject: String,
+    base: StorePath,
+    target: StorePath,
+    source: FetchedSource,
+    statement: Vec<u8>,
+    diff: Vec<u8>,
+    expires: u64,
+}
+
+async fn run(state: AppState, number: u64, rev: Option<String>) {
+    let _pipeline = state.pipeline.lock().await;
+    tracing::info!(proposal = number, rev, "building proposal");
+    let work_state = state.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        build_proposal(&work_state, number, rev.as_deref())
+    })
+    .await
+    .unwrap_or_else(|error| Err(format!("the build task panicked: {error}")));
+    let outcome = match result {
+        Ok(built) => store_built(&state, number, built).await,
+        Err(message) => store_failure(&state, number, message).await,
+    };
+    if let Err(error) = outcome {
+        tracing::error!(proposal = number, %error, "recording the build result failed");
+    }
+}
+
+/// The build log of one proposal. Every line is escaped, because it
+/// comes from the repository's builders and is shown in terminals.
+struct BuildLog {
+    file: Option<File>,
+    path: String,
+}
+
+impl BuildLog {
+    fn create(path: &Path) -> Self {
+        let file = std::fs::create_dir_all(
+            path.parent().expect("a log path has a parent"),
+        )
+        .and_then(|()| File::create(path));
+        match file {
+            Ok(file) => Self {
+                file: Some(file),
+                path: path.display().to_string(),
+            },
+            Err(error) => {
+                tracing::error!(path = %path.display(), %error, "cannot create the build log");
+                Self {
+                    file: None,
+                    path: path.display().to_string(),
+                }
+            }
+        }
+    }
+
+    fn line(&mut self, text: &str) {
+        let Some(file) = &mut self.file else { return };
+        let escaped = countersign_nix::escape_control_chars(text);
+        if let Err(error) = writeln!(file, "{escaped}") {
+            tracing::error!(path = self.path, %error, "writing the build log failed");
+            self.file = None;
+        }
+    }
+
+    fn step(&mut self, text: &str) {
+        self.line(&format!("countersign: {text}"));
+    }
+}
+
+/// Runs the blocking part of the pipeline.
+fn build_proposal(
+    state: &AppState,
+    number: u64,
+    rev: Option<&str>,
+) -> Result<Built, String> {
+    let mut log = BuildLog::create(&state.log_path(number));
+    let result = build_steps(state, number, rev, &mut log);
+    if let Err(message) = &result {
+        log.step(&format!("failed: {message}"));
+    }
+    result
+}
+
+fn build_steps(
+    state: &AppState,
+    number: u64,
+    rev: Option<&str>,
+    log: &mut BuildLog,
+) -> Result<Built, String> {
+    let config = &state.config;
+    let repository = &config.repository;
+    let policy = state.policy.current()?;
+    let mirror = state.mirror_dir();
+
+    log.step(&format!(
+        "fetching branch {} of {}",
+        repository.branch, repository.url
+    ));
+    let branch_commit =
+        git::fetch_branch(&repository.url, &repository.branch, &mirror)
+            .map_err(|error| {
+                format!("fetching branch {}: {error}", repository.branch)
+            })?;
+    let commit = match rev {
+        None => branch_commit,
+        Some(rev) => resolve_on_branch(
+            &mirror,
+            rev,
+            &branch_commit,
+            &repository.branch,
+        )?,
+    };
+    let info = git::commit_info(&mirror, &commit)
+        .map_err(|error| format!("reading commit {commit}: {error}"))?;
+    log.step(&format!("commit {commit}: {}", info.subject));
+    {
+        let (commit, subject) = (commit.clone(), info.subject.clone());
+        state
+            .db
+            .run_blocking(|connection| {
+                db::store_commit(connection, number, &commit, &subject)
+            })
+            .map_err(|error| error.to_string())?;
+    }
+
+    log.step("copying the commit into the Nix store");
+    let source = countersign_nix::fetch_source(&state.nix, &mirror, &commit)
+        .map_err(|error| {
+        format!("fetching commit {commit} into the store: {error}")
+    })?;
+    log.step(&format!(
+        "source {} ({})",
+        source.store_path, source.nar_hash
+    ));
+
+    let base = current_system(&config.current_system)?;
+    log.step(&format!("running system {base}"));
+
+    log.step(&format!("building {}", state.attribute));
+    let gc_root = state.gc_root(number);
+    std::fs::create_dir_all(gc_root.parent().expect("a GC root has a parent"))
+        .map_err(|error| format!("creating {}: {error}", gc_root.display()))?;
+    let target = countersign_nix::build(
+        &state.nix,
+        &source,
+        &state.attribute,
+        &gc_root,
+        &mut |line| log.line(line),
+    )
+    .map_err(|error| format!("building {}: {error}", state.attribute))?;
+    log.step(&format!("built {target}"));
+
+    log.step("computing the diff");
+    let deployed = state
+        .db
+        .run_blocking(|connection| db::deployed_commit(connection))
+        .map_err(|error| error.to_string())?;
+    // A deployed commit that the mirror lacks (the repository address
+    // changed, say) is left out; the source part then lists the files.
+    let deployed = deployed.filter(|old| {
+        let known = git::commit_info(&mirror, old).is_ok();
+        if !known {
+            log.step(&format!(
+                "the deployed commit {old} is not in the mirror; the \
+                 source diff lists the whole tree"
+            ));
+        }
+        known
+    });
+    let inputs = DiffInputs {
+        mirror: &mirror,
+        old_commit: deployed.as_deref(),
+        new_commit: &commit,
+        old_system: Some(&base),
+        new_system: &target,
+    };
+    let diff = DiffDocument::compute(&state.nix, &inputs)
+        .map_err(|error| format!("computing the diff: {error}"))?
+        .to_json();
+
+    let created = db::now();
+    let expires = created + policy.proposal_lifetime_secs;
+    let statement = Statement {
+        format: STATEMENT_FORMAT.to_owned(),
+        host: config.host.clone(),
+        proposal: number,
+        action: repository.action,
+        source: Source {
+            repository: repository.url.clone(),
+            branch: repository.branch.clone(),
+            commit: commit.clone(),
+            store_path: source.store_path.clone(),
+            nar_hash: source.nar_hash.clone(),
+        },
+        attribute: state.attribute.clone(),
+        base: base.clone(),
+        target: target.clone(),
+        policy_sha256: policy.sha256,
+        diff_sha256: Sha256Digest::of(&diff),
+        nonce: random_nonce(),
+        created,
+        expires,
+    };
+    let statement = statement.to_bytes();
+    log.step(&format!(
+        "statement {} written; waiting for approvals",
+        Sha256Digest::of(&statement)
+    ));
+    Ok(Built {
+        commit,
+        subject: info.subject,
+        base,
+        target,
+        source,
+        statement,
+        diff,
+        expires,
+    })
+}
+
+/// Resolves `rev` in the mirror and checks that it is on the branch.
+fn resolve_on_branch(
+    mirror: &Path,
+    rev: &str,
+    branch_commit: &str,
+    branch: &str,
+) -> Result<String, String> {
+    let commit = git::resolve_rev(mirror, rev)
+        .map_err(|error| format!("resolving rev {rev:?}: {error}"))?;
+    let on_branch = git::is_ancestor(mirror, &commit, branch_commit)
+        .map_err(|error| format!("checking rev {rev:?}: {error}"))?;
+    if !on_branch {
+        return Err(format!(
+            "rev {rev:?} (commit {commit}) is not on branch {branch}; only \
+             commits of the configured branch can be proposed"
+        ));
+    }
+    Ok(commit)
+}
+
+/// The store path the running system's link points to.
+fn current_system(link: &Path) -> Result<StorePath, String> {
+    let resolved = std::fs::canonicalize(link).map_err(|error| {
+        format!(
+            "cannot resolve the running system {} (key `current_system`): \
+             {error}",
+            link.display()
+        )
+    })?;
+    let text = resolved.to_string_lossy();
+    StorePath::parse(&text).map_err(|error| {
+        format!(
+            "the running system {} resolves to {text}, which is not a \
+             store path: {error}",
+            link.display()
+        )
+    })
+}
+
+fn random_nonce() -> String {
+    let mut bytes = [0u8; 16];
+    rand::fill(&mut bytes[..]);
+    hex::encode(bytes)
+}
+
+async fn store_built(
+    state: &AppState,
+    number: u64,
+    built: Built,
+) -> Result<(), db::DbError> {
+    let superseded = state
+        .db
+        .run(move |connection| {
+            let tx = connection.transaction().context("begin")?;
+            let record = BuiltProposal {
+                commit: &built.commit,
+                subject: &built.subject,
+                base: built.base.as_str(),
+                target: built.target.as_str(),
+                source_path: built.source.store_path.as_str(),
+                nar_hash: &built.source.nar_hash,
+                statement: &built.statement,
+                diff: &built.diff,
+                expires: built.expires,
+            };
+            if !db::store_built(&tx, number, &record)? {
+                // The proposal left `building` meanwhile, which only a
+                // restart's recovery does; its result is dropped.
+                return Ok(Vec::new());
+            }
+            db::append_audit(&tx, AuditEvent {
+                kind: "proposal-built",
+                proposal: number,
+                approver: None,
+                detail: json!({
+                    "commit": built.commit,
+                    "source": built.source.store_path.as_str(),
+                    "nar_hash": built.source.nar_hash,
+                    "base": built.base.as_str(),
+                    "target": built.target.as_str(),
+                    "statement_sha256": Sha256Digest::of(&built.statement).to_hex(),
+                    "diff_sha256": Sha256Digest::of(&built.diff).to_hex(),
+                    "expires": built.expires,
+                }),
+            })?;
+            let mut superseded = Vec::new();
+            if let Some(newer) = db::newer_with_statement(&tx, number)? {
+                supersede(&tx, number, newer)?;
+                superseded.push(number);
+            } else {
+                for older in db::older_pending(&tx, number)? {
+                    supersede(&tx, older, number)?;
+                    superseded.push(older);
+                }
+            }
+            tx.commit().context("commit")?;
+            Ok(superseded)
+        })
+        .await?;
+    tracing::info!(proposal = number, ?superseded, "proposal awaits approval");
+    Ok(())
+}
+
+fn supersede(
+    tx: &rusqlite::Transaction<'_>,
+    number: u64,
+    by: u64,
+) -> Result<(), db::DbError> {
+    let message = format!("superseded by proposal {by}");
+    if db::set_state(
+        tx,
+        number,
+        ProposalState::AwaitingApproval,
+        ProposalState::Superseded,
+        Some(&message),
+    )? {
+        db::append_audit(
+            tx,
+            AuditEvent {
+                kind: "proposal-superseded",
+                proposal: number,
+                approver: None,
+                detail: json!({ "by": by }),
+            },
+        )?;
+    }
+    Ok(())
+}
+
+async fn store_failure(
+    state: &AppState,
+    number: u64,
+    message: String,
+) -> Result<(), db::DbError> {
+    tracing::warn!(proposal = number, error = message, "proposal failed");
+    state
+        .db
+        .run(move |connection| {
+            let tx = connection.transaction().context("begin")?;
+            if db::set_state(
+                &tx,
+                number,
+                ProposalState::Building,
+                ProposalState::Failed,
+                Some(&message),
+            )? {
+                db::append_audit(
+                    &tx,
+                    AuditEvent {
+                        kind: "proposal-failed",
+                        proposal: number,
+                        approver: None,
+                        detail: json!({ "error": message }),
+                    },
+                )?;
+            }
+            tx.commit().context("commit")
+        })
+        .await
+}
