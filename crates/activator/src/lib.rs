@@ -1,1 +1,105 @@
-//! placeholder
+//! The privileged process of countersign: it receives certificates from
+//! the server on a local Unix socket, verifies each one on its own and
+//! switches the system to the approved target.
+//!
+//! # Trust boundary
+//!
+//! The activator runs as root and trusts only the machine: its own
+//! configuration file, the policy file that configuration names, its own
+//! state directory, the running system and the Nix store. It trusts
+//! nothing from the server, which is network-facing and unprivileged: a
+//! request is untrusted input, and every decision is derived again here.
+//! One compromised approving device, the git forge or the server process
+//! therefore cannot change the system alone. The crate links no HTTP
+//! stack, no async runtime and no template engine.
+//!
+//! # Protocol
+//!
+//! Each connection carries one JSON request line of at most
+//! [`MAX_REQUEST_BYTES`](countersign_core::protocol::MAX_REQUEST_BYTES)
+//! bytes (see [`countersign_core::protocol`]). The activator answers with
+//! events, one JSON line each, and ends with `finished` or `status`.
+//! Longer or malformed lines are refused with a `finished` event whose
+//! outcome is `refused`. Activations are serialized by one lock.
+//!
+//! # Order of checks
+//!
+//! Each failure ends the request with outcome `refused`, changes
+//! nothing, and is recorded in the history:
+//!
+//! 1. Load the policy afresh from the configured file.
+//! 2. [`verify_certificate`](countersign_core::verify_certificate): every
+//!    signature over the raw statement bytes first, then the strict
+//!    parse, host, policy hash, expiry, and the quorum of distinct
+//!    approvers.
+//! 3. The statement's base is the running system (the resolved
+//!    `current_system` link).
+//! 4. The proposal number is above the last accepted one.
+//! 5. The source store path is valid and has the stated NAR hash.
+//! 6. When `verify_evaluation` is on, evaluating the statement's
+//!    attribute of `path:<source>?narHash=<hash>` yields exactly the
+//!    target. The evaluation runs as `evaluator_user` when configured,
+//!    and its result is cached by NAR hash and attribute.
+//! 7. The target is a valid store path with an executable
+//!    `bin/switch-to-configuration` that resolves inside the store.
+//!
+//! Before anything changes, the proposal number (used once, whatever the
+//! outcome), the server's audit head and an `accepted` history entry are
+//! written durably. For `switch` and `boot` the profile is then set to
+//! the target; every action then runs the target's
+//! `switch-to-configuration` with a cleared environment. Any non-zero
+//! exit status is a failure, including 4 ("some units failed"): the
+//! profile is set back to the base and the base's script runs with the
+//! same action, giving `rolled-back`, or `failed` when that fails too.
+//! The outcome is written to the history before it is sent.
+
+mod activate;
+pub mod config;
+mod evaluation;
+pub mod history;
+mod nix;
+mod server;
+pub mod state;
+pub mod system;
+pub mod users;
+
+use std::path::PathBuf;
+
+pub use config::{Config, ConfigError};
+pub use evaluation::EVALUATION_CACHE_DIR;
+pub use history::{
+    HISTORY_FILE, HistoryEntry, HistoryError, HistoryRecord, HistorySummary,
+    read_history, verify_history,
+};
+pub use server::{Daemon, bind, run};
+pub use state::{ActivatorState, STATE_FILE, StateError, read_state};
+
+/// Why the activator could not start or keep serving.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Lookup(#[from] users::LookupError),
+    #[error(transparent)]
+    History(#[from] HistoryError),
+    #[error("invalid `[nix] options` in the activator config: {0}")]
+    NixSettings(countersign_nix::Error),
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{0} exists and is not a socket; remove it or set `socket` to \
+         another path"
+    )]
+    SocketPathTaken(PathBuf),
+    #[error(
+        "another process is listening on {0}; stop it before starting \
+         this activator"
+    )]
+    SocketInUse(PathBuf),
+}

@@ -1,0 +1,556 @@
+//! One activation request: the checks, the durable acceptance, the
+//! switch and the rollback.
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use countersign_core::protocol::{AuditHead, Event, Outcome, Step};
+use countersign_core::{
+    Action, Certificate, Policy, Sha256Digest, Statement, StorePath,
+    verify_certificate,
+};
+
+use crate::config::Config;
+use crate::evaluation::{self, Provenance};
+use crate::history::{History, HistoryRecord};
+use crate::nix::NixTools;
+use crate::state;
+use crate::system::{self, SWITCH_SCRIPT};
+
+/// Where the events of one request go. Sending never fails: a client
+/// that goes away does not stop an activation that has begun.
+pub(crate) trait EventSink {
+    fn send(&mut self, event: &Event);
+}
+
+/// Why a request was refused, with what is known about it.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    pub(crate) proposal: Option<u64>,
+    pub(crate) statement_sha256: Option<Sha256Digest>,
+    pub(crate) reason: String,
+}
+
+impl Refusal {
+    pub(crate) fn new(reason: impl Into<String>) -> Self {
+        Self {
+            proposal: None,
+            statement_sha256: None,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A certificate that passed every check.
+struct Accepted {
+    statement: Statement,
+    statement_sha256: Sha256Digest,
+    approvers: Vec<String>,
+}
+
+/// The privileged side of the socket: its configuration, and the history
+/// whose lock serializes every activation.
+pub(crate) struct Activator {
+    pub(crate) config: Config,
+    nix: NixTools,
+    history: Mutex<History>,
+}
+
+impl Activator {
+    pub(crate) fn new(
+        config: Config,
+        nix: NixTools,
+        history: History,
+    ) -> Self {
+        Self {
+            config,
+            nix,
+            history: Mutex::new(history),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, History> {
+        // A panic in another request leaves the history as consistent as
+        // the file on disk, which every record re-reads.
+        self.history
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Verifies `certificate` and activates its target if every check
+    /// passes; the last event sent is always `finished`.
+    pub(crate) fn activate(
+        &self,
+        certificate: &Certificate,
+        audit_head: Option<AuditHead>,
+        events: &mut dyn EventSink,
+    ) {
+        let mut history = self.lock();
+        let accepted = match self.check(certificate, events) {
+            Ok(accepted) => accepted,
+            Err(refusal) => {
+                self.refuse_locked(&mut history, refusal, events);
+                return;
+            }
+        };
+        let statement = &accepted.statement;
+        let proposal = statement.proposal;
+
+        self.warn_if_audit_head_went_back(audit_head);
+        let record = HistoryRecord::Accepted {
+            time: now(),
+            proposal,
+            statement_sha256: accepted.statement_sha256,
+            action: statement.action,
+            base: statement.base.clone(),
+            target: statement.target.clone(),
+            approvers: accepted.approvers.clone(),
+            audit_head,
+        };
+        let recorded = history.record(&record, |state| {
+            state.last_proposal = proposal;
+            state.audit_head = audit_head;
+        });
+        if let Err(error) = recorded {
+            let refusal = Refusal {
+                proposal: Some(proposal),
+                statement_sha256: Some(accepted.statement_sha256),
+                reason: format!(
+                    "cannot record proposal {proposal} as used, so nothing \
+                     was changed: {error}"
+                ),
+            };
+            self.refuse_locked(&mut history, refusal, events);
+            return;
+        }
+        tracing::info!(
+            proposal,
+            action = %statement.action,
+            base = %statement.base,
+            target = %statement.target,
+            approvers = ?accepted.approvers,
+            "certificate accepted"
+        );
+
+        let (outcome, message) = self.switch(statement, events);
+        let record = HistoryRecord::Finished {
+            time: now(),
+            proposal,
+            outcome,
+            message: message.clone(),
+        };
+        let message = match history.record(&record, |_| {}) {
+            Ok(()) => message,
+            Err(error) => {
+                tracing::error!(
+                    proposal,
+                    %error,
+                    "cannot record the outcome of an activation"
+                );
+                format!(
+                    "{message} (the outcome could not be recorded: {error})"
+                )
+            }
+        };
+        match outcome {
+            Outcome::Activated => {
+                tracing::info!(proposal, %message, "activation finished");
+            }
+            _ => tracing::error!(
+                proposal,
+                outcome = ?outcome,
+                %message,
+                "activation failed"
+            ),
+        }
+        events.send(&Event::Finished {
+            outcome,
+            proposal: Some(proposal),
+            message,
+        });
+    }
+
+    /// Refuses a request that was not an activation of a valid
+    /// certificate, such as malformed input, and records the refusal.
+    pub(crate) fn refuse(&self, refusal: Refusal, events: &mut dyn EventSink) {
+        let mut history = self.lock();
+        self.refuse_locked(&mut history, refusal, events);
+    }
+
+    fn refuse_locked(
+        &self,
+        history: &mut History,
+        refusal: Refusal,
+        events: &mut dyn EventSink,
+    ) {
+        tracing::warn!(
+            proposal = refusal.proposal,
+            reason = %refusal.reason,
+            "request refused"
+        );
+        let record = HistoryRecord::Refused {
+            time: now(),
+            proposal: refusal.proposal,
+            statement_sha256: refusal.statement_sha256,
+            reason: refusal.reason.clone(),
+        };
+        if let Err(error) = history.record(&record, |_| {}) {
+            tracing::error!(%error, "cannot record a refusal in the history");
+        }
+        events.send(&Event::Finished {
+            outcome: Outcome::Refused,
+            proposal: refusal.proposal,
+            message: refusal.reason,
+        });
+    }
+
+    /// Runs every check, in the order of the crate documentation.
+    fn check(
+        &self,
+        certificate: &Certificate,
+        events: &mut dyn EventSink,
+    ) -> Result<Accepted, Refusal> {
+        let policy_path = &self.config.policy;
+        progress(
+            events,
+            Step::Verify,
+            format!(
+                "verifying the certificate against the policy {}",
+                policy_path.display()
+            ),
+        );
+        let policy = std::fs::read(policy_path)
+            .map_err(|error| error.to_string())
+            .and_then(|bytes| {
+                Policy::from_toml(&bytes).map_err(|error| error.to_string())
+            })
+            .map_err(|error| {
+                Refusal::new(format!(
+                    "cannot load the policy {}: {error}; fix the policy file",
+                    policy_path.display()
+                ))
+            })?;
+        let verified = verify_certificate(&policy, certificate, now())
+            .map_err(|error| {
+                Refusal::new(format!("the certificate is invalid: {error}"))
+            })?;
+        let statement = verified.statement().clone();
+        let statement_sha256 = Sha256Digest::of(verified.statement_bytes());
+        let approvers: Vec<String> = verified
+            .approvers()
+            .iter()
+            .map(|name| name.as_str().to_owned())
+            .collect();
+        let refuse = |reason: String| Refusal {
+            proposal: Some(statement.proposal),
+            statement_sha256: Some(statement_sha256),
+            reason,
+        };
+        tracing::info!(
+            proposal = statement.proposal,
+            approvers = ?approvers,
+            "certificate signatures and quorum verified"
+        );
+
+        let running =
+            system::resolve_current_system(&self.config.current_system)
+                .map_err(refuse)?;
+        if running != statement.base {
+            return Err(refuse(format!(
+                "the statement's base {} is not the running system {running}; \
+                 the proposal was made for another system state",
+                statement.base
+            )));
+        }
+
+        let state = state::read_state(&self.config.state_dir)
+            .map_err(|error| refuse(error.to_string()))?;
+        if statement.proposal <= state.last_proposal {
+            return Err(refuse(format!(
+                "proposal {} is not above the last accepted proposal {}; \
+                 a certificate is used only once",
+                statement.proposal, state.last_proposal
+            )));
+        }
+
+        self.check_source(&statement, events).map_err(refuse)?;
+        self.check_evaluation(&statement, events).map_err(refuse)?;
+        self.check_target(&statement.target).map_err(refuse)?;
+
+        Ok(Accepted {
+            statement,
+            statement_sha256,
+            approvers,
+        })
+    }
+
+    fn check_source(
+        &self,
+        statement: &Statement,
+        events: &mut dyn EventSink,
+    ) -> Result<(), String> {
+        let source = &statement.source;
+        progress(
+            events,
+            Step::CheckSource,
+            format!("checking the NAR hash of {}", source.store_path),
+        );
+        let actual = self
+            .nix
+            .nar_hash(&source.store_path)
+            .map_err(|error| {
+                format!(
+                    "cannot query the source {}: {error}",
+                    source.store_path
+                )
+            })?
+            .ok_or_else(|| {
+                format!(
+                    "the source {} is not a valid path in the Nix store",
+                    source.store_path
+                )
+            })?;
+        if actual != source.nar_hash {
+            return Err(format!(
+                "the source {} has NAR hash {actual}, but the statement \
+                 names {}",
+                source.store_path, source.nar_hash
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_evaluation(
+        &self,
+        statement: &Statement,
+        events: &mut dyn EventSink,
+    ) -> Result<(), String> {
+        if !self.config.verify_evaluation {
+            progress(
+                events,
+                Step::Evaluate,
+                "skipped: verify_evaluation is off in the activator config"
+                    .to_owned(),
+            );
+            return Ok(());
+        }
+        let source = &statement.source;
+        progress(
+            events,
+            Step::Evaluate,
+            format!(
+                "evaluating {} of {}",
+                statement.attribute, source.store_path
+            ),
+        );
+        let (out_path, provenance) = evaluation::evaluate(
+            &self.nix,
+            &self.config.state_dir,
+            &source.store_path,
+            &source.nar_hash,
+            &statement.attribute,
+        )
+        .map_err(|error| {
+            format!(
+                "cannot evaluate {} of the approved source {}: {error}",
+                statement.attribute, source.store_path
+            )
+        })?;
+        if provenance == Provenance::Cached {
+            progress(
+                events,
+                Step::Evaluate,
+                format!("evaluation result taken from the cache: {out_path}"),
+            );
+        }
+        if out_path != statement.target {
+            return Err(format!(
+                "evaluating {} of the approved source yields {out_path}, \
+                 not the target {}",
+                statement.attribute, statement.target
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_target(&self, target: &StorePath) -> Result<(), String> {
+        let valid = self.nix.nar_hash(target).map_err(|error| {
+            format!("cannot query the target {target}: {error}")
+        })?;
+        if valid.is_none() {
+            return Err(format!(
+                "the target {target} is not a valid path in the Nix store"
+            ));
+        }
+        system::resolve_in_store(target, SWITCH_SCRIPT).map_err(|error| {
+            format!(
+                "the target {target} is not a switchable NixOS system: {error}"
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Activates an accepted statement and rolls back on failure.
+    fn switch(
+        &self,
+        statement: &Statement,
+        events: &mut dyn EventSink,
+    ) -> (Outcome, String) {
+        let action = statement.action;
+        let target = &statement.target;
+        let profile = &self.config.profile;
+        if action != Action::Test {
+            progress(
+                events,
+                Step::SetProfile,
+                format!(
+                    "setting the profile {} to {target}",
+                    profile.display()
+                ),
+            );
+            if let Err(error) = self.nix.set_profile(profile, target) {
+                let failure = format!(
+                    "setting the profile {} to {target} failed: {error}",
+                    profile.display()
+                );
+                return self.roll_back(statement, failure, false, events);
+            }
+        }
+        progress(
+            events,
+            Step::Switch,
+            format!("running {target}/{SWITCH_SCRIPT} {action}"),
+        );
+        match run_switch_logged(target, action, events) {
+            Ok(()) => (
+                Outcome::Activated,
+                format!(
+                    "proposal {}: {target} activated with `{action}`",
+                    statement.proposal
+                ),
+            ),
+            Err(error) => self.roll_back(statement, error, true, events),
+        }
+    }
+
+    /// Points the profile back at the base and, when the target's switch
+    /// script ran, runs the base's switch script with the same action.
+    fn roll_back(
+        &self,
+        statement: &Statement,
+        failure: String,
+        switched: bool,
+        events: &mut dyn EventSink,
+    ) -> (Outcome, String) {
+        let action = statement.action;
+        let base = &statement.base;
+        let profile = &self.config.profile;
+        tracing::error!(
+            proposal = statement.proposal,
+            error = %failure,
+            "activation failed; rolling back"
+        );
+        progress(
+            events,
+            Step::RollBack,
+            format!("{failure}; rolling back to {base}"),
+        );
+        let mut errors = Vec::new();
+        if action != Action::Test
+            && let Err(error) = self.nix.set_profile(profile, base)
+        {
+            errors.push(format!(
+                "setting the profile {} back to {base} failed: {error}",
+                profile.display()
+            ));
+        }
+        if switched && let Err(error) = run_switch_logged(base, action, events)
+        {
+            errors.push(error);
+        }
+        if errors.is_empty() {
+            (
+                Outcome::RolledBack,
+                format!(
+                    "proposal {}: {failure}; rolled back to {base}",
+                    statement.proposal
+                ),
+            )
+        } else {
+            (
+                Outcome::Failed,
+                format!(
+                    "proposal {}: {failure}; rolling back to {base} failed \
+                     too: {}; the machine needs an administrator, who can \
+                     run `nixos-rebuild` on the console",
+                    statement.proposal,
+                    errors.join("; ")
+                ),
+            )
+        }
+    }
+
+    /// Warns when the server's audit log has fewer entries than it had at
+    /// the last accepted proposal. The activation goes on, because a
+    /// restored backup has the same effect; the audit verification of
+    /// the server's log reports the cut.
+    fn warn_if_audit_head_went_back(&self, audit_head: Option<AuditHead>) {
+        let Ok(state) = state::read_state(&self.config.state_dir) else {
+            return;
+        };
+        if let Some(recorded) = state.audit_head
+            && audit_head.is_none_or(|head| head.seq < recorded.seq)
+        {
+            tracing::warn!(
+                recorded_seq = recorded.seq,
+                sent_seq = audit_head.map(|head| head.seq),
+                "the server's audit log is shorter than at the last \
+                 accepted proposal"
+            );
+        }
+    }
+
+    /// Builds the reply to a status request.
+    pub(crate) fn status(&self) -> Result<Event, String> {
+        let state = state::read_state(&self.config.state_dir)
+            .map_err(|error| error.to_string())?;
+        let current_system = match system::resolve_current_system(
+            &self.config.current_system,
+        ) {
+            Ok(path) => Some(path),
+            Err(error) => {
+                tracing::warn!(%error, "status without a running system");
+                None
+            }
+        };
+        Ok(Event::Status {
+            current_system,
+            last_proposal: state.last_proposal,
+            audit_head: state.audit_head,
+        })
+    }
+}
+
+fn run_switch_logged(
+    toplevel: &StorePath,
+    action: Action,
+    events: &mut dyn EventSink,
+) -> Result<(), String> {
+    system::run_switch(toplevel, action, &mut |line| {
+        tracing::info!(toplevel = %toplevel, line, "switch-to-configuration");
+        events.send(&Event::Log {
+            line: line.to_owned(),
+        });
+    })
+}
+
+fn progress(events: &mut dyn EventSink, step: Step, message: String) {
+    tracing::info!(step = ?step, %message, "progress");
+    events.send(&Event::Progress { step, message });
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |duration| duration.as_secs())
+}

@@ -1,0 +1,297 @@
+//! The activator's configuration file.
+//!
+//! Every value that decides trust (the policy file, the state directory,
+//! the profile, the running system) comes from this root-owned file,
+//! never from a request.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer};
+
+/// Default permissions of the socket: owner and group may connect.
+pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
+/// Default system profile of NixOS.
+pub const DEFAULT_PROFILE: &str = "/nix/var/nix/profiles/system";
+/// Default link to the running system on NixOS.
+pub const DEFAULT_CURRENT_SYSTEM: &str = "/run/current-system";
+
+/// The loaded activator configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The policy file, read again for every activation request.
+    pub policy: PathBuf,
+    /// The activator's own state: last accepted proposal, history and
+    /// the evaluation cache.
+    pub state_dir: PathBuf,
+    /// The Unix socket on which the server sends requests.
+    pub socket: PathBuf,
+    /// Permissions of the socket, as an octal string such as `"0660"`.
+    #[serde(
+        default = "default_socket_mode",
+        deserialize_with = "deserialize_mode"
+    )]
+    pub socket_mode: SocketMode,
+    /// Group that owns the socket, so that its members may connect.
+    #[serde(default)]
+    pub socket_group: Option<String>,
+    /// The system profile that `nix-env --set` points at the target.
+    #[serde(default = "default_profile")]
+    pub profile: PathBuf,
+    /// A symlink to the running system; its resolved store path must be
+    /// the base of every statement.
+    #[serde(default = "default_current_system")]
+    pub current_system: PathBuf,
+    /// Whether to evaluate the approved source and require that it
+    /// yields exactly the target.
+    #[serde(default = "default_true")]
+    pub verify_evaluation: bool,
+    /// The unprivileged user that runs the evaluation; when unset it
+    /// runs as the activator's own user.
+    #[serde(default)]
+    pub evaluator_user: Option<String>,
+    #[serde(default)]
+    pub nix: NixSettings,
+}
+
+/// Settings passed to every Nix command.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NixSettings {
+    /// Passed as `--option NAME VALUE`.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+/// Unix permission bits of the socket, at most `0o777`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SocketMode(pub u32);
+
+impl fmt::Debug for SocketMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04o}", self.0)
+    }
+}
+
+impl fmt::Display for SocketMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04o}", self.0)
+    }
+}
+
+/// Why a configuration file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the activator config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid activator config {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// Reads and validates the configuration file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| {
+            ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            }
+        })?;
+        Self::parse(&text).map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses and validates configuration text; the error names the key
+    /// and the fix.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let config: Config =
+            toml::from_str(text).map_err(|error| error.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let paths = [
+            ("policy", &self.policy),
+            ("state_dir", &self.state_dir),
+            ("socket", &self.socket),
+            ("profile", &self.profile),
+            ("current_system", &self.current_system),
+        ];
+        for (key, path) in paths {
+            if !path.is_absolute() {
+                return Err(format!(
+                    "`{key}` is {path:?}, a relative path; use an absolute path"
+                ));
+            }
+        }
+        if self.socket.file_name().is_none() {
+            return Err(format!(
+                "`socket` is {:?}, which names no file; give the socket's full path",
+                self.socket
+            ));
+        }
+        for (key, value) in [
+            ("socket_group", &self.socket_group),
+            ("evaluator_user", &self.evaluator_user),
+        ] {
+            if value.as_deref().is_some_and(|name| {
+                name.is_empty() || name.contains([':', '\n'])
+            }) {
+                return Err(format!(
+                    "`{key}` is {value:?}, which is not a valid name; \
+                     give an existing name or remove the key"
+                ));
+            }
+        }
+        for name in self.nix.options.keys() {
+            let valid = !name.is_empty()
+                && !name.starts_with('-')
+                && name
+                    .bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-');
+            if !valid {
+                return Err(format!(
+                    "`nix.options` has the invalid option name {name:?}; \
+                     use Nix setting names such as \"experimental-features\""
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn default_socket_mode() -> SocketMode {
+    SocketMode(DEFAULT_SOCKET_MODE)
+}
+
+fn default_profile() -> PathBuf {
+    PathBuf::from(DEFAULT_PROFILE)
+}
+
+fn default_current_system() -> PathBuf {
+    PathBuf::from(DEFAULT_CURRENT_SYSTEM)
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn deserialize_mode<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<SocketMode, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse_mode(&text).map_err(serde::de::Error::custom)
+}
+
+fn parse_mode(text: &str) -> Result<SocketMode, String> {
+    let invalid = || {
+        format!(
+            "invalid socket_mode {text:?}: use an octal string of at most \
+             four digits such as \"0660\""
+        )
+    };
+    let valid = !text.is_empty()
+        && text.len() <= 4
+        && text.bytes().all(|byte| (b'0'..=b'7').contains(&byte));
+    if !valid {
+        return Err(invalid());
+    }
+    let mode = u32::from_str_radix(text, 8).map_err(|_| invalid())?;
+    if mode > 0o777 {
+        return Err(format!(
+            "invalid socket_mode {text:?}: setuid, setgid and sticky bits \
+             do not apply to a socket; use at most \"0777\""
+        ));
+    }
+    Ok(SocketMode(mode))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "policy = \"/etc/countersign/policy.toml\"\n\
+        state_dir = \"/var/lib/countersign-activator\"\n\
+        socket = \"/run/countersign/activator.sock\"\n";
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let config = Config::parse(MINIMAL).unwrap();
+        assert_eq!(config.socket_mode, SocketMode(0o660));
+        assert_eq!(config.profile, Path::new(DEFAULT_PROFILE));
+        assert_eq!(config.current_system, Path::new(DEFAULT_CURRENT_SYSTEM));
+        assert!(config.verify_evaluation);
+        assert_eq!(config.evaluator_user, None);
+        assert!(config.nix.options.is_empty());
+    }
+
+    #[test]
+    fn full_config_parses() {
+        let text = format!(
+            "{MINIMAL}socket_mode = \"0600\"\nsocket_group = \"countersign\"\n\
+             profile = \"/tmp/p\"\ncurrent_system = \"/tmp/c\"\n\
+             verify_evaluation = false\nevaluator_user = \"eval\"\n\
+             [nix]\noptions = {{ \"experimental-features\" = \"nix-command flakes\" }}\n"
+        );
+        let config = Config::parse(&text).unwrap();
+        assert_eq!(config.socket_mode, SocketMode(0o600));
+        assert_eq!(config.socket_group.as_deref(), Some("countersign"));
+        assert!(!config.verify_evaluation);
+        assert_eq!(config.evaluator_user.as_deref(), Some("eval"));
+        assert_eq!(
+            config.nix.options["experimental-features"],
+            "nix-command flakes"
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let error =
+            Config::parse(&format!("{MINIMAL}verify_evalution = false\n"))
+                .unwrap_err();
+        assert!(error.contains("verify_evalution"), "{error}");
+    }
+
+    #[test]
+    fn missing_key_is_named() {
+        let error =
+            Config::parse("policy = \"/p\"\nsocket = \"/s\"\n").unwrap_err();
+        assert!(error.contains("state_dir"), "{error}");
+    }
+
+    #[test]
+    fn invalid_modes_are_rejected() {
+        for mode in ["660", "0660"] {
+            let text = format!("{MINIMAL}socket_mode = \"{mode}\"\n");
+            assert!(Config::parse(&text).is_ok(), "{mode} was rejected");
+        }
+        for mode in ["", "0869", "4660", "rw-rw----", "00660"] {
+            let text = format!("{MINIMAL}socket_mode = \"{mode}\"\n");
+            let error = Config::parse(&text).unwrap_err();
+            assert!(error.contains("socket_mode"), "{mode}: {error}");
+        }
+        let error = Config::parse(&format!("{MINIMAL}socket_mode = 660\n"))
+            .unwrap_err();
+        assert!(error.contains("socket_mode"), "{error}");
+    }
+
+    #[test]
+    fn relative_path_is_rejected() {
+        let text = MINIMAL.replace(
+            "/var/lib/countersign-activator",
+            "var/lib/countersign-activator",
+        );
+        let error = Config::parse(&text).unwrap_err();
+        assert!(error.contains("`state_dir`"), "{error}");
+        assert!(error.contains("absolute"), "{error}");
+    }
+}

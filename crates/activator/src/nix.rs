@@ -1,0 +1,156 @@
+//! The Nix commands the activator runs: store queries and evaluation
+//! through countersign-nix, and profile changes with `nix-env`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use countersign_core::StorePath;
+use countersign_nix::{FetchedSource, Nix};
+
+use crate::users::User;
+
+/// Lines of standard error quoted in an error message.
+const STDERR_TAIL_LINES: usize = 20;
+
+/// Search path for commands the activator starts with a cleared
+/// environment; the NixOS system path comes first.
+pub(crate) const CLEAN_PATH: &str = "/run/current-system/sw/bin:\
+     /nix/var/nix/profiles/default/bin:/usr/bin:/bin";
+
+/// Variables of the activator's own environment that an evaluation as
+/// `evaluator_user` keeps, because they select the Nix store and its
+/// settings.
+const EVALUATOR_ENV: [&str; 2] = ["NIX_REMOTE", "NIX_CONFIG"];
+
+/// How the activator runs Nix: as itself for store queries and profile
+/// changes, and as the evaluator user, when one is configured, for
+/// evaluating approved sources.
+#[derive(Debug, Clone)]
+pub(crate) struct NixTools {
+    options: BTreeMap<String, String>,
+    own: Nix,
+    evaluator: Nix,
+}
+
+impl NixTools {
+    /// Prepares the commands; an invalid option name is an error.
+    pub(crate) fn new(
+        options: &BTreeMap<String, String>,
+        evaluator: Option<&User>,
+    ) -> Result<Self, countersign_nix::Error> {
+        let own = with_options(Nix::new(), options)?;
+        let evaluator = match evaluator {
+            None => own.clone(),
+            Some(user) => {
+                // `with_user` also drops root's supplementary groups.
+                let mut nix = Nix::new()
+                    .with_clear_env()
+                    .with_env("PATH", CLEAN_PATH)
+                    .with_env("HOME", &user.home)
+                    .with_env("USER", &user.name)
+                    .with_user(user.uid, user.gid);
+                for name in EVALUATOR_ENV {
+                    if let Some(value) = std::env::var_os(name) {
+                        nix = nix.with_env(name, value);
+                    }
+                }
+                with_options(nix, options)?
+            }
+        };
+        Ok(Self {
+            options: options.clone(),
+            own,
+            evaluator,
+        })
+    }
+
+    /// Returns the NAR hash (SRI form) of `path`, or `None` when `path`
+    /// is not a valid path in the Nix store.
+    pub(crate) fn nar_hash(
+        &self,
+        path: &StorePath,
+    ) -> Result<Option<String>, countersign_nix::Error> {
+        if !countersign_nix::is_valid_path(&self.own, path)? {
+            return Ok(None);
+        }
+        countersign_nix::nar_hash(&self.own, path).map(Some)
+    }
+
+    /// Evaluates `attribute` of the flake at `source`, pinned by its NAR
+    /// hash, as the evaluator user, and returns the output path it
+    /// names without building it.
+    pub(crate) fn evaluate_out_path(
+        &self,
+        source: &StorePath,
+        nar_hash: &str,
+        attribute: &str,
+    ) -> Result<StorePath, countersign_nix::Error> {
+        let source = FetchedSource::new(source.clone(), nar_hash)?;
+        countersign_nix::evaluate_out_path(&self.evaluator, &source, attribute)
+    }
+
+    /// Points `profile` at `path` as a new generation.
+    pub(crate) fn set_profile(
+        &self,
+        profile: &Path,
+        path: &StorePath,
+    ) -> Result<(), String> {
+        let mut command = Command::new("nix-env");
+        for (name, value) in &self.options {
+            command.arg("--option").arg(name).arg(value);
+        }
+        command.arg("--profile").arg(profile);
+        command.arg("--set").arg(path.as_str());
+        run(&mut command)
+    }
+}
+
+fn with_options(
+    mut nix: Nix,
+    options: &BTreeMap<String, String>,
+) -> Result<Nix, countersign_nix::Error> {
+    for (name, value) in options {
+        nix = nix.with_option(name, value)?;
+    }
+    Ok(nix)
+}
+
+/// Runs `command` with no input, or returns an error that quotes the end
+/// of its standard error.
+fn run(command: &mut Command) -> Result<(), String> {
+    let description = describe(command);
+    tracing::debug!(command = %description, "running");
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|error| format!("cannot start `{description}`: {error}"))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .collect();
+    let start = lines.len().saturating_sub(STDERR_TAIL_LINES);
+    let mut tail = lines[start..].join("\n");
+    if tail.is_empty() {
+        tail = "(no output on standard error)".into();
+    }
+    Err(format!(
+        "`{description}` failed with {}: {tail}",
+        output.status
+    ))
+}
+
+/// The program and its arguments, for messages.
+pub(crate) fn describe(command: &Command) -> String {
+    let mut words = vec![command.get_program().to_string_lossy().into_owned()];
+    words.extend(
+        command
+            .get_args()
+            .map(|arg| arg.to_string_lossy().into_owned()),
+    );
+    words.join(" ")
+}

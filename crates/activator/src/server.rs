@@ -1,0 +1,371 @@
+//! The Unix socket: creating it, accepting connections and reading one
+//! request per connection.
+
+use std::fs;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use countersign_core::protocol::{Event, MAX_REQUEST_BYTES, Outcome, Request};
+
+use crate::Error;
+use crate::activate::{Activator, EventSink, Refusal};
+use crate::config::Config;
+use crate::history::History;
+use crate::nix::NixTools;
+use crate::users;
+
+/// How long a client may take to send its request line.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one event may wait for a client that does not read.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections served at once; more are refused at once.
+const MAX_CONNECTIONS: usize = 32;
+
+/// A bound activator, ready to serve.
+pub struct Daemon {
+    listener: UnixListener,
+    activator: Arc<Activator>,
+}
+
+/// Prepares the state directory, the history and the socket.
+pub fn bind(config: Config) -> Result<Daemon, Error> {
+    create_private_dir(&config.state_dir)?;
+    let evaluator = match &config.evaluator_user {
+        Some(name) => Some(users::lookup_user(name)?),
+        None => {
+            if config.verify_evaluation {
+                tracing::warn!(
+                    "evaluator_user is not set, so the approved source is \
+                     evaluated as the activator's own user; set \
+                     evaluator_user to an unprivileged account"
+                );
+            }
+            None
+        }
+    };
+    let group = match &config.socket_group {
+        Some(name) => Some(users::lookup_group(name)?),
+        None => None,
+    };
+    check_policy(&config);
+    let nix = NixTools::new(&config.nix.options, evaluator.as_ref())
+        .map_err(Error::NixSettings)?;
+    let history = History::open(&config.state_dir)?;
+    let listener = bind_socket(&config, group)?;
+    tracing::info!(
+        socket = %config.socket.display(),
+        state_dir = %config.state_dir.display(),
+        policy = %config.policy.display(),
+        profile = %config.profile.display(),
+        verify_evaluation = config.verify_evaluation,
+        evaluator_user = config.evaluator_user.as_deref(),
+        "activator started"
+    );
+    Ok(Daemon {
+        listener,
+        activator: Arc::new(Activator::new(config, nix, history)),
+    })
+}
+
+/// Binds and serves until the listener fails.
+pub fn run(config: Config) -> Result<(), Error> {
+    bind(config)?.serve()
+}
+
+impl Daemon {
+    /// The path of the bound socket.
+    pub fn socket(&self) -> &Path {
+        &self.activator.config.socket
+    }
+
+    /// Accepts connections and serves each on its own thread.
+    pub fn serve(self) -> Result<(), Error> {
+        let active = Arc::new(AtomicUsize::new(0));
+        for stream in self.listener.incoming() {
+            let stream = match stream {
+                Ok(stream) => stream,
+                Err(error) => {
+                    tracing::error!(%error, "accepting a connection failed");
+                    // Running out of file descriptors repeats at once;
+                    // a pause keeps the log readable.
+                    thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            };
+            if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+                active.fetch_sub(1, Ordering::SeqCst);
+                tracing::warn!(
+                    limit = MAX_CONNECTIONS,
+                    "too many connections; closing a new one"
+                );
+                let mut sink = Connection::new(stream);
+                sink.send(&Event::Finished {
+                    outcome: Outcome::Refused,
+                    proposal: None,
+                    message: format!(
+                        "the activator already serves {MAX_CONNECTIONS} \
+                         connections; try again later"
+                    ),
+                });
+                continue;
+            }
+            let activator = Arc::clone(&self.activator);
+            let active = Arc::clone(&active);
+            let spawned = thread::Builder::new()
+                .name("connection".into())
+                .spawn(move || {
+                    serve_connection(&activator, stream);
+                    active.fetch_sub(1, Ordering::SeqCst);
+                });
+            if let Err(error) = spawned {
+                tracing::error!(%error, "cannot start a connection thread");
+            }
+        }
+        tracing::info!("activator stopped");
+        Ok(())
+    }
+}
+
+fn serve_connection(activator: &Activator, stream: UnixStream) {
+    let timeouts = stream
+        .set_read_timeout(Some(READ_TIMEOUT))
+        .and_then(|()| stream.set_write_timeout(Some(WRITE_TIMEOUT)));
+    if let Err(error) = timeouts {
+        tracing::warn!(%error, "cannot set the socket timeouts");
+    }
+    let line = read_request_line(&stream);
+    let mut sink = Connection::new(stream);
+    let line = match line {
+        Ok(line) => line,
+        Err(RequestError::Io(error)) => {
+            tracing::warn!(%error, "reading a request failed");
+            return;
+        }
+        Err(error) => {
+            activator.refuse(Refusal::new(error.to_string()), &mut sink);
+            return;
+        }
+    };
+    let request: Request = match serde_json::from_slice(&line) {
+        Ok(request) => request,
+        Err(error) => {
+            let reason = format!(
+                "the request is not a valid JSON request line: {error}"
+            );
+            activator.refuse(Refusal::new(reason), &mut sink);
+            return;
+        }
+    };
+    match request {
+        Request::Activate {
+            certificate,
+            audit_head,
+        } => {
+            tracing::info!(
+                approvals = certificate.approvals.len(),
+                audit_seq = audit_head.map(|head| head.seq),
+                "activation request"
+            );
+            activator.activate(&certificate, audit_head, &mut sink);
+        }
+        Request::Status => {
+            tracing::info!("status request");
+            match activator.status() {
+                Ok(event) => sink.send(&event),
+                Err(error) => {
+                    tracing::error!(%error, "cannot report the status");
+                    sink.send(&Event::Finished {
+                        outcome: Outcome::Refused,
+                        proposal: None,
+                        message: error,
+                    });
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RequestError {
+    #[error(
+        "the request line is longer than {MAX_REQUEST_BYTES} bytes; send \
+         one JSON request of at most that size followed by a line break"
+    )]
+    TooLong,
+    #[error("the connection closed before a request arrived")]
+    Empty,
+    #[error(transparent)]
+    Io(io::Error),
+}
+
+/// Reads one line of at most [`MAX_REQUEST_BYTES`] bytes, without its
+/// line break; a final line without a line break counts too.
+fn read_request_line(stream: &UnixStream) -> Result<Vec<u8>, RequestError> {
+    let limit = MAX_REQUEST_BYTES as u64 + 1;
+    let mut reader = BufReader::new(stream.take(limit));
+    let mut line = Vec::new();
+    reader
+        .read_until(b'\n', &mut line)
+        .map_err(RequestError::Io)?;
+    if line.last() == Some(&b'\n') {
+        line.pop();
+    } else if line.len() > MAX_REQUEST_BYTES {
+        return Err(RequestError::TooLong);
+    }
+    if line.is_empty() {
+        return Err(RequestError::Empty);
+    }
+    Ok(line)
+}
+
+/// Sends events as JSON lines until the client goes away.
+struct Connection {
+    stream: UnixStream,
+    open: bool,
+}
+
+impl Connection {
+    fn new(stream: UnixStream) -> Self {
+        Self { stream, open: true }
+    }
+}
+
+impl EventSink for Connection {
+    fn send(&mut self, event: &Event) {
+        if !self.open {
+            return;
+        }
+        let mut line = serde_json::to_vec(event).expect("events serialize");
+        line.push(b'\n');
+        if let Err(error) = self.stream.write_all(&line) {
+            tracing::warn!(
+                %error,
+                "the client stopped reading; the request continues without it"
+            );
+            self.open = false;
+        }
+    }
+}
+
+fn create_private_dir(path: &Path) -> Result<(), Error> {
+    let io_error = |source| Error::Io {
+        action: "create the state directory",
+        path: path.to_owned(),
+        source,
+    };
+    fs::create_dir_all(path).map_err(io_error)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o700))
+        .map_err(io_error)
+}
+
+/// Warns at start when the policy cannot be loaded; each request loads
+/// it again, so a fix takes effect without a restart.
+fn check_policy(config: &Config) {
+    let loaded = fs::read(&config.policy)
+        .map_err(|error| error.to_string())
+        .and_then(|bytes| {
+            countersign_core::Policy::from_toml(&bytes)
+                .map_err(|error| error.to_string())
+        });
+    match loaded {
+        Ok(policy) => tracing::info!(
+            host = %policy.host,
+            threshold = policy.threshold,
+            approvers = policy.approvers.len(),
+            "policy loaded"
+        ),
+        Err(error) => tracing::warn!(
+            policy = %config.policy.display(),
+            %error,
+            "the policy cannot be loaded; every activation is refused until \
+             it is fixed"
+        ),
+    }
+}
+
+/// Binds the socket under a temporary name, sets its mode and group, and
+/// renames it into place, so that it is never reachable with other
+/// permissions. A stale socket is replaced; a live one is an error.
+fn bind_socket(
+    config: &Config,
+    group: Option<u32>,
+) -> Result<UnixListener, Error> {
+    let path = &config.socket;
+    let io_error = |action: &'static str, path: &Path| {
+        let path = path.to_owned();
+        move |source| Error::Io {
+            action,
+            path,
+            source,
+        }
+    };
+    let directory = path.parent().expect("the config requires a file name");
+    fs::create_dir_all(directory)
+        .map_err(io_error("create the socket directory", directory))?;
+    check_existing_socket(path)?;
+
+    let file_name = path.file_name().expect("checked by the config");
+    let temporary: PathBuf = directory.join(format!(
+        ".{}.{}.tmp",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
+    match fs::remove_file(&temporary) {
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(io_error("remove", &temporary)(source));
+        }
+    }
+    let listener = UnixListener::bind(&temporary)
+        .map_err(io_error("bind the socket", &temporary))?;
+    let prepared = fs::set_permissions(
+        &temporary,
+        fs::Permissions::from_mode(config.socket_mode.0),
+    )
+    .map_err(io_error("set the mode of", &temporary))
+    .and_then(|()| match group {
+        Some(gid) => std::os::unix::fs::chown(&temporary, None, Some(gid))
+            .map_err(io_error("set the group of", &temporary)),
+        None => Ok(()),
+    })
+    .and_then(|()| {
+        fs::rename(&temporary, path)
+            .map_err(io_error("move the socket into place at", path))
+    });
+    if let Err(error) = prepared {
+        let _ = fs::remove_file(&temporary);
+        return Err(error);
+    }
+    Ok(listener)
+}
+
+fn check_existing_socket(path: &Path) -> Result<(), Error> {
+    let metadata = match fs::symlink_metadata(path) {
+        Ok(metadata) => metadata,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            return Ok(());
+        }
+        Err(source) => {
+            return Err(Error::Io {
+                action: "inspect",
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    if !metadata.file_type().is_socket() {
+        return Err(Error::SocketPathTaken(path.to_owned()));
+    }
+    if UnixStream::connect(path).is_ok() {
+        return Err(Error::SocketInUse(path.to_owned()));
+    }
+    tracing::info!(socket = %path.display(), "replacing a stale socket");
+    Ok(())
+}
