@@ -17,8 +17,11 @@ use crate::sshsig::{self, Namespace, SshSignatureError};
 use crate::statement::{Statement, StatementError};
 
 /// One approver's signature over a statement, as carried on the wire.
+///
+/// Unknown fields are rejected by [`VoteSignature`], which receives
+/// every field but `approver`: serde cannot combine `flatten` with
+/// `deny_unknown_fields` on the outer struct (it would reject `kind`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Vote {
     pub approver: String,
     #[serde(flatten)]
@@ -280,6 +283,24 @@ mod tests {
                 signature: key.sign("countersign-approve", bytes),
             },
         }
+    }
+
+    #[test]
+    fn certificate_round_trips_through_json() {
+        let f = fixture(1, "");
+        let bytes = f.statement.to_bytes();
+        let certificate =
+            Certificate::new(&bytes, vec![vote(&f.phone, "phone", &bytes)]);
+        let text = serde_json::to_string(&certificate).unwrap();
+        let parsed: Certificate = serde_json::from_str(&text).unwrap();
+        assert_eq!(parsed, certificate);
+    }
+
+    #[test]
+    fn vote_rejects_unknown_field() {
+        let text =
+            r#"{"approver":"phone","kind":"ssh","signature":"x","extra":1}"#;
+        assert!(serde_json::from_str::<Vote>(text).is_err());
     }
 
     #[test]
