@@ -33,10 +33,22 @@ mod tests {
         let cases = [
             ("hello-2.12.1", "hello", "2.12.1"),
             ("apache-httpd-2.0.48", "apache-httpd", "2.0.48"),
-            ("python3.12-requests-2.32.3", "python3.12-requests", "2.32.3"),
+            (
+                "python3.12-requests-2.32.3",
+                "python3.12-requests",
+                "2.32.3",
+            ),
             ("linux-6.6.63-modules", "linux", "6.6.63-modules"),
-            ("unit-script-sshd-keygen-start", "unit-script-sshd-keygen-start", ""),
-            ("nixos-system-web-25.05.20250101", "nixos-system-web", "25.05.20250101"),
+            (
+                "unit-script-sshd-keygen-start",
+                "unit-script-sshd-keygen-start",
+                "",
+            ),
+            (
+                "nixos-system-web-25.05.20250101",
+                "nixos-system-web",
+                "25.05.20250101",
+            ),
             ("odd-_x", "odd", "_x"),
             ("dot-.x", "dot", ".x"),
             ("trailing-", "trailing-", ""),

@@ -1,7 +1,8 @@
 //! Escaping of text that came from a repository or a build.
 //!
-//! File names, diff lines, commit subjects and build output are written
-//! by whoever controls the repository. Printed raw, an ESC byte could
+//! File names, diff lines, commit subjects and build output come from
+//! the repository, so anyone who can push to it controls them. Printed
+//! raw, an ESC byte could
 //! move the cursor, rewrite earlier lines or change the window title, and
 //! a bidirectional override could make a line read differently from what
 //! it is. Every such character is shown as a visible escape instead.
@@ -34,9 +35,9 @@ fn needs_escape(c: char) -> bool {
     c.is_control() || is_bidi_control(c)
 }
 
-/// The Unicode bidirectional embedding, override and isolate characters,
-/// plus the line and paragraph separators, which some terminals treat as
-/// line breaks.
+/// Tells whether `c` is a Unicode bidirectional embedding, override or
+/// isolate character, or a line or paragraph separator, which some
+/// terminals treat as line breaks.
 fn is_bidi_control(c: char) -> bool {
     matches!(
         c,

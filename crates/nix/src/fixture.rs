@@ -7,14 +7,15 @@
 //! `nixosConfigurations.<host>.config.system.build.toplevel` is built
 //! from `builtins.derivation` calls with `/bin/sh` as the builder.
 //!
-//! The result follows the layout of a real NixOS toplevel: one store
-//! path per package (`<name>-<version>`), one per unit (`unit-<name>`)
-//! gathered in `system-units`, one per `/etc` text file
-//! (`etc-<path>`), an `etc` tree of links with `.mode`, `.uid` and
-//! `.gid` sidecars where NixOS writes them, a `system-path` for `sw/`,
-//! and the toplevel entries `activate`, `bin/switch-to-configuration`,
-//! `etc`, `sw`, `kernel`, `kernel-modules`, `initrd`, `kernel-params`,
-//! `init`, `init-interface-version`, `nixos-version`, `system` and
+//! The result follows the layout of a real NixOS toplevel. There is one
+//! store path per package (`<name>-<version>`), one per unit
+//! (`unit-<name>`) gathered in `system-units`, and one per `/etc` text
+//! file (`etc-<path>`). The `etc` tree is made of links, with `.mode`,
+//! `.uid` and `.gid` sidecars where NixOS writes them, and `sw` is a
+//! `system-path`. The toplevel has the entries `activate`,
+//! `bin/switch-to-configuration`, `etc`, `sw`, `kernel`,
+//! `kernel-modules`, `initrd`, `kernel-params`, `init`,
+//! `init-interface-version`, `nixos-version`, `system` and
 //! `specialisation/`.
 //!
 //! Its `switch-to-configuration` does not activate anything: it appends
@@ -36,6 +37,7 @@ use crate::process;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Package {
     pub name: String,
+    /// The version; empty for a generated path without one.
     pub version: String,
     /// Relative paths and contents; files under `bin/` are executable
     /// and linked into `sw/bin`.
@@ -53,6 +55,18 @@ impl Package {
                 format!("bin/{name}"),
                 format!("#!/bin/sh\necho '{name} {version}'\n"),
             )],
+        }
+    }
+}
+
+impl Package {
+    /// The store name: `<name>-<version>`, or the bare name for a
+    /// generated path without a version such as `unit-script-x-start`.
+    pub fn store_name(&self) -> String {
+        if self.version.is_empty() {
+            self.name.clone()
+        } else {
+            format!("{}-{}", self.name, self.version)
         }
     }
 }
@@ -93,8 +107,8 @@ pub struct SystemSpec {
 }
 
 impl SystemSpec {
-    /// A small server: hello, openssh and coreutils, an SSH daemon unit
-    /// and a hello unit, and the usual `/etc` files.
+    /// Describes a small server: hello, openssh and coreutils, an SSH
+    /// daemon unit and a hello unit, and the usual `/etc` files.
     pub fn demo(host: &str, switch_log: &Path) -> Self {
         Self {
             host: host.to_owned(),
@@ -192,8 +206,10 @@ impl SystemSpec {
             "[Unit]\nDescription=Nightly backup\n\n[Timer]\n\
              OnCalendar=daily\n\n[Install]\nWantedBy=timers.target\n",
         );
-        if let Some((_, text)) =
-            next.etc.iter_mut().find(|(path, _)| path == "ssh/sshd_config")
+        if let Some((_, text)) = next
+            .etc
+            .iter_mut()
+            .find(|(path, _)| path == "ssh/sshd_config")
         {
             *text = text.replace(
                 "PasswordAuthentication yes",
@@ -203,7 +219,7 @@ impl SystemSpec {
         next
     }
 
-    /// The flake attribute of the toplevel.
+    /// Returns the flake attribute of the toplevel.
     pub fn attribute(&self) -> String {
         format!(
             "nixosConfigurations.{}.config.system.build.toplevel",
@@ -241,7 +257,7 @@ impl SystemSpec {
         self.etc.retain(|(entry, _)| entry != path);
     }
 
-    /// The text of `flake.nix`.
+    /// Generates the text of `flake.nix`.
     pub fn to_flake_nix(&self) -> Result<String> {
         FlakeWriter::new(self)?.write()
     }
@@ -270,7 +286,11 @@ pub fn write_flake(dir: &Path, spec: &SystemSpec) -> Result<PathBuf> {
 
 /// Writes the flake for `spec` into the git work tree `dir` (created,
 /// with branch `main`, if needed), commits it and returns the commit id.
-pub fn commit_flake(dir: &Path, spec: &SystemSpec, message: &str) -> Result<String> {
+pub fn commit_flake(
+    dir: &Path,
+    spec: &SystemSpec,
+    message: &str,
+) -> Result<String> {
     if !dir.join(".git").exists() {
         fs::create_dir_all(dir).map_err(|error| Error::io(dir, error))?;
         process::run(
@@ -369,8 +389,8 @@ impl<'a> FlakeWriter<'a> {
         self.bindings.push(text);
     }
 
-    /// A Nix string of text where `@pkg:<name>@` becomes the store path
-    /// of that package.
+    /// Converts `text` to a Nix string in which `@pkg:<name>@` becomes
+    /// the store path of that package.
     fn with_references(&self, text: &str) -> Result<NixString> {
         let mut out = NixString::default();
         let mut rest = text;
@@ -438,7 +458,8 @@ impl<'a> FlakeWriter<'a> {
         for (index, package) in self.spec.packages.iter().enumerate() {
             let mut script = String::from("mkdir -p \"$out\"\n");
             let mut attrs = Vec::new();
-            for (file_index, (path, content)) in package.files.iter().enumerate()
+            for (file_index, (path, content)) in
+                package.files.iter().enumerate()
             {
                 if let Some((dir, _)) = path.rsplit_once('/') {
                     script.push_str(&format!("mkdir -p \"$out/{dir}\"\n"));
@@ -456,7 +477,7 @@ impl<'a> FlakeWriter<'a> {
             }
             self.derivation(
                 &format!("package_{index}"),
-                &format!("{}-{}", package.name, package.version),
+                &package.store_name(),
                 NixString::default().literal(&script),
                 &attrs,
             );
@@ -486,7 +507,8 @@ impl<'a> FlakeWriter<'a> {
             }
         }
         if !wants.is_empty() {
-            links = links.literal("mkdir -p \"$out/multi-user.target.wants\"\n");
+            links =
+                links.literal("mkdir -p \"$out/multi-user.target.wants\"\n");
         }
         for name in wants {
             links = links.literal(&format!(
@@ -540,7 +562,8 @@ impl<'a> FlakeWriter<'a> {
     }
 
     fn system_path(&mut self) {
-        let mut script = NixString::default().literal("mkdir -p \"$out/bin\"\n");
+        let mut script =
+            NixString::default().literal("mkdir -p \"$out/bin\"\n");
         let mut seen = Vec::new();
         for (index, package) in self.spec.packages.iter().enumerate() {
             for (path, _) in &package.files {
@@ -556,7 +579,9 @@ impl<'a> FlakeWriter<'a> {
                 script = script
                     .literal("ln -s \"")
                     .interpolate(&format!("package_{index}"))
-                    .literal(&format!("/bin/{binary}\" \"$out/bin/{binary}\"\n"));
+                    .literal(&format!(
+                        "/bin/{binary}\" \"$out/bin/{binary}\"\n"
+                    ));
             }
         }
         self.derivation("system_path", "system-path", script, &[]);
@@ -684,13 +709,13 @@ systemConfig='@out@'\n\
 echo \"test system: stage 2 of $systemConfig\"\n\
 exec \"$systemConfig/activate\"\n";
 
-/// The derivation attribute value as Nix text.
+/// Formats a derivation attribute value as Nix text.
 fn value_text(value: &NixString) -> String {
     format!("\"{}\"", value.0)
 }
 
-/// The mode NixOS gives an `/etc` file, for those written as copies
-/// rather than links.
+/// Returns the mode NixOS gives an `/etc` file that is written as a
+/// copy rather than a link.
 fn etc_mode(path: &str) -> Option<&'static str> {
     if path == "sudoers" {
         Some("0440")
@@ -721,7 +746,7 @@ fn is_executable(path: &str) -> bool {
     path.starts_with("bin/") || path.starts_with("sbin/")
 }
 
-/// A store-name-safe form of a unit or file name, as NixOS makes one:
+/// Makes a unit or file name safe for a store name the way NixOS does:
 /// `@` and `:` become `-`.
 fn store_safe(name: &str) -> String {
     name.replace(['@', ':'], "-")
@@ -767,7 +792,9 @@ fn validate_spec(spec: &SystemSpec) -> Result<()> {
     word("kernel version", &spec.kernel_version, b"._-")?;
     for package in &spec.packages {
         word("package name", &package.name, b"._+-")?;
-        word("package version", &package.version, b"._+-")?;
+        if !package.version.is_empty() {
+            word("package version", &package.version, b"._+-")?;
+        }
         for (path, _) in &package.files {
             relative_path("package file", path)?;
         }
@@ -804,9 +831,9 @@ fn relative_path(what: &'static str, path: &str) -> Result<()> {
                 && component != "."
                 && component != ".."
                 && !component.starts_with('-')
-                && component
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._+@-".contains(&b))
+                && component.bytes().all(|b| {
+                    b.is_ascii_alphanumeric() || b"._+@-".contains(&b)
+                })
         });
     if valid {
         Ok(())

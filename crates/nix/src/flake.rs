@@ -37,7 +37,8 @@ impl FetchedSource {
         })
     }
 
-    /// The locked flake reference `path:<store path>?narHash=<hash>`.
+    /// Returns the locked flake reference
+    /// `path:<store path>?narHash=<hash>`.
     pub fn flake_url(&self) -> String {
         format!(
             "path:{}?narHash={}",
@@ -46,7 +47,7 @@ impl FetchedSource {
         )
     }
 
-    /// The installable `<flake url>#<attribute>` after checking
+    /// Returns the installable `<flake url>#<attribute>` after checking
     /// `attribute` with [`validate_attribute`].
     pub fn installable(&self, attribute: &str) -> Result<String> {
         validate_attribute(attribute)?;
@@ -121,8 +122,8 @@ pub fn fetch_source(
 ///
 /// `gc_root` becomes a symbolic link to the output that keeps it from
 /// garbage collection. Every line Nix writes to standard error, builder
-/// output included, goes to `on_log_line` as soon as it arrives; the
-/// lines come from the repository's builders, so a caller that displays
+/// output included, goes to `on_log_line` as soon as it arrives. The
+/// repository's builders write those lines, so a caller that displays
 /// them should pass them through [`crate::escape_control_chars`]. A
 /// failed build's error quotes the last lines of the log.
 pub fn build(
@@ -141,6 +142,8 @@ pub fn build(
     ]);
     command.arg("--out-link").arg(gc_root).arg(&installable);
     tracing::info!(%installable, gc_root = %gc_root.display(), "building");
+    // NOTE: the build runs until Nix exits. There is no timeout and no
+    // way to cancel it from here, so a hanging builder blocks the caller.
     let stdout = process::run_streaming(&mut command, on_log_line)?;
 
     #[derive(Deserialize)]
@@ -179,15 +182,16 @@ pub fn evaluate_out_path(
 }
 
 /// Checks that `attribute` is a flake output attribute path such as
-/// `nixosConfigurations.web-1.config.system.build.toplevel`: segments of
-/// letters, digits, `_`, `'` and `-` separated by dots, each segment
-/// starting with a letter or `_`, or written in double quotes (then
-/// digits, `.` and `+` may appear anywhere). Nothing else passes, so the
-/// attribute cannot add a query, a second fragment or an option to the
-/// flake reference.
+/// `nixosConfigurations.web-1.config.system.build.toplevel`. Segments
+/// are separated by dots and made of letters, digits, `_`, `'` and `-`,
+/// starting with a letter or `_`. A segment in double quotes may also
+/// start with a digit and contain `.` and `+`. Nothing else passes, so
+/// the attribute cannot add a query, a second fragment or an option to
+/// the flake reference.
 pub fn validate_attribute(attribute: &str) -> Result<()> {
-    let reject =
-        |reason: &str| Err(Error::invalid("flake attribute", attribute, reason));
+    let reject = |reason: &str| {
+        Err(Error::invalid("flake attribute", attribute, reason))
+    };
     if attribute.is_empty() || attribute.len() > 1024 {
         return reject("expected 1 to 1024 characters");
     }
@@ -213,7 +217,8 @@ pub fn validate_attribute(attribute: &str) -> Result<()> {
             let valid = bytes
                 .next()
                 .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
-                && bytes.all(|b| b.is_ascii_alphanumeric() || b"_'-".contains(&b));
+                && bytes
+                    .all(|b| b.is_ascii_alphanumeric() || b"_'-".contains(&b));
             if !valid {
                 return reject(
                     "each segment needs a letter or '_' first, then letters, \
@@ -259,8 +264,7 @@ fn encode(text: &str, keep: &[u8]) -> String {
 mod tests {
     use super::*;
 
-    const SOURCE: &str =
-        "/nix/store/avk83qs4d465srlwja06adspf3bjaifd-source";
+    const SOURCE: &str = "/nix/store/avk83qs4d465srlwja06adspf3bjaifd-source";
     const HASH: &str = "sha256-zSYTAjajTj3DnTKD8rsbQLKCS6w/I4Xz2ExxiFYmM+w=";
 
     fn source() -> FetchedSource {
@@ -281,7 +285,9 @@ mod tests {
     #[test]
     fn installable_appends_attribute() {
         let installable = source()
-            .installable("nixosConfigurations.demo.config.system.build.toplevel")
+            .installable(
+                "nixosConfigurations.demo.config.system.build.toplevel",
+            )
             .unwrap();
         assert!(installable.ends_with(
             "#nixosConfigurations.demo.config.system.build.toplevel"

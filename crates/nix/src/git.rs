@@ -40,7 +40,7 @@ pub struct CommitInfo {
 /// Fetches `branch` from `url` into the bare repository `mirror`,
 /// creating the mirror on first use, and returns the commit id the
 /// branch now points to. The branch is updated even when the remote was
-/// force-pushed, because what gets deployed is what the branch holds now.
+/// force-pushed, because what gets deployed is the branch's current commit.
 ///
 /// `url` may be a local path, `file://`, `https://`, `ssh://` or the
 /// `user@host:path` form of SSH.
@@ -97,8 +97,8 @@ pub fn commit_info(mirror: &Path, commit: &str) -> Result<CommitInfo> {
     })
 }
 
-/// The commits reachable from `new` but not from `old`, newest first, at
-/// most `max` of them.
+/// Lists the commits reachable from `new` but not from `old`, newest
+/// first, at most `max` of them.
 pub fn commits_between(
     mirror: &Path,
     old: &str,
@@ -111,8 +111,8 @@ pub fn commits_between(
     log(mirror, &[&max, &format!("{old}..{new}")])
 }
 
-/// Whether `old` is an ancestor of `new`, that is whether `new` extends
-/// the history of `old` rather than replacing it.
+/// Tells whether `old` is an ancestor of `new`, that is whether `new`
+/// extends the history of `old` rather than replacing it.
 pub fn is_ancestor(mirror: &Path, old: &str, new: &str) -> Result<bool> {
     validate_commit_id(old)?;
     validate_commit_id(new)?;
@@ -161,9 +161,8 @@ pub fn validate_branch(branch: &str) -> Result<()> {
     if branch.ends_with('/') || branch.ends_with('.') {
         return reject("must not end with '/' or '.'");
     }
-    let forbidden = |c: char| {
-        c.is_ascii_control() || " ~^:?*[\\\u{7f}".contains(c)
-    };
+    let forbidden =
+        |c: char| c.is_ascii_control() || " ~^:?*[\\\u{7f}".contains(c);
     if branch.chars().any(forbidden) {
         return reject(
             "must not contain spaces, control characters or ~^:?*[\\",
@@ -183,7 +182,9 @@ pub fn validate_branch(branch: &str) -> Result<()> {
 /// lower case.
 pub fn validate_commit_id(commit: &str) -> Result<()> {
     let valid = commit.len() == 40
-        && commit.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        && commit
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
     if valid {
         Ok(())
     } else {
@@ -197,10 +198,18 @@ pub fn validate_commit_id(commit: &str) -> Result<()> {
 
 fn validate_rev(rev: &str) -> Result<()> {
     if rev.is_empty() || rev.len() > 255 {
-        return Err(Error::invalid("revision", rev, "expected 1 to 255 characters"));
+        return Err(Error::invalid(
+            "revision",
+            rev,
+            "expected 1 to 255 characters",
+        ));
     }
     if rev.starts_with('-') {
-        return Err(Error::invalid("revision", rev, "must not start with '-'"));
+        return Err(Error::invalid(
+            "revision",
+            rev,
+            "must not start with '-'",
+        ));
     }
     if rev.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err(Error::invalid(
@@ -213,7 +222,8 @@ fn validate_rev(rev: &str) -> Result<()> {
 }
 
 fn validate_url(url: &str) -> Result<()> {
-    let reject = |reason: &str| Err(Error::invalid("repository URL", url, reason));
+    let reject =
+        |reason: &str| Err(Error::invalid("repository URL", url, reason));
     if url.is_empty() {
         return reject("must not be empty");
     }
@@ -255,7 +265,9 @@ fn ensure_mirror(mirror: &Path) -> Result<()> {
     tracing::info!(mirror = %mirror.display(), "creating the mirror");
     let mut command = Command::new("git");
     configure(&mut command);
-    command.args(["init", "--bare", "--quiet", "--"]).arg(mirror);
+    command
+        .args(["init", "--bare", "--quiet", "--"])
+        .arg(mirror);
     process::run(&mut command)?;
     Ok(())
 }
@@ -308,7 +320,7 @@ fn log(mirror: &Path, args: &[&str]) -> Result<Vec<CommitInfo>> {
     Ok(infos)
 }
 
-/// A git command on the mirror.
+/// Starts a git command on the mirror.
 pub(crate) fn git(mirror: &Path) -> Command {
     let mut command = Command::new("git");
     configure(&mut command);

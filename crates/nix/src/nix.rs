@@ -101,12 +101,13 @@ impl Nix {
         self
     }
 
-    /// The program that is run.
+    /// Returns the program that is run.
     pub fn program(&self) -> &Path {
         &self.program
     }
 
-    /// A command for the subcommand `args`, with the settings applied.
+    /// Builds the command for the subcommand `args`, with the settings
+    /// applied.
     pub(crate) fn command<I, S>(&self, args: I) -> Command
     where
         I: IntoIterator<Item = S>,
@@ -129,7 +130,7 @@ impl Nix {
     }
 }
 
-/// What the Nix database records about one store path.
+/// The Nix database's record of one store path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathInfo {
     pub path: StorePath,
@@ -217,7 +218,7 @@ fn query_path_info(
     Ok((command, entries))
 }
 
-/// The NAR hash the store records for `path`, in SRI form.
+/// Returns the NAR hash the store records for `path`, in SRI form.
 pub fn nar_hash(nix: &Nix, path: &StorePath) -> Result<String> {
     let infos = path_info(nix, &[path], false)?;
     match infos.into_iter().find(|info| &info.path == path) {
@@ -230,8 +231,8 @@ pub fn nar_hash(nix: &Nix, path: &StorePath) -> Result<String> {
     }
 }
 
-/// Whether `path` is valid in the local store. An error means Nix could
-/// not be asked, not that the path is missing.
+/// Tells whether `path` is valid in the local store. An error means the
+/// query failed, not that the path is missing.
 pub fn is_valid_path(nix: &Nix, path: &StorePath) -> Result<bool> {
     let (_, entries) = query_path_info(nix, &[path], false)?;
     Ok(entries
@@ -245,9 +246,9 @@ pub fn validate_nar_hash(hash: &str) -> Result<()> {
     let valid = hash.strip_prefix("sha256-").is_some_and(|encoded| {
         encoded.len() == 44
             && encoded.ends_with('=')
-            && encoded[..43].bytes().all(|b| {
-                b.is_ascii_alphanumeric() || b == b'+' || b == b'/'
-            })
+            && encoded[..43]
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
     });
     if valid {
         Ok(())
@@ -278,7 +279,7 @@ fn normalize_nar_hash(hash: &str) -> Result<String> {
 const NIX_BASE32: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
 
 /// Decodes a 32-byte hash from Nix's base32, which writes the bits in
-/// reverse order: the first character holds the highest bits of the
+/// reverse order: the first character carries the highest bits of the
 /// last byte.
 fn decode_nix_base32(text: &str) -> Option<[u8; 32]> {
     if text.len() != 52 {
@@ -311,7 +312,8 @@ fn encode_base64(bytes: &[u8]) -> String {
             chunk.get(1).copied().unwrap_or(0),
             chunk.get(2).copied().unwrap_or(0),
         ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        let n =
+            (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
                 out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);

@@ -19,13 +19,12 @@ const QUOTE_MAX_CHARS: usize = 4000;
 pub(crate) fn run(command: &mut Command) -> Result<Vec<u8>> {
     let description = describe(command);
     tracing::debug!(command = %description, "running");
-    let output = command
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| Error::Spawn {
+    let output = command.stdin(Stdio::null()).output().map_err(|source| {
+        Error::Spawn {
             command: description.clone(),
             source,
-        })?;
+        }
+    })?;
     if !output.status.success() {
         return Err(failed(description, output.status, &output.stderr));
     }
@@ -131,7 +130,8 @@ pub(crate) fn unexpected(
     }
 }
 
-/// The program and its arguments, quoted where needed, for messages.
+/// Formats the program and its arguments, quoted where needed, for
+/// messages.
 /// Environment variables are left out because they may carry settings
 /// that do not belong in logs.
 pub(crate) fn describe(command: &Command) -> String {
@@ -151,12 +151,14 @@ pub(crate) fn describe(command: &Command) -> String {
     escape_control_chars(&words.join(" ")).into_owned()
 }
 
-/// The last lines of standard error, without empty lines, escaped and
-/// cut to a length that fits a log line.
+/// Returns the last lines of standard error, without empty lines,
+/// escaped and cut to a length that fits a log line.
 fn stderr_tail(stderr: &[u8]) -> String {
     let text = String::from_utf8_lossy(stderr);
-    let lines: Vec<&str> =
-        text.lines().filter(|line| !line.trim().is_empty()).collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .collect();
     let start = lines.len().saturating_sub(STDERR_TAIL_LINES);
     let tail = lines[start..].join("\n");
     if tail.is_empty() {
@@ -195,8 +197,7 @@ mod tests {
 
     #[test]
     fn stderr_tail_keeps_last_lines() {
-        let text: String =
-            (0..40).map(|i| format!("line {i}\n")).collect();
+        let text: String = (0..40).map(|i| format!("line {i}\n")).collect();
         let tail = stderr_tail(text.as_bytes());
         assert!(tail.starts_with("line 15\n"), "{tail}");
         assert!(tail.ends_with("line 39"), "{tail}");
@@ -217,11 +218,10 @@ mod tests {
         let mut command = Command::new("/bin/sh");
         command.args(["-c", "echo out; echo a >&2; echo b >&2"]);
         let mut lines = Vec::new();
-        let stdout =
-            run_streaming(&mut command, &mut |line| {
-                lines.push(line.to_owned())
-            })
-            .unwrap();
+        let stdout = run_streaming(&mut command, &mut |line| {
+            lines.push(line.to_owned())
+        })
+        .unwrap();
         assert_eq!(stdout, b"out\n");
         assert_eq!(lines, ["a", "b"]);
     }

@@ -2,10 +2,10 @@
 //!
 //! A candidate system is untrusted data until it is approved. Its
 //! symbolic links may point anywhere, for example `/etc/shadow` or
-//! `/root/.ssh/id_ed25519`, so links are never followed by the kernel:
-//! [`resolve`] reads each link itself, one hop at a time, and stops at
-//! the first target that leaves `/nix/store`, reporting that target as
-//! text without opening it. Every path it returns has no symbolic link
+//! `/root/.ssh/id_ed25519`, so the kernel never follows them here.
+//! [`resolve`] reads each link itself, one hop at a time. It stops at the
+//! first target that leaves `/nix/store` and reports that target as text
+//! without opening it. Every path it returns has no symbolic link
 //! in it, so opening that path reads store content only.
 
 use std::ffi::OsStr;
@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 /// limit Linux applies (`MAXSYMLINKS`).
 pub const MAX_HOPS: usize = 40;
 
-/// Where a path leads.
+/// The destination of a path after its links are resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolved {
     /// A regular file in the store, at a path without symbolic links.
@@ -140,7 +140,8 @@ pub fn read_limited(path: &Path, max_bytes: u64) -> Result<(Vec<u8>, bool)> {
     Ok((bytes, truncated))
 }
 
-/// The names in a directory that [`resolve`] returned, sorted by bytes.
+/// Lists the names in a directory that [`resolve`] returned, sorted by
+/// bytes.
 pub fn read_dir_sorted(path: &Path) -> Result<Vec<String>> {
     let mut names = Vec::new();
     for entry in fs::read_dir(path).map_err(|error| Error::io(path, error))? {
@@ -180,12 +181,14 @@ fn outside(last_link_target: Option<String>, path: &Path) -> Resolved {
     }
 }
 
-/// The normal components of `path`, with `..` kept and `.` dropped.
+/// Splits `path` into components, keeping `..` and dropping `.`.
 fn components(path: &Path) -> Vec<PathBuf> {
     path.components()
         .filter_map(|component| match component {
             Component::Normal(name) => Some(PathBuf::from(name)),
-            Component::ParentDir => Some(PathBuf::from(OsStr::from_bytes(b".."))),
+            Component::ParentDir => {
+                Some(PathBuf::from(OsStr::from_bytes(b"..")))
+            }
             Component::RootDir | Component::CurDir | Component::Prefix(_) => {
                 None
             }
@@ -229,8 +232,10 @@ mod tests {
     #[test]
     fn components_keep_parent_steps() {
         let parts = components(Path::new("../a/./b/.."));
-        let parts: Vec<_> =
-            parts.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+        let parts: Vec<_> = parts
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
         assert_eq!(parts, ["..", "a", "b", ".."]);
     }
 }

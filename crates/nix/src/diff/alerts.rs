@@ -19,7 +19,7 @@ pub enum Severity {
     Critical,
 }
 
-/// What an alert is about.
+/// The subject area of an alert.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize,
 )]
@@ -62,8 +62,16 @@ pub struct Alert {
 const ETC_RULES: &[(&str, AlertKind, Severity)] = &[
     ("countersign/", AlertKind::PolicyChanged, Severity::Critical),
     ("ssh/sshd_config", AlertKind::SshChanged, Severity::High),
-    ("ssh/authorized_keys.d/", AlertKind::SshChanged, Severity::High),
-    ("ssh/authorized_principals.d/", AlertKind::SshChanged, Severity::High),
+    (
+        "ssh/authorized_keys.d/",
+        AlertKind::SshChanged,
+        Severity::High,
+    ),
+    (
+        "ssh/authorized_principals.d/",
+        AlertKind::SshChanged,
+        Severity::High,
+    ),
     ("ssh/", AlertKind::SshChanged, Severity::Medium),
     ("sudoers", AlertKind::SudoChanged, Severity::High),
     ("sudoers.d/", AlertKind::SudoChanged, Severity::High),
@@ -73,7 +81,11 @@ const ETC_RULES: &[(&str, AlertKind, Severity)] = &[
     ("security/", AlertKind::PamChanged, Severity::Medium),
     ("nix/nix.conf", AlertKind::NixConfigChanged, Severity::High),
     ("nix/machines", AlertKind::NixConfigChanged, Severity::High),
-    ("nix/registry.json", AlertKind::NixConfigChanged, Severity::Medium),
+    (
+        "nix/registry.json",
+        AlertKind::NixConfigChanged,
+        Severity::Medium,
+    ),
 ];
 
 /// Toplevel entries that change the boot chain.
@@ -81,6 +93,10 @@ const KERNEL_ENTRIES: &[&str] =
     &["kernel", "kernel-modules", "kernel-params", "initrd"];
 
 /// Derives the alerts of a system diff, most severe first.
+///
+/// NOTE: users and groups, setuid wrappers, firewall rules and the
+/// snippets of `activate` raise no alert of their own yet. Their changes
+/// appear only as text diffs of the files that carry them.
 pub fn system_alerts(system: &SystemDiff) -> Vec<Alert> {
     let mut alerts = Vec::new();
     collect(system, "", &mut alerts);
@@ -207,14 +223,26 @@ fn status_word(status: ChangeStatus) -> &'static str {
 }
 
 fn status_text(change: &EntryChange) -> String {
-    match (change.lines_added, change.lines_removed) {
+    let mut text = match (change.lines_added, change.lines_removed) {
         (Some(added), Some(removed))
             if change.status == ChangeStatus::Changed =>
         {
             format!("changed (+{added} -{removed} lines)")
         }
         _ => status_word(change.status).to_owned(),
+    };
+    if !change.referenced.is_empty() {
+        let names: Vec<&str> = change
+            .referenced
+            .iter()
+            .map(|referenced| referenced.path.as_str())
+            .collect();
+        text.push_str(&format!(
+            "; files it names changed: {}",
+            names.join(", ")
+        ));
     }
+    text
 }
 
 #[cfg(test)]

@@ -3,13 +3,14 @@
 //! The document has three parts, source (git), packages (closure) and
 //! system (files on the machine), with the security-relevant changes
 //! collected as alerts at the top. The server hashes its JSON form and
-//! the signed statement carries that SHA-256, so [`DiffDocument::to_json`]
-//! must give the same bytes for the same inputs: every list is sorted,
-//! every map is ordered, and nothing depends on time or on limits that
-//! vary between runs.
+//! the signed statement carries that SHA-256, so
+//! [`DiffDocument::to_json`] must give the same bytes for the same
+//! inputs. Every list is sorted, every map is ordered, and nothing
+//! depends on time or on limits that vary between runs.
 
 mod alerts;
 mod packages;
+mod references;
 mod render;
 mod source;
 mod system;
@@ -27,13 +28,13 @@ pub use packages::{
 };
 pub use render::render_text;
 pub use source::{
-    FileContent, FileDiff, FileStatus, MAX_COMMITS, MAX_FILES,
-    MAX_TEXT_BYTES, MAX_TOTAL_DIFF_LINES, SourceDiff, source_diff,
+    FileContent, FileDiff, FileStatus, MAX_COMMITS, MAX_FILES, MAX_TEXT_BYTES,
+    MAX_TOTAL_DIFF_LINES, SourceDiff, source_diff,
 };
 pub use system::{
-    ChangeStatus, EntryChange, MAX_DIFF_BYTES, MAX_HASH_BYTES,
-    MAX_TREE_DEPTH, MAX_TREE_ENTRIES, Node, SpecialisationChange,
-    SystemDiff, mask_store_hashes, system_diff, system_diff_from_nothing,
+    ChangeStatus, EntryChange, MAX_DIFF_BYTES, MAX_HASH_BYTES, MAX_TREE_DEPTH,
+    MAX_TREE_ENTRIES, Node, SpecialisationChange, SystemDiff,
+    mask_store_hashes, system_diff, system_diff_from_nothing,
 };
 pub use text::{Hunk, NO_NEWLINE_MARKER};
 
@@ -54,10 +55,10 @@ pub struct DiffDocument {
     pub system: SystemDiff,
 }
 
-/// What to compare.
+/// The commits and systems to compare.
 #[derive(Debug, Clone, Copy)]
 pub struct DiffInputs<'a> {
-    /// The bare mirror that holds both commits.
+    /// The bare mirror that contains both commits.
     pub mirror: &'a Path,
     /// The deployed commit, if the running system came from this
     /// repository.
@@ -109,7 +110,8 @@ impl DiffDocument {
         }
     }
 
-    /// The canonical JSON bytes, the ones that are hashed and served.
+    /// Serializes the document to its canonical JSON bytes, the ones that
+    /// are hashed and served.
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("the document serializes to JSON")
     }
@@ -122,9 +124,10 @@ impl DiffDocument {
     /// Parses a document, for example one fetched from the server after
     /// its digest was checked against the signed statement.
     pub fn from_json(bytes: &[u8]) -> Result<Self> {
-        let document: Self = serde_json::from_slice(bytes).map_err(|error| {
-            Error::invalid("diff document", "(JSON)", error.to_string())
-        })?;
+        let document: Self =
+            serde_json::from_slice(bytes).map_err(|error| {
+                Error::invalid("diff document", "(JSON)", error.to_string())
+            })?;
         if document.format != DIFF_FORMAT {
             return Err(Error::invalid(
                 "diff document",
@@ -135,7 +138,8 @@ impl DiffDocument {
         Ok(document)
     }
 
-    /// The most severe alert's severity, if there is any alert.
+    /// Returns the maximum severity among the alerts, if there is any
+    /// alert.
     pub fn max_severity(&self) -> Option<Severity> {
         self.alerts.iter().map(|alert| alert.severity).max()
     }

@@ -19,7 +19,7 @@ const OUTPUT_NAMES: &[&str] = &[
     "out", "debug", "static", "dist",
 ];
 
-/// How the package set changed between two closures.
+/// The changes to the package set between two closures.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PackageDiff {
     /// Sum of the NAR sizes of every path in the old closure, in bytes.

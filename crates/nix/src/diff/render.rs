@@ -118,7 +118,8 @@ fn render_file(out: &mut String, file: &FileDiff) {
         None => escape(&file.path).into_owned(),
     };
     let mut facts = Vec::new();
-    if let (Some(added), Some(removed)) = (file.lines_added, file.lines_removed)
+    if let (Some(added), Some(removed)) =
+        (file.lines_added, file.lines_removed)
     {
         facts.push(format!("+{added} -{removed}"));
     }
@@ -242,7 +243,12 @@ fn render_system(out: &mut String, system: &SystemDiff, title: &str) {
         system.new_system
     );
     render_entries(out, "toplevel", "", &system.toplevel);
-    render_entries(out, "systemd units", "/etc/systemd/system/", &system.units);
+    render_entries(
+        out,
+        "systemd units",
+        "/etc/systemd/system/",
+        &system.units,
+    );
     render_entries(out, "/etc", "/etc/", &system.etc);
     if system.truncated {
         let _ = writeln!(
@@ -272,9 +278,18 @@ fn render_entries(
         return;
     }
     let _ = writeln!(out, "  {title} ({}):", entries.len());
+    render_entry_list(out, prefix, entries, "    ");
+}
+
+fn render_entry_list(
+    out: &mut String,
+    prefix: &str,
+    entries: &[EntryChange],
+    indent: &str,
+) {
     for entry in entries {
         let mut line = format!(
-            "    {} {prefix}{}",
+            "{indent}{} {prefix}{}",
             status_word(entry.status),
             escape(&entry.path)
         );
@@ -287,22 +302,34 @@ fn render_entries(
             line.push_str(" (only store path hashes differ)");
         }
         let _ = writeln!(out, "{line}");
+        let inner = format!("{indent}  ");
         for (label, node) in [("old", &entry.old), ("new", &entry.new)] {
             if let Some(text) = node.as_ref().and_then(node_summary) {
-                let _ = writeln!(out, "      {label}: {text}");
+                let _ = writeln!(out, "{inner}{label}: {text}");
             }
         }
         if let Some(hunks) = &entry.hunks {
-            render_hunks(out, hunks, "      ");
+            render_hunks(out, hunks, &inner);
+        }
+        if !entry.referenced.is_empty() {
+            let _ = writeln!(out, "{inner}files it names that changed:");
+            render_entry_list(
+                out,
+                "/nix/store/<hash>-",
+                &entry.referenced,
+                &format!("{inner}  "),
+            );
         }
     }
 }
 
-/// A one-line description for nodes that have no text diff to show.
+/// Describes in one line a node that has no text diff to show.
 fn node_summary(node: &Node) -> Option<String> {
     match node {
         Node::File { .. } => None,
-        Node::StoreLink { target } => Some(format!("-> {}", escape(target))),
+        Node::StoreLink { target } | Node::RelativeLink { target } => {
+            Some(format!("-> {}", escape(target)))
+        }
         Node::OutsideLink { target } => Some(format!(
             "link to {} outside the Nix store (not followed)",
             escape(target)
@@ -344,7 +371,7 @@ fn size_change(old: Option<u64>, new: Option<u64>) -> String {
     format!("{} -> {}", show(old), show(new))
 }
 
-/// A byte count in binary units with one decimal.
+/// Formats a byte count in binary units with one decimal.
 fn size(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = bytes;

@@ -27,7 +27,7 @@ pub const MAX_TEXT_BYTES: u64 = 256 * 1024;
 /// summarised, so one huge change cannot make the document unusable.
 pub const MAX_TOTAL_DIFF_LINES: usize = 20_000;
 
-/// What changed in the repository.
+/// The changes in the repository between two commits.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceDiff {
     /// The deployed commit; `None` when nothing was deployed from this
@@ -74,11 +74,13 @@ pub enum FileStatus {
     Renamed,
 }
 
-/// What the document shows of a file's change.
+/// The part of a file's change that the document shows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum FileContent {
-    Text { hunks: Vec<Hunk> },
+    Text {
+        hunks: Vec<Hunk>,
+    },
     /// Binary content on either side; only the sizes are shown.
     Binary,
     /// Larger than [`MAX_TEXT_BYTES`] on either side.
@@ -89,7 +91,9 @@ pub enum FileContent {
         new_commit: Option<String>,
     },
     /// Left out, for the reason given.
-    Omitted { reason: String },
+    Omitted {
+        reason: String,
+    },
 }
 
 const NO_BASE_REASON: &str = "no deployed commit to compare with";

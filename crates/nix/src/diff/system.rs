@@ -14,6 +14,7 @@ use countersign_core::{Sha256Digest, StorePath};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::references::regenerated_pairs;
 use super::text::{Hunk, as_text, diff_lines};
 use crate::error::{Error, Result};
 use crate::store_read::{Resolved, read_dir_sorted, read_limited, resolve};
@@ -29,10 +30,17 @@ pub const MAX_HASH_BYTES: u64 = 64 * 1024 * 1024;
 pub const MAX_TREE_ENTRIES: usize = 20_000;
 pub const MAX_TREE_DEPTH: usize = 16;
 
-/// Where systemd system units live below `etc`.
+/// Maximum entries read from one store path that a text names.
+pub const MAX_REFERENCED_ENTRIES: usize = 200;
+
+/// How many levels of named store paths are followed: a unit's script
+/// is level 1, a script that the script names is level 2.
+pub const MAX_REFERENCE_DEPTH: usize = 2;
+
+/// The directory of systemd system units below `etc`.
 const UNIT_DIR: &str = "systemd/system/";
 
-/// What changes on the machine.
+/// The changes to the files of the machine's system.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SystemDiff {
     /// The running system, when there is one.
@@ -65,8 +73,13 @@ pub struct EntryChange {
     pub lines_added: Option<u64>,
     pub lines_removed: Option<u64>,
     /// Whether the texts differ only in the hash parts of store paths,
-    /// which happens whenever any dependency is rebuilt.
+    /// which happens whenever any dependency is rebuilt, and no
+    /// generated file they name changed either.
     pub only_store_hashes_changed: bool,
+    /// Changes inside generated, version-less store paths that the text
+    /// names, such as a unit's `unit-script-*`. Their paths start with
+    /// the store name, as in `unit-script-sshd-start/bin/sshd-start`.
+    pub referenced: Vec<EntryChange>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,7 +90,7 @@ pub enum ChangeStatus {
     Changed,
 }
 
-/// What one entry is.
+/// The kind and identity of one entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Node {
@@ -92,6 +105,9 @@ pub enum Node {
     /// A link into the store, compared by target. Used for toplevel
     /// entries such as `kernel` and `sw`.
     StoreLink { target: String },
+    /// A relative link within the same tree, such as a unit's `.wants`
+    /// entry, compared by its text.
+    RelativeLink { target: String },
     /// A link whose target leaves the store. The target was not opened.
     OutsideLink { target: String },
     /// A link that dangles.
@@ -150,9 +166,9 @@ fn diff_systems(
     Ok(SystemDiff {
         old_system: old.cloned(),
         new_system: new.clone(),
-        toplevel: compare(&before.toplevel, &after.toplevel)?,
-        units: compare(&old_units, &new_units)?,
-        etc: compare(&old_etc, &new_etc)?,
+        toplevel: compare(&before.toplevel, &after.toplevel, 0)?,
+        units: compare(&old_units, &new_units, 0)?,
+        etc: compare(&old_etc, &new_etc, 0)?,
         specialisations,
         truncated: before.truncated || after.truncated,
     })
@@ -216,13 +232,27 @@ impl SystemTrees {
     }
 }
 
-#[derive(Default)]
 struct Walk {
     entries: usize,
+    limit: usize,
     truncated: bool,
 }
 
+impl Default for Walk {
+    fn default() -> Self {
+        Self::with_limit(MAX_TREE_ENTRIES)
+    }
+}
+
 impl Walk {
+    fn with_limit(limit: usize) -> Self {
+        Self {
+            entries: 0,
+            limit,
+            truncated: false,
+        }
+    }
+
     /// Reads a tree whose links are followed (the `etc` tree): a link to
     /// a store directory is read as that directory.
     fn followed(
@@ -241,7 +271,13 @@ impl Walk {
                 return Ok(());
             }
             let key = format!("{prefix}{name}");
-            match resolve(&dir.join(&name))? {
+            let entry = dir.join(&name);
+            let resolved = resolve(&entry)?;
+            if let Some(target) = relative_link(&entry, &resolved)? {
+                out.insert(key, Node::RelativeLink { target });
+                continue;
+            }
+            match resolved {
                 Resolved::Directory { path } => {
                     self.followed(&path, &format!("{key}/"), depth + 1, out)?;
                 }
@@ -274,7 +310,12 @@ impl Walk {
             }
             for name in read_dir_sorted(path)? {
                 let child_key = format!("{key}/{name}");
-                self.leaf_or_dir(&path.join(&name), &child_key, depth + 1, out)?;
+                self.leaf_or_dir(
+                    &path.join(&name),
+                    &child_key,
+                    depth + 1,
+                    out,
+                )?;
             }
             return Ok(());
         }
@@ -283,7 +324,7 @@ impl Walk {
     }
 
     fn count(&mut self) -> bool {
-        if self.entries >= MAX_TREE_ENTRIES {
+        if self.entries >= self.limit {
             self.truncated = true;
             return false;
         }
@@ -292,22 +333,44 @@ impl Walk {
     }
 }
 
-/// A node for a toplevel entry: a link into the store is described by
-/// its resolved target, anything else by what it is.
-fn leaf(path: &Path) -> Result<Node> {
-    let metadata =
-        std::fs::symlink_metadata(path).map_err(|error| Error::io(path, error))?;
-    let resolved = resolve(path)?;
-    if metadata.file_type().is_symlink() {
-        if let Resolved::File { path, .. } | Resolved::Directory { path } =
-            &resolved
-        {
-            return Ok(Node::StoreLink {
-                target: path.to_string_lossy().into_owned(),
-            });
-        }
+/// Returns the target text of `entry` when it is a relative link that resolves
+/// inside the store, such as `multi-user.target.wants/sshd.service ->
+/// ../sshd.service`. Such a link enables or aliases a file that is
+/// compared on its own, so the link is compared by its text only.
+fn relative_link(entry: &Path, resolved: &Resolved) -> Result<Option<String>> {
+    if !matches!(resolved, Resolved::File { .. } | Resolved::Directory { .. })
+    {
+        return Ok(None);
     }
-    node_of(resolved)
+    let metadata = std::fs::symlink_metadata(entry)
+        .map_err(|error| Error::io(entry, error))?;
+    if !metadata.file_type().is_symlink() {
+        return Ok(None);
+    }
+    let target =
+        std::fs::read_link(entry).map_err(|error| Error::io(entry, error))?;
+    if target.is_absolute() {
+        return Ok(None);
+    }
+    Ok(Some(target.to_string_lossy().into_owned()))
+}
+
+/// Describes a toplevel entry: a link into the store by its resolved
+/// target, anything else by its kind.
+fn leaf(path: &Path) -> Result<Node> {
+    let metadata = std::fs::symlink_metadata(path)
+        .map_err(|error| Error::io(path, error))?;
+    let resolved = resolve(path)?;
+    match &resolved {
+        Resolved::File { path, .. } | Resolved::Directory { path }
+            if metadata.file_type().is_symlink() =>
+        {
+            Ok(Node::StoreLink {
+                target: path.to_string_lossy().into_owned(),
+            })
+        }
+        _ => node_of(resolved),
+    }
 }
 
 fn node_of(resolved: Resolved) -> Result<Node> {
@@ -341,8 +404,9 @@ fn hash_file(path: &Path) -> Result<String> {
     let mut hasher = Sha256::new();
     let mut buffer = [0u8; 64 * 1024];
     loop {
-        let count =
-            file.read(&mut buffer).map_err(|error| Error::io(path, error))?;
+        let count = file
+            .read(&mut buffer)
+            .map_err(|error| Error::io(path, error))?;
         if count == 0 {
             break;
         }
@@ -373,6 +437,7 @@ fn split_units(
 fn compare(
     old: &BTreeMap<String, Node>,
     new: &BTreeMap<String, Node>,
+    depth: usize,
 ) -> Result<Vec<EntryChange>> {
     let keys: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
     let mut changes = Vec::new();
@@ -394,35 +459,15 @@ fn compare(
             lines_added: None,
             lines_removed: None,
             only_store_hashes_changed: false,
+            referenced: Vec::new(),
         };
-        add_text_diff(&mut change)?;
+        add_text_diff(&mut change, depth)?;
         changes.push(change);
     }
     Ok(changes)
 }
 
-/// Whether two nodes are the same for review: files by content and
-/// executable bit (their location changes with every rebuild), other
-/// nodes by value.
-fn same(a: &Node, b: &Node) -> bool {
-    match (a, b) {
-        (
-            Node::File {
-                sha256: Some(hash_a),
-                executable: exec_a,
-                ..
-            },
-            Node::File {
-                sha256: Some(hash_b),
-                executable: exec_b,
-                ..
-            },
-        ) => hash_a == hash_b && exec_a == exec_b,
-        _ => a == b,
-    }
-}
-
-fn add_text_diff(change: &mut EntryChange) -> Result<()> {
+fn add_text_diff(change: &mut EntryChange, depth: usize) -> Result<()> {
     let old_text = match &change.old {
         Some(node) => match small_text(node)? {
             Some(text) => text,
@@ -443,17 +488,65 @@ fn add_text_diff(change: &mut EntryChange) -> Result<()> {
         return Ok(());
     }
     let text = diff_lines(&old_text, &new_text);
+    if change.status == ChangeStatus::Changed && depth < MAX_REFERENCE_DEPTH {
+        for (old_path, new_path) in regenerated_pairs(&old_text, &new_text) {
+            let before = read_referenced(&old_path)?;
+            let after = read_referenced(&new_path)?;
+            change
+                .referenced
+                .extend(compare(&before, &after, depth + 1)?);
+        }
+    }
     change.only_store_hashes_changed = change.status == ChangeStatus::Changed
         && old_text != new_text
-        && mask_store_hashes(&old_text) == mask_store_hashes(&new_text);
+        && mask_store_hashes(&old_text) == mask_store_hashes(&new_text)
+        && change.referenced.is_empty();
     change.lines_added = Some(text.added);
     change.lines_removed = Some(text.removed);
     change.hunks = Some(text.hunks);
     Ok(())
 }
 
-/// The text of a small text file; `None` for other nodes, binary files
-/// and files above [`MAX_DIFF_BYTES`].
+/// Reads a store path that a text names, keyed by its store name and
+/// the path inside it, with at most [`MAX_REFERENCED_ENTRIES`] entries.
+fn read_referenced(path: &StorePath) -> Result<BTreeMap<String, Node>> {
+    let mut entries = BTreeMap::new();
+    match resolve(path.as_path())? {
+        Resolved::Directory { path: dir } => {
+            let mut walk = Walk::with_limit(MAX_REFERENCED_ENTRIES);
+            let prefix = format!("{}/", path.name());
+            walk.followed(&dir, &prefix, 0, &mut entries)?;
+        }
+        other => {
+            entries.insert(path.name().to_owned(), node_of(other)?);
+        }
+    }
+    Ok(entries)
+}
+
+/// Tells whether two nodes are the same for review: files by content and
+/// executable bit (their location changes with every rebuild), other
+/// nodes by value.
+fn same(a: &Node, b: &Node) -> bool {
+    match (a, b) {
+        (
+            Node::File {
+                sha256: Some(hash_a),
+                executable: exec_a,
+                ..
+            },
+            Node::File {
+                sha256: Some(hash_b),
+                executable: exec_b,
+                ..
+            },
+        ) => hash_a == hash_b && exec_a == exec_b,
+        _ => a == b,
+    }
+}
+
+/// Reads the text of a small text file. Returns `None` for other nodes,
+/// binary files and files above [`MAX_DIFF_BYTES`].
 fn small_text(node: &Node) -> Result<Option<String>> {
     let Node::File { location, size, .. } = node else {
         return Ok(None);
@@ -554,8 +647,12 @@ mod tests {
         assert!(same(&file("/a", "h"), &file("/b", "h")));
         assert!(!same(&file("/a", "h"), &file("/a", "g")));
         assert!(!same(
-            &Node::OutsideLink { target: "/etc/a".into() },
-            &Node::OutsideLink { target: "/etc/b".into() }
+            &Node::OutsideLink {
+                target: "/etc/a".into()
+            },
+            &Node::OutsideLink {
+                target: "/etc/b".into()
+            }
         ));
     }
 }

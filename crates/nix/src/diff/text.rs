@@ -23,7 +23,7 @@ pub struct Hunk {
 }
 
 impl Hunk {
-    /// The `@@ -a,b +c,d @@` header.
+    /// Formats the `@@ -a,b +c,d @@` header.
     pub fn header(&self) -> String {
         format!(
             "@@ -{},{} +{},{} @@",
@@ -99,8 +99,8 @@ fn start_line(range: &std::ops::Range<usize>) -> usize {
     }
 }
 
-/// Whether `bytes` look like text: valid UTF-8 without NUL bytes in the
-/// first 8000 bytes, the window git inspects for the same decision.
+/// Returns `bytes` as text if they are valid UTF-8 without NUL bytes in
+/// the first 8000 bytes, the window git inspects for the same decision.
 pub(crate) fn as_text(bytes: &[u8]) -> Option<&str> {
     if bytes[..bytes.len().min(8000)].contains(&0) {
         return None;

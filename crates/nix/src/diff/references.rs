@@ -1,0 +1,119 @@
+//! Store paths named inside text files, such as the `unit-script-*`
+//! paths in a unit's `ExecStart=`.
+//!
+//! When a generated file changes, every store path it names gets a new
+//! hash, so comparing texts with the hashes masked hides nothing only if
+//! the generated files those paths point to are compared too. A unit
+//! whose script gained a line differs from the old unit only in the
+//! script's hash.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use countersign_core::StorePath;
+use countersign_core::store_path::{HASH_LEN, STORE_DIR};
+
+use crate::drv_name::parse_drv_name;
+
+/// Finds every store path named in `text`.
+pub(crate) fn store_references(text: &str) -> BTreeSet<StorePath> {
+    let prefix = format!("{STORE_DIR}/");
+    let mut found = BTreeSet::new();
+    let mut rest = text;
+    while let Some(index) = rest.find(&prefix) {
+        let candidate = &rest[index..];
+        let end = candidate[prefix.len()..]
+            .find(|c: char| {
+                !(c.is_ascii_alphanumeric() || "+-._?=".contains(c))
+            })
+            .map_or(candidate.len(), |offset| prefix.len() + offset);
+        if end > prefix.len() + HASH_LEN
+            && let Ok(path) = StorePath::parse(&candidate[..end])
+        {
+            found.insert(path);
+        }
+        rest = &candidate[prefix.len()..];
+    }
+    found
+}
+
+/// Generated store paths that the system diff reads in full on its own,
+/// so following them from a text would only repeat those changes.
+const READ_ELSEWHERE: &[&str] =
+    &["etc", "system-units", "user-units", "system-path"];
+
+/// Pairs the store paths of two texts that have the same name, no
+/// version and different hashes: generated files such as
+/// `unit-script-sshd-start` that were regenerated with other content.
+/// Paths with a version are packages, which the package part of the
+/// diff covers. A name that occurs more than once on a side is left out
+/// because its pairing would be a guess.
+pub(crate) fn regenerated_pairs(
+    old_text: &str,
+    new_text: &str,
+) -> Vec<(StorePath, StorePath)> {
+    let by_name = |text: &str| {
+        let mut names: BTreeMap<String, Vec<StorePath>> = BTreeMap::new();
+        for path in store_references(text) {
+            names.entry(path.name().to_owned()).or_default().push(path);
+        }
+        names
+    };
+    let old = by_name(old_text);
+    let new = by_name(new_text);
+    let mut pairs = Vec::new();
+    for (name, old_paths) in &old {
+        let Some(new_paths) = new.get(name) else {
+            continue;
+        };
+        let ([old_path], [new_path]) = (&old_paths[..], &new_paths[..]) else {
+            continue;
+        };
+        if old_path != new_path
+            && parse_drv_name(name).1.is_empty()
+            && !READ_ELSEWHERE.contains(&name.as_str())
+        {
+            pairs.push((old_path.clone(), new_path.clone()));
+        }
+    }
+    pairs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OLD: &str = "ExecStart=/nix/store/0123456789abcdfghijklmnpqrsvwxyz\
+                       -unit-script-sshd-start/bin/sshd-start\n\
+                       Environment=PATH=/nix/store/\
+                       0123456789abcdfghijklmnpqrsvwxyz-coreutils-9.5/bin\n";
+    const NEW: &str = "ExecStart=/nix/store/zyxwvsrqpnmlkjihgfdcba9876543210\
+                       -unit-script-sshd-start/bin/sshd-start\n\
+                       Environment=PATH=/nix/store/\
+                       zyxwvsrqpnmlkjihgfdcba9876543210-coreutils-9.5/bin\n";
+
+    #[test]
+    fn references_found_in_text() {
+        let found = store_references(OLD);
+        let names: Vec<&str> = found.iter().map(|p| p.name()).collect();
+        assert_eq!(names, ["coreutils-9.5", "unit-script-sshd-start"]);
+    }
+
+    #[test]
+    fn malformed_references_ignored() {
+        assert!(store_references("/nix/store/short-x").is_empty());
+        assert!(store_references("/nix/store/").is_empty());
+    }
+
+    #[test]
+    fn only_versionless_paths_pair() {
+        let pairs = regenerated_pairs(OLD, NEW);
+        assert_eq!(pairs.len(), 1);
+        assert_eq!(pairs[0].0.name(), "unit-script-sshd-start");
+        assert_eq!(pairs[0].1.hash_part(), "zyxwvsrqpnmlkjihgfdcba9876543210");
+    }
+
+    #[test]
+    fn identical_references_do_not_pair() {
+        assert!(regenerated_pairs(OLD, OLD).is_empty());
+    }
+}
