@@ -14,6 +14,11 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 /// unreachable.
 pub const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long an activation may go without any event before the server
+/// stops waiting and asks the activator's status instead. The activator
+/// reports each step, so a long silence means it is stuck or gone.
+pub const ACTIVATION_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
 /// Largest event line read from the activator, in bytes.
 const MAX_EVENT_BYTES: u64 = MAX_REQUEST_BYTES as u64;
 
@@ -190,7 +195,16 @@ where
 {
     let mut connection = Connection::open(socket, request).await?;
     loop {
-        let Some(event) = connection.next_event().await? else {
+        let next = tokio::time::timeout(
+            ACTIVATION_IDLE_TIMEOUT,
+            connection.next_event(),
+        )
+        .await
+        .map_err(|_| ActivatorError::Timeout {
+            socket: connection.socket.clone(),
+            seconds: ACTIVATION_IDLE_TIMEOUT.as_secs(),
+        })?;
+        let Some(event) = next? else {
             return Err(ActivatorError::Closed {
                 socket: connection.socket,
             });

@@ -12,7 +12,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+use tracing::Level;
 
 use crate::api_error::{
     ApiError, JsonBody, MAX_BODY_BYTES, bytes_response, json_errors,
@@ -42,18 +43,25 @@ pub fn router(state: AppState) -> Router {
         .route("/proposals/{n}/approvals", post(approve))
         .route("/proposals/{n}/rejections", post(reject))
         .route("/status", get(status));
+    // Layers listed later wrap the earlier ones: the trace sees every
+    // request and response, and `json_errors` rewrites the plain error
+    // bodies of the timeout, the body limit and the router.
     Router::new()
         .nest("/api/v1", api)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn(json_errors))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
+        .layer(axum::middleware::from_fn(json_errors))
         // The default span records the method and URI, never headers, so
         // bearer tokens stay out of the log.
-        .layer(TraceLayer::new_for_http())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
         .with_state(state)
 }
 

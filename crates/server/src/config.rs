@@ -301,7 +301,8 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let text = format!("{MINIMAL}\nbranch = \"main\"\n");
+        // A top-level key, so it cannot land in the [repository] table.
+        let text = format!("branch = \"main\"\n{MINIMAL}");
         let error = ServerConfig::parse(&text).unwrap_err();
         assert!(error.contains("unknown field `branch`"), "{error}");
     }

@@ -255,6 +255,11 @@ impl Db {
         connection
             .pragma_update(None, "foreign_keys", "ON")
             .context("setting foreign_keys")?;
+        // Another process (`countersign audit verify`, an administrator's
+        // sqlite3) may hold a lock for a moment.
+        connection
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .context("setting the busy timeout")?;
         migrate(&mut connection)?;
         Ok(Arc::new(Self {
             connection: Mutex::new(connection),

@@ -78,7 +78,8 @@ pub struct RunningServer {
     address: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     http: JoinHandle<std::io::Result<()>>,
-    background: JoinHandle<()>,
+    /// The build worker and the periodic task.
+    background: Vec<JoinHandle<()>>,
 }
 
 impl RunningServer {
@@ -89,13 +90,15 @@ impl RunningServer {
     }
 
     /// Stops accepting requests, finishes the open ones and stops the
-    /// periodic tasks. Builds and activations already started run on to
-    /// their end in the background.
+    /// build queue and the periodic tasks. A build already running on its
+    /// blocking thread finishes, but its result is not recorded, so the
+    /// next start marks it failed. Activations already sent run on to
+    /// their end.
     pub async fn shutdown(mut self) -> Result<(), ServerError> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        self.background.abort();
+        self.stop_background();
         match (&mut self.http).await {
             Ok(result) => result.map_err(ServerError::Serve),
             Err(error) => {
@@ -105,12 +108,20 @@ impl RunningServer {
     }
 }
 
+impl RunningServer {
+    fn stop_background(&mut self) {
+        for task in &self.background {
+            task.abort();
+        }
+    }
+}
+
 impl Drop for RunningServer {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        self.background.abort();
+        self.stop_background();
     }
 }
 
@@ -171,6 +182,7 @@ pub async fn start(
         trigger = checked.trigger_token.is_some(),
         "configuration loaded"
     );
+    let (builds, build_queue) = tokio::sync::mpsc::unbounded_channel();
     let state = AppState::new(Inner {
         attribute: config.attribute(),
         policy: PolicySource::new(
@@ -183,7 +195,7 @@ pub async fn start(
         nix,
         db,
         numbering: tokio::sync::Mutex::new(()),
-        pipeline: tokio::sync::Mutex::new(()),
+        builds,
         activations: Mutex::new(Default::default()),
     });
 
@@ -208,7 +220,9 @@ pub async fn start(
         })?;
     tracing::info!(%address, "listening");
 
-    let background = tokio::spawn(periodic(state.clone()));
+    let builder = tokio::spawn(pipeline::worker(state.clone(), build_queue));
+    let periodic = tokio::spawn(periodic(state.clone()));
+    let background = vec![builder, periodic];
     let (stop, stopped) = oneshot::channel::<()>();
     let app = api::router(state);
     let http = tokio::spawn(async move {

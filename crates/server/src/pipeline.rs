@@ -1,8 +1,8 @@
 //! The proposal pipeline: number, fetch, build, diff, statement.
 //!
-//! Each proposal runs as a background task. The git and Nix work runs on
-//! a blocking thread, one proposal at a time, and its output goes to the
-//! proposal's build log. Any failure leaves the proposal `failed` with
+//! A background task takes the proposals from a queue. The git and Nix
+//! work runs on a blocking thread, one proposal at a time, and its output
+//! goes to the proposal's build log. Any failure leaves the proposal `failed` with
 //! the error and the log; nothing is activated.
 
 use std::fs::File;
@@ -80,9 +80,12 @@ pub async fn propose(
             Ok(number)
         })
         .await?;
+    // Queueing before the numbering lock is released keeps the queue in
+    // the order of the numbers.
+    if state.builds.send(BuildJob { number, rev }).is_err() {
+        tracing::error!(proposal = number, "the build queue is closed");
+    }
     drop(_numbering);
-    let task_state = state.clone();
-    tokio::spawn(async move { run(task_state, number, rev).await });
     Ok(number)
 }
 
@@ -114,8 +117,24 @@ struct Built {
     expires: u64,
 }
 
+/// One queued build.
+pub struct BuildJob {
+    number: u64,
+    rev: Option<String>,
+}
+
+/// Builds the queued proposals one at a time, because they share the git
+/// mirror, in the order of their numbers.
+pub async fn worker(
+    state: AppState,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<BuildJob>,
+) {
+    while let Some(job) = queue.recv().await {
+        run(state.clone(), job.number, job.rev).await;
+    }
+}
+
 async fn run(state: AppState, number: u64, rev: Option<String>) {
-    let _pipeline = state.pipeline.lock().await;
     tracing::info!(proposal = number, rev, "building proposal");
     let work_state = state.clone();
     let result = tokio::task::spawn_blocking(move || {

@@ -25,10 +25,8 @@ pub struct Inner {
     /// Held while a number is chosen and its proposal inserted, so two
     /// proposals never get the same number.
     pub numbering: tokio::sync::Mutex<()>,
-    /// Held while one proposal is fetched and built. Builds run one at a
-    /// time, in the order of their numbers, because they share the git
-    /// mirror.
-    pub pipeline: tokio::sync::Mutex<()>,
+    /// The queue of proposals to build.
+    pub builds: tokio::sync::mpsc::UnboundedSender<crate::pipeline::BuildJob>,
     /// Proposals whose activation request is in flight in this process.
     pub activations: Mutex<HashSet<u64>>,
 }
