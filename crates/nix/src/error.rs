@@ -34,9 +34,11 @@ pub enum Error {
         output: String,
     },
 
-    #[error("invalid {what} {value:?}: {reason}")]
+    /// A value failed validation; `field` names what it was meant to be,
+    /// such as "branch" or "commit id".
+    #[error("invalid {field} {value:?}: {reason}")]
     InvalidValue {
-        what: &'static str,
+        field: &'static str,
         value: String,
         reason: String,
     },
@@ -60,12 +62,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub(crate) fn invalid(
-        what: &'static str,
+        field: &'static str,
         value: impl Into<String>,
         reason: impl Into<String>,
     ) -> Self {
         Self::InvalidValue {
-            what,
+            field,
             value: value.into(),
             reason: reason.into(),
         }

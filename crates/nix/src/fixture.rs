@@ -194,19 +194,26 @@ impl SystemSpec {
         }
     }
 
-    /// A next version of [`SystemSpec::demo`], for showing a change:
-    /// hello 2.12.2, a new jq package and timer unit, and password login
-    /// turned off in `sshd_config`.
+    /// Returns the next version of [`SystemSpec::demo`], for showing a
+    /// change: see [`SystemSpec::apply_demo_change`].
     pub fn demo_update(&self) -> Self {
         let mut next = self.clone();
-        next.set_package(Package::with_binary("hello", "2.12.2"));
-        next.set_package(Package::with_binary("jq", "1.7.1"));
-        next.set_unit(
+        next.apply_demo_change();
+        next
+    }
+
+    /// Changes the system the way the demo's second commit does: hello
+    /// 2.12.2, a new jq package and timer unit, and password login turned
+    /// off in `sshd_config`.
+    pub fn apply_demo_change(&mut self) {
+        self.set_package(Package::with_binary("hello", "2.12.2"));
+        self.set_package(Package::with_binary("jq", "1.7.1"));
+        self.set_unit(
             "backup.timer",
             "[Unit]\nDescription=Nightly backup\n\n[Timer]\n\
              OnCalendar=daily\n\n[Install]\nWantedBy=timers.target\n",
         );
-        if let Some((_, text)) = next
+        if let Some((_, text)) = self
             .etc
             .iter_mut()
             .find(|(path, _)| path == "ssh/sshd_config")
@@ -216,7 +223,6 @@ impl SystemSpec {
                 "PasswordAuthentication no",
             );
         }
-        next
     }
 
     /// Returns the flake attribute of the toplevel.
@@ -759,26 +765,27 @@ fn shell_quote(text: &str) -> String {
 /// Checks every name that ends up in a store name, a shell command or
 /// the flake text, so that the generated flake is well formed.
 fn validate_spec(spec: &SystemSpec) -> Result<()> {
-    let word = |what: &'static str, value: &str, extra: &[u8]| -> Result<()> {
-        let valid = !value.is_empty()
-            && !value.starts_with(['-', '.'])
-            && value
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || extra.contains(&b));
-        if valid {
-            Ok(())
-        } else {
-            Err(Error::invalid(
-                what,
-                value,
-                format!(
-                    "expected letters, digits and {:?}, not starting with \
+    let word =
+        |field: &'static str, value: &str, extra: &[u8]| -> Result<()> {
+            let valid = !value.is_empty()
+                && !value.starts_with(['-', '.'])
+                && value
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || extra.contains(&b));
+            if valid {
+                Ok(())
+            } else {
+                Err(Error::invalid(
+                    field,
+                    value,
+                    format!(
+                        "expected letters, digits and {:?}, not starting with \
                      '-' or '.'",
-                    String::from_utf8_lossy(extra)
-                ),
-            ))
-        }
-    };
+                        String::from_utf8_lossy(extra)
+                    ),
+                ))
+            }
+        };
     word("host name", &spec.host, b"-")?;
     if !spec.host.starts_with(|c: char| c.is_ascii_alphabetic()) {
         return Err(Error::invalid(
@@ -824,7 +831,7 @@ fn validate_spec(spec: &SystemSpec) -> Result<()> {
     Ok(())
 }
 
-fn relative_path(what: &'static str, path: &str) -> Result<()> {
+fn relative_path(field: &'static str, path: &str) -> Result<()> {
     let valid = !path.is_empty()
         && path.split('/').all(|component| {
             !component.is_empty()
@@ -839,7 +846,7 @@ fn relative_path(what: &'static str, path: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Error::invalid(
-            what,
+            field,
             path,
             "expected a relative path of letters, digits and ._+@-",
         ))

@@ -123,7 +123,7 @@ fn system_diff_finds_units_and_alerts() {
     assert!(diff.toplevel.iter().any(|entry| entry.path == "kernel"));
 
     let document = DiffDocument::assemble(
-        source_stub(&env),
+        Some(source_stub(&env)),
         package_diff(&env.nix, &old, &new).unwrap(),
         diff,
     );
@@ -190,7 +190,7 @@ fn outside_links_reported_not_followed() {
 
     let json = String::from_utf8(
         DiffDocument::assemble(
-            source_stub(&env),
+            Some(source_stub(&env)),
             package_diff(&env.nix, &old, &new).unwrap(),
             diff,
         )
@@ -345,7 +345,8 @@ fn render_text_escapes_control_characters() {
         },
     )
     .unwrap();
-    assert!(document.source.files.iter().any(|f| f.path == evil_name));
+    let source = document.source.as_ref().expect("a source part");
+    assert!(source.files.iter().any(|f| f.path == evil_name));
     let text = render_text(&document);
     assert!(!text.contains('\x1b'), "{text}");
     assert!(!text.contains('\x07'), "{text}");
@@ -465,7 +466,7 @@ fn change_inside_named_script_is_shown() {
     );
 
     let document = DiffDocument::assemble(
-        source_stub(&env),
+        Some(source_stub(&env)),
         package_diff(&env.nix, &old, &new).unwrap(),
         diff,
     );
@@ -511,11 +512,25 @@ fn rebuilt_dependency_alone_is_low() {
     assert!(unit.referenced.is_empty());
     let packages = package_diff(&env.nix, &old, &new).unwrap();
     assert!(packages.rebuilt.iter().any(|r| r.name == "openssh"));
-    let document = DiffDocument::assemble(source_stub(&env), packages, diff);
+    let document =
+        DiffDocument::assemble(Some(source_stub(&env)), packages, diff);
     let alert = document
         .alerts
         .iter()
         .find(|a| a.subject == "/etc/systemd/system/sshd.service")
         .expect("an alert for the unit");
     assert_eq!(alert.severity, Severity::Low);
+}
+
+#[test]
+fn of_systems_has_no_source() {
+    let env = TestEnv::new();
+    let (_, old) = env.build(&env.demo(), "old");
+    let (_, new) = env.build(&env.demo().demo_update(), "new");
+    let document = DiffDocument::of_systems(&env.nix, &old, &new).unwrap();
+    assert!(document.source.is_none());
+    assert!(document.packages.added.iter().any(|p| p.name == "jq"));
+    let text = render_text(&document);
+    assert!(!text.contains("== Source"), "{text}");
+    assert!(text.contains("== System"), "{text}");
 }

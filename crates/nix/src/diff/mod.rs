@@ -50,7 +50,9 @@ pub struct DiffDocument {
     pub format: u32,
     /// Security-relevant changes, most severe first.
     pub alerts: Vec<Alert>,
-    pub source: SourceDiff,
+    /// The repository changes; `None` when two systems were compared
+    /// without their commits, as [`DiffDocument::of_systems`] does.
+    pub source: Option<SourceDiff>,
     pub packages: PackageDiff,
     pub system: SystemDiff,
 }
@@ -91,12 +93,24 @@ impl DiffDocument {
                 system_diff_from_nothing(inputs.new_system)?,
             ),
         };
-        Ok(Self::assemble(source, packages, system))
+        Ok(Self::assemble(Some(source), packages, system))
+    }
+
+    /// Compares two built systems without their commits: the package and
+    /// system parts only.
+    pub fn of_systems(
+        nix: &Nix,
+        old: &StorePath,
+        new: &StorePath,
+    ) -> Result<Self> {
+        let packages = package_diff(nix, old, new)?;
+        let system = system_diff(old, new)?;
+        Ok(Self::assemble(None, packages, system))
     }
 
     /// Puts computed parts together and derives the alerts.
     pub fn assemble(
-        source: SourceDiff,
+        source: Option<SourceDiff>,
         packages: PackageDiff,
         system: SystemDiff,
     ) -> Self {

@@ -19,7 +19,9 @@ use crate::escape::escape_control_chars as escape;
 pub fn render_text(document: &DiffDocument) -> String {
     let mut out = String::new();
     render_alerts(&mut out, &document.alerts);
-    render_source(&mut out, &document.source);
+    if let Some(source) = &document.source {
+        render_source(&mut out, source);
+    }
     render_packages(&mut out, &document.packages);
     render_system(&mut out, &document.system, "");
     out
