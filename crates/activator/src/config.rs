@@ -49,7 +49,9 @@ pub struct Config {
     #[serde(default = "default_true")]
     pub verify_evaluation: bool,
     /// The unprivileged user that runs the evaluation; when unset it
-    /// runs as the activator's own user.
+    /// runs as the activator's own user. Nix keeps its caches under the
+    /// user's home directory from `/etc/passwd`, which should be
+    /// writable by that user.
     #[serde(default)]
     pub evaluator_user: Option<String>,
     #[serde(default)]
@@ -81,7 +83,7 @@ impl fmt::Display for SocketMode {
     }
 }
 
-/// Why a configuration file could not be loaded.
+/// An error from loading a configuration file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read the activator config {path}: {source}")]

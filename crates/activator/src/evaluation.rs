@@ -1,9 +1,9 @@
 //! Evaluating the approved source, with a cache of results.
 //!
 //! The cache lives in the activator's own state directory, which only
-//! root writes, and is keyed by the source's NAR hash and the attribute:
-//! the flake at a given NAR hash always evaluates to the same path, so a
-//! repeated check costs a file read.
+//! root writes. It is keyed by the source's NAR hash and the attribute,
+//! because the flake at a given NAR hash always evaluates to the same
+//! path, so a repeated check costs a file read.
 
 use std::path::{Path, PathBuf};
 
@@ -16,7 +16,7 @@ use crate::state;
 /// Directory of cached evaluation results inside the state directory.
 pub const EVALUATION_CACHE_DIR: &str = "evaluations";
 
-/// Where the target came from.
+/// The origin of an evaluation result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Provenance {
     Evaluated,

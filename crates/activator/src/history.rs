@@ -22,7 +22,7 @@ use crate::state::{self, ActivatorState, StateError};
 /// Name of the history file inside the state directory.
 pub const HISTORY_FILE: &str = "history.jsonl";
 
-/// What one history entry records.
+/// The body of one history entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum HistoryRecord {

@@ -17,7 +17,7 @@
 //!
 //! Each connection carries one JSON request line of at most
 //! [`MAX_REQUEST_BYTES`](countersign_core::protocol::MAX_REQUEST_BYTES)
-//! bytes (see [`countersign_core::protocol`]). The activator answers with
+//! bytes (see [`countersign_core::protocol`]). The activator replies with
 //! events, one JSON line each, and ends with `finished` or `status`.
 //! Longer or malformed lines are refused with a `finished` event whose
 //! outcome is `refused`. Activations are serialized by one lock.
@@ -74,7 +74,7 @@ pub use history::{
 pub use server::{Daemon, bind, run};
 pub use state::{ActivatorState, STATE_FILE, StateError, read_state};
 
-/// Why the activator could not start or keep serving.
+/// An error that stops the activator from starting or serving.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]

@@ -23,8 +23,8 @@ pub(crate) const CLEAN_PATH: &str = "/run/current-system/sw/bin:\
 /// settings.
 const EVALUATOR_ENV: [&str; 2] = ["NIX_REMOTE", "NIX_CONFIG"];
 
-/// How the activator runs Nix: as itself for store queries and profile
-/// changes, and as the evaluator user, when one is configured, for
+/// The Nix runners of the activator: its own for store queries and
+/// profile changes, and the evaluator user's, when one is configured, for
 /// evaluating approved sources.
 #[derive(Debug, Clone)]
 pub(crate) struct NixTools {
@@ -44,6 +44,9 @@ impl NixTools {
             None => own.clone(),
             Some(user) => {
                 // `with_user` also drops root's supplementary groups.
+                // NOTE: the tests run Nix without a daemon, where only
+                // root can use the store, so this branch runs only on
+                // machines with a nix-daemon.
                 let mut nix = Nix::new()
                     .with_clear_env()
                     .with_env("PATH", CLEAN_PATH)
@@ -144,7 +147,7 @@ fn run(command: &mut Command) -> Result<(), String> {
     ))
 }
 
-/// The program and its arguments, for messages.
+/// Formats the program and its arguments for messages.
 pub(crate) fn describe(command: &Command) -> String {
     let mut words = vec![command.get_program().to_string_lossy().into_owned()];
     words.extend(

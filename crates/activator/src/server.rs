@@ -1,6 +1,7 @@
 //! The Unix socket: creating it, accepting connections and reading one
 //! request per connection.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -12,6 +13,7 @@ use std::thread;
 use std::time::Duration;
 
 use countersign_core::protocol::{Event, MAX_REQUEST_BYTES, Outcome, Request};
+use serde::de::IgnoredAny;
 
 use crate::Error;
 use crate::activate::{Activator, EventSink, Refusal};
@@ -26,6 +28,8 @@ const READ_TIMEOUT: Duration = Duration::from_secs(30);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections served at once; more are refused at once.
 const MAX_CONNECTIONS: usize = 32;
+/// Input read and dropped after an oversized request line.
+const MAX_DRAINED_BYTES: u64 = 16 * 1024 * 1024;
 
 /// A bound activator, ready to serve.
 pub struct Daemon {
@@ -79,7 +83,7 @@ pub fn run(config: Config) -> Result<(), Error> {
 }
 
 impl Daemon {
-    /// The path of the bound socket.
+    /// Returns the path of the bound socket.
     pub fn socket(&self) -> &Path {
         &self.activator.config.socket
     }
@@ -147,17 +151,22 @@ fn serve_connection(activator: &Activator, stream: UnixStream) {
             tracing::warn!(%error, "reading a request failed");
             return;
         }
+        Err(RequestError::Empty) => {
+            tracing::debug!("a connection closed without a request");
+            return;
+        }
         Err(error) => {
             activator.refuse(Refusal::new(error.to_string()), &mut sink);
+            // Closing a Unix socket with unread input resets it, so the
+            // client would lose the refusal. The rest of the oversized
+            // line is therefore read and dropped first, up to a bound.
+            sink.finish_and_drain();
             return;
         }
     };
-    let request: Request = match serde_json::from_slice(&line) {
+    let request = match parse_request(&line) {
         Ok(request) => request,
-        Err(error) => {
-            let reason = format!(
-                "the request is not a valid JSON request line: {error}"
-            );
+        Err(reason) => {
             activator.refuse(Refusal::new(reason), &mut sink);
             return;
         }
@@ -189,6 +198,27 @@ fn serve_connection(activator: &Activator, stream: UnixStream) {
             }
         }
     }
+}
+
+/// Parses a request line strictly: unknown fields are errors.
+fn parse_request(line: &[u8]) -> Result<Request, String> {
+    let invalid = |error| {
+        format!("the request is not a valid JSON request line: {error}")
+    };
+    let request: Request = serde_json::from_slice(line).map_err(invalid)?;
+    if request == Request::Status {
+        // Serde ignores unknown fields next to the tag of a unit variant,
+        // so a status request is checked on its own.
+        let fields: BTreeMap<String, IgnoredAny> =
+            serde_json::from_slice(line).map_err(invalid)?;
+        if let Some(field) = fields.keys().find(|key| *key != "request") {
+            return Err(format!(
+                "the request is not a valid JSON request line: unknown \
+                 field `{field}` in a status request"
+            ));
+        }
+    }
+    Ok(request)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -233,6 +263,19 @@ struct Connection {
 impl Connection {
     fn new(stream: UnixStream) -> Self {
         Self { stream, open: true }
+    }
+}
+
+impl Connection {
+    /// Ends the reply and reads up to [`MAX_DRAINED_BYTES`] of remaining
+    /// input, so that closing does not reset the connection before the
+    /// client has read the reply.
+    fn finish_and_drain(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        let mut remaining = (&self.stream).take(MAX_DRAINED_BYTES);
+        if let Err(error) = io::copy(&mut remaining, &mut io::sink()) {
+            tracing::debug!(%error, "draining a refused request failed");
+        }
     }
 }
 

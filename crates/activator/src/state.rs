@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 /// Name of the state file inside the state directory.
 pub const STATE_FILE: &str = "state.json";
 
-/// What the activator remembers between requests and restarts.
+/// The activator's memory between requests and restarts.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ActivatorState {

@@ -19,7 +19,7 @@ pub const SWITCH_SCRIPT: &str = "bin/switch-to-configuration";
 /// Symlinks followed before a path is treated as a loop.
 const MAX_SYMLINK_HOPS: usize = 40;
 
-/// Longest output line passed on; longer lines are cut.
+/// Maximum bytes of one output line; a longer line arrives in pieces.
 const MAX_LOG_LINE_BYTES: usize = 16 * 1024;
 
 /// Returns the store path that `link` (such as `/run/current-system`)
@@ -60,6 +60,9 @@ pub fn resolve_in_store(
     if !root_metadata.is_dir() {
         return Err(format!("{root} is not a directory"));
     }
+
+    // `current` never contains a symlink or `..`: each link's target is
+    // pushed back onto `pending` and resolved component by component.
     let mut current = root.as_path().to_owned();
     let mut pending: Vec<OsString> = components(Path::new(relative))?;
     pending.reverse();
@@ -72,6 +75,7 @@ pub fn resolve_in_store(
             current.pop();
             continue;
         }
+
         let next = current.join(&component);
         let metadata = std::fs::symlink_metadata(&next).map_err(|error| {
             format!("{shown}: {}: {error}", next.display())
@@ -80,6 +84,7 @@ pub fn resolve_in_store(
             current = next;
             continue;
         }
+
         hops += 1;
         if hops > MAX_SYMLINK_HOPS {
             return Err(format!("{shown}: too many levels of symlinks"));
@@ -104,6 +109,7 @@ pub fn resolve_in_store(
         added.reverse();
         pending.extend(added);
     }
+
     if !current.starts_with(store) || current == store {
         return Err(format!("{shown} leads out of {STORE_DIR}"));
     }
@@ -156,9 +162,9 @@ pub fn run_switch(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // The locale archive is passed on unchanged so that programs the
-    // script starts print messages as before; every other variable of
-    // the activator, NIXOS_INSTALL_BOOTLOADER included, is dropped.
+    // The locale archive is passed on unchanged, so that programs the
+    // script starts print messages as before. Every other variable of
+    // the activator is dropped, NIXOS_INSTALL_BOOTLOADER included.
     if let Some(archive) = std::env::var_os("LOCALE_ARCHIVE") {
         command.env("LOCALE_ARCHIVE", archive);
     }

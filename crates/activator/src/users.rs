@@ -2,8 +2,8 @@
 //!
 //! Reading the files directly keeps the activator free of libc bindings.
 //! NOTE: names served only by NSS modules (LDAP, systemd's dynamic users)
-//! are not found; the evaluator user and the socket group must be local
-//! entries, which NixOS `users.users` and `users.groups` create.
+//! are not found. The evaluator user and the socket group must be local
+//! entries, as NixOS `users.users` and `users.groups` create them.
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,237 @@
+//! Activations that switch: each test builds its own systems, because
+//! their switch log is baked into them, and starts its own activator.
+
+mod support;
+
+use std::process::Command;
+
+use countersign_activator::{
+    HistoryRecord, read_history, read_state, verify_history,
+};
+use countersign_core::protocol::{AuditHead, Event, Outcome, Step};
+use countersign_core::{Action, Sha256Digest};
+use support::{
+    Activator, World, WorldOptions, approved, finished, log_lines,
+    policy_text, set_profile, steps,
+};
+
+fn record_kinds(activator: &Activator) -> Vec<String> {
+    read_history(&activator.state_dir)
+        .unwrap()
+        .into_iter()
+        .map(|entry| match entry.record {
+            HistoryRecord::Accepted { proposal, .. } => {
+                format!("accepted {proposal}")
+            }
+            HistoryRecord::Refused { proposal, .. } => {
+                format!("refused {proposal:?}")
+            }
+            HistoryRecord::Finished {
+                proposal, outcome, ..
+            } => format!("finished {proposal} {outcome:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn two_of_two_activates_target() {
+    let world = World::build(WorldOptions::default());
+    let activator = Activator::start(&world, "");
+    let statement = world.statement(&policy_text(), 1);
+    let head = AuditHead {
+        seq: 7,
+        hash: Sha256Digest::of(b"server audit entry 7"),
+    };
+    let events =
+        activator.activate_with_head(&approved(&statement), Some(head));
+
+    let (outcome, proposal, message) = finished(&events);
+    assert_eq!(
+        outcome,
+        Outcome::Activated,
+        "{message}\n{}",
+        activator.log()
+    );
+    assert_eq!(proposal, Some(1));
+    assert_eq!(
+        steps(&events),
+        [
+            Step::Verify,
+            Step::CheckSource,
+            Step::Evaluate,
+            Step::SetProfile,
+            Step::Switch
+        ]
+    );
+    assert_eq!(activator.profile_target(), world.target.as_path());
+    assert_eq!(
+        world.switch_log_lines(),
+        [format!("switch {}", world.target)]
+    );
+
+    let state = read_state(&activator.state_dir).unwrap();
+    assert_eq!(state.last_proposal, 1);
+    assert_eq!(state.audit_head, Some(head));
+    assert_eq!(
+        record_kinds(&activator),
+        ["accepted 1", "finished 1 Activated"]
+    );
+    let summary = verify_history(&activator.state_dir).unwrap();
+    assert_eq!(summary.entries, 2);
+    assert_eq!(summary.last_proposal, 1);
+
+    let events = activator.request(b"{\"request\":\"status\"}\n");
+    assert_eq!(
+        events,
+        [Event::Status {
+            current_system: Some(world.target.clone()),
+            last_proposal: 1,
+            audit_head: Some(head),
+        }]
+    );
+}
+
+#[test]
+fn used_certificate_is_refused() {
+    let world = World::build(WorldOptions::default());
+    let mut activator = Activator::start(&world, "");
+    let statement = world.statement(&policy_text(), 3);
+    let certificate = approved(&statement);
+    let (outcome, _, message) = finished(&activator.activate(&certificate));
+    assert_eq!(
+        outcome,
+        Outcome::Activated,
+        "{message}\n{}",
+        activator.log()
+    );
+    let switched = vec![format!("switch {}", world.target)];
+    assert_eq!(world.switch_log_lines(), switched);
+
+    // The target runs now, so the base check refuses a replay first.
+    let (outcome, proposal, message) =
+        finished(&activator.activate(&certificate));
+    assert_eq!(outcome, Outcome::Refused);
+    assert_eq!(proposal, Some(3));
+    assert!(message.contains("is not the running system"), "{message}");
+
+    // With the base running again, as after a rollback on the console,
+    // only the proposal number stops the replay.
+    set_profile(&activator.profile, &world.base);
+    let (outcome, _, message) = finished(&activator.activate(&certificate));
+    assert_eq!(outcome, Outcome::Refused);
+    assert!(
+        message
+            .contains("proposal 3 is not above the last accepted proposal 3"),
+        "{message}"
+    );
+
+    activator.restart();
+    let (outcome, _, message) = finished(&activator.activate(&certificate));
+    assert_eq!(outcome, Outcome::Refused, "{message}");
+    assert!(message.contains("not above the last accepted"), "{message}");
+
+    let older = approved(&world.statement(&policy_text(), 2));
+    let (outcome, _, message) = finished(&activator.activate(&older));
+    assert_eq!(outcome, Outcome::Refused, "{message}");
+    assert!(
+        message
+            .contains("proposal 2 is not above the last accepted proposal 3"),
+        "{message}"
+    );
+
+    assert_eq!(activator.profile_target(), world.base.as_path());
+    assert_eq!(world.switch_log_lines(), switched);
+    assert_eq!(read_state(&activator.state_dir).unwrap().last_proposal, 3);
+    verify_history(&activator.state_dir).unwrap();
+}
+
+#[test]
+fn failing_switch_rolls_back() {
+    let world = World::build(WorldOptions { fail_switch: true });
+    let activator = Activator::start(&world, "");
+    let certificate = approved(&world.statement(&policy_text(), 1));
+    let events = activator.activate(&certificate);
+
+    let (outcome, proposal, message) = finished(&events);
+    assert_eq!(
+        outcome,
+        Outcome::RolledBack,
+        "{message}\n{}",
+        activator.log()
+    );
+    assert_eq!(proposal, Some(1));
+    assert!(message.contains("exited with exit status: 1"), "{message}");
+    assert!(
+        message.contains(&format!("rolled back to {}", world.base)),
+        "{message}"
+    );
+    assert_eq!(steps(&events).last(), Some(&Step::RollBack));
+    assert!(
+        log_lines(&events)
+            .iter()
+            .any(|line| line.contains("failing as the test system requests")),
+        "{events:?}"
+    );
+    assert_eq!(activator.profile_target(), world.base.as_path());
+    assert_eq!(
+        world.switch_log_lines(),
+        [
+            format!("switch {}", world.target),
+            format!("switch {}", world.base)
+        ]
+    );
+    assert_eq!(
+        record_kinds(&activator),
+        ["accepted 1", "finished 1 RolledBack"]
+    );
+
+    // The base runs again, but the certificate stays used.
+    let (outcome, _, message) = finished(&activator.activate(&certificate));
+    assert_eq!(outcome, Outcome::Refused);
+    assert!(message.contains("not above the last accepted"), "{message}");
+    assert_eq!(world.switch_log_lines().len(), 2);
+    verify_history(&activator.state_dir).unwrap();
+}
+
+#[test]
+fn test_action_leaves_profile() {
+    let world = World::build(WorldOptions::default());
+    let activator = Activator::start(&world, "");
+    let mut statement = world.statement(&policy_text(), 1);
+    statement.action = Action::Test;
+    let events = activator.activate(&approved(&statement));
+
+    let (outcome, _, message) = finished(&events);
+    assert_eq!(
+        outcome,
+        Outcome::Activated,
+        "{message}\n{}",
+        activator.log()
+    );
+    assert!(!steps(&events).contains(&Step::SetProfile), "{events:?}");
+    assert_eq!(activator.profile_target(), world.base.as_path());
+    assert_eq!(world.switch_log_lines(), [format!("test {}", world.target)]);
+}
+
+#[test]
+fn invalid_config_names_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("activator.toml");
+    std::fs::write(
+        &config,
+        "policy = \"/etc/countersign/policy.toml\"\n\
+         state_dir = \"/var/lib/countersign-activator\"\n\
+         socket = \"/run/countersign/activator.sock\"\n\
+         verify_evalution = false\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_countersign-activator"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("verify_evalution"), "{stderr}");
+    assert!(stderr.contains(&config.display().to_string()), "{stderr}");
+}
