@@ -120,12 +120,12 @@ impl Daemon {
                 continue;
             }
             let activator = Arc::clone(&self.activator);
-            let active = Arc::clone(&active);
+            let slot = ConnectionSlot(Arc::clone(&active));
             let spawned = thread::Builder::new()
                 .name("connection".into())
                 .spawn(move || {
+                    let _slot = slot;
                     serve_connection(&activator, stream);
-                    active.fetch_sub(1, Ordering::SeqCst);
                 });
             if let Err(error) = spawned {
                 tracing::error!(%error, "cannot start a connection thread");
@@ -133,6 +133,16 @@ impl Daemon {
         }
         tracing::info!("activator stopped");
         Ok(())
+    }
+}
+
+/// One counted connection; dropping it, even while a panic unwinds the
+/// connection's thread, frees the place.
+struct ConnectionSlot(Arc<AtomicUsize>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
