@@ -104,6 +104,9 @@ pub struct SystemSpec {
     pub fail_switch: bool,
     /// Makes the toplevel's builder print an error and exit 1.
     pub fail_build: bool,
+    /// Seconds the toplevel's builder sleeps first, so that a test can act
+    /// while a build runs.
+    pub build_delay_secs: u32,
 }
 
 impl SystemSpec {
@@ -191,6 +194,7 @@ impl SystemSpec {
             switch_log: switch_log.to_owned(),
             fail_switch: false,
             fail_build: false,
+            build_delay_secs: 0,
         }
     }
 
@@ -626,6 +630,12 @@ impl<'a> FlakeWriter<'a> {
     fn toplevel(&mut self) {
         let spec = self.spec;
         let mut script = NixString::default();
+        if spec.build_delay_secs > 0 {
+            script = script.literal(&format!(
+                "echo 'test system: waiting {} s' >&2\nsleep {}\n",
+                spec.build_delay_secs, spec.build_delay_secs
+            ));
+        }
         if spec.fail_build {
             script = script.literal(
                 "echo 'test system: build fails as the spec requests' >&2\n\

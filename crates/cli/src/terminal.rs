@@ -1,0 +1,49 @@
+//! Output for terminals. Text from a repository (commit subjects, file
+//! names) could hold escape sequences that rewrite what an approver sees,
+//! so every such string passes through [`sanitize`] before printing.
+
+/// Replaces control characters other than newline and tab with visible
+/// escapes such as `\x1b`.
+pub fn sanitize(text: &str) -> String {
+    let mut clean = String::with_capacity(text.len());
+    for character in text.chars() {
+        if character.is_control() && character != '\n' && character != '\t' {
+            clean.extend(character.escape_default());
+        } else {
+            clean.push(character);
+        }
+    }
+    clean
+}
+
+/// Formats a duration in seconds for people: `3 h 12 min`, `45 s`.
+pub fn format_duration(seconds: i64) -> String {
+    let sign = if seconds < 0 { "-" } else { "" };
+    let seconds = seconds.unsigned_abs();
+    if seconds >= 3600 {
+        format!("{sign}{} h {} min", seconds / 3600, seconds % 3600 / 60)
+    } else if seconds >= 60 {
+        format!("{sign}{} min", seconds / 60)
+    } else {
+        format!("{sign}{seconds} s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sanitize_escapes_terminal_controls() {
+        assert_eq!(sanitize("a\u{1b}[2Jb"), "a\\u{1b}[2Jb");
+        assert_eq!(sanitize("x\ry"), "x\\ry");
+        assert_eq!(sanitize("keep\ttab\nline"), "keep\ttab\nline");
+    }
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(format_duration(45), "45 s");
+        assert_eq!(format_duration(600), "10 min");
+        assert_eq!(format_duration(3 * 3600 + 720), "3 h 12 min");
+    }
+}
