@@ -10,6 +10,11 @@ use crate::activator::{self, ActivatorError, Finished};
 use crate::db::{self, AuditEvent, Context, ProposalState};
 use crate::state::AppState;
 
+/// How long after an activation request an activator that has not
+/// accepted the proposal may still be verifying or evaluating it, in
+/// seconds. Only an activation whose report was lost waits this long.
+pub const ACCEPT_GRACE_SECS: u64 = 10 * 60;
+
 /// Everything an activation request needs, gathered in the transaction
 /// that found the quorum met, so that sending it reads nothing again.
 pub struct ActivationJob {
@@ -214,14 +219,18 @@ async fn finish(
 /// activator could not be asked, so the proposal stays `activating` and
 /// a later call tries again.
 ///
-/// The rule: if the activator's last accepted proposal is below
-/// `number`, it never accepted this certificate and nothing was
-/// activated, so the proposal failed. If it accepted it and the running
-/// system is the proposal's target, the proposal is deployed. Otherwise
-/// the activator accepted it but the system does not run it (rolled
-/// back, failed, or replaced by a newer proposal since); the server
-/// cannot tell which, so the proposal failed with a message that sends
-/// the administrator to the activator's log.
+/// If the activator's last accepted proposal is below `number`, it has
+/// not accepted this certificate. It may still be verifying it, so the
+/// proposal stays `activating` for [`ACCEPT_GRACE_SECS`] after the
+/// request and fails after that, with nothing activated. If it accepted it and the running system is the proposal's
+/// target, the proposal is deployed. Otherwise the activator accepted it
+/// but the system does not run it. It was rolled back, failed, or was
+/// replaced by a newer proposal since. The server cannot tell which, so
+/// the proposal failed with a message that points to the activator's log.
+///
+/// NOTE: an activator that takes longer than the grace time to accept
+/// a certificate makes the proposal fail here although it may still be
+/// activated; its activation then shows only in the activator's log.
 pub async fn resolve(state: &AppState, number: u64) -> bool {
     let status = match activator::status(&state.config.activator_socket).await
     {
@@ -250,6 +259,17 @@ pub async fn resolve(state: &AppState, number: u64) -> bool {
     };
     if row.state != ProposalState::Activating {
         return true;
+    }
+    if status.last_proposal < number
+        && db::now() < row.updated + ACCEPT_GRACE_SECS
+    {
+        tracing::info!(
+            proposal = number,
+            last_proposal = status.last_proposal,
+            "the activator has not accepted the proposal yet; asking again \
+             later"
+        );
+        return false;
     }
     let current = status.current_system.as_ref().map(|path| path.as_str());
     let runs_target = current.is_some() && current == row.target.as_deref();

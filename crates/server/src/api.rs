@@ -23,10 +23,10 @@ use crate::db::{self, ProposalRow, ProposalState, StoredVerdict};
 use crate::state::AppState;
 use crate::{pipeline, votes};
 
-/// How long one request may take before it is answered with 408.
+/// Maximum time one request may take before the server returns 408.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The most proposals a list returns.
+/// Maximum number of proposals a list returns.
 const LIST_LIMIT: u64 = 200;
 
 /// Builds the router with its limits, timeout and request tracing.
@@ -246,7 +246,7 @@ async fn built_column(
     state: &AppState,
     principal: &Principal,
     n: &str,
-    what: &'static str,
+    column_name: &'static str,
     pick: fn(ProposalRow) -> Option<Vec<u8>>,
 ) -> Result<Vec<u8>, ApiError> {
     principal.require_approver()?;
@@ -264,7 +264,7 @@ async fn built_column(
             ""
         };
         ApiError::conflict(format!(
-            "proposal {number} is {current} and has no {what}{hint}"
+            "proposal {number} is {current} and has no {column_name}{hint}"
         ))
     })
 }

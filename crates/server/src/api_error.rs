@@ -58,13 +58,13 @@ impl ApiError {
         )
     }
 
-    /// A server-side failure. The details go to the log; the client gets
-    /// a sentence that says where to look.
-    pub fn internal(what: &str, error: &dyn std::fmt::Display) -> Self {
-        tracing::error!(%error, "{what} failed");
+    /// Logs a server-side failure and returns a 500 error. The details
+    /// go to the log only, and the client is pointed there.
+    pub fn internal(operation: &str, error: &dyn std::fmt::Display) -> Self {
+        tracing::error!(%error, "{operation} failed");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("{what} failed on the server; see the server log"),
+            format!("{operation} failed on the server; see the server log"),
         )
     }
 }

@@ -95,3 +95,47 @@ fn parse_hash(
         value: value.to_owned(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::{self, AuditEvent, Context, Db};
+
+    #[test]
+    fn closed_database_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        db.run_blocking(|connection| {
+            let tx = connection.transaction().context("begin")?;
+            db::insert_proposal(&tx, 1, None, "trigger")?;
+            for kind in ["proposal-created", "proposal-failed"] {
+                db::append_audit(
+                    &tx,
+                    AuditEvent {
+                        kind,
+                        proposal: 1,
+                        approver: None,
+                        detail: serde_json::json!({}),
+                    },
+                )?;
+            }
+            tx.commit().context("commit")
+        })
+        .unwrap();
+        drop(db);
+        let path = dir.path().join(db::DB_FILE);
+        assert!(!dir.path().join("countersign.db-wal").exists());
+
+        let summary = verify_audit(&path, None).unwrap();
+        assert_eq!(summary.entries, 2);
+        assert_eq!(summary.head.unwrap().seq, 2);
+    }
+
+    #[test]
+    fn missing_database_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let error =
+            verify_audit(&dir.path().join("absent.db"), None).unwrap_err();
+        assert!(matches!(error, AuditVerifyError::Read { .. }), "{error}");
+    }
+}

@@ -24,11 +24,11 @@ pub const CHALLENGE_LIFETIME_SECS: u64 = 120;
 /// How long a session token is valid, in seconds.
 pub const TOKEN_LIFETIME_SECS: u64 = 600;
 
-/// The most challenges that may be outstanding at once, so that
-/// unauthenticated requests cannot fill the memory.
+/// Maximum number of open challenges, so that unauthenticated requests
+/// cannot fill the memory.
 const MAX_OPEN_CHALLENGES: usize = 1024;
 
-/// The most sessions kept at once.
+/// Maximum number of sessions kept at once.
 const MAX_SESSIONS: usize = 4096;
 
 /// Who made a request.
@@ -174,7 +174,7 @@ impl Auth {
         Issued { token, expires }
     }
 
-    /// Finds who holds `token`.
+    /// Returns the principal that `token` belongs to.
     pub fn authenticate(
         &self,
         token: &str,

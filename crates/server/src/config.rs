@@ -40,7 +40,7 @@ pub struct ServerConfig {
     pub nix: NixConfig,
 }
 
-/// The repository that holds the host's configuration.
+/// The repository that contains the host's configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RepositoryConfig {
@@ -164,12 +164,43 @@ impl ServerConfig {
             }
         };
         if self.host.is_empty() {
-            return invalid(
-                "host is empty; set it to this machine's \
-                            host name as the policy names it"
-                    .into(),
-            );
+            let message = "host is empty; set it to this machine's host \
+                           name as the policy names it";
+            return invalid(message.into());
         }
+        let (policy, policy_bytes) = self.load_policy()?;
+        if let Err(error) =
+            countersign_nix::validate_attribute(&self.attribute())
+        {
+            return invalid(format!("repository.attribute: {error}"));
+        }
+        if let Err(error) =
+            countersign_nix::git::validate_branch(&self.repository.branch)
+        {
+            return invalid(format!("repository.branch: {error}"));
+        }
+        if self.repository.url.is_empty() {
+            let message = "repository.url is empty; set it to the address \
+                           of the configuration repository";
+            return invalid(message.into());
+        }
+        self.nix_runner()?;
+        let trigger_token = match &self.trigger {
+            Some(trigger) => Some(read_token(&trigger.token_file)?),
+            None => None,
+        };
+        Ok(Checked {
+            listen,
+            policy,
+            policy_bytes,
+            trigger_token,
+        })
+    }
+
+    /// Reads the policy file and checks that it is valid and names this
+    /// host.
+    fn load_policy(&self) -> Result<(Policy, Vec<u8>), ConfigError> {
+        let invalid = |message: String| Err(ConfigError::Invalid(message));
         let policy_bytes = match std::fs::read(&self.policy) {
             Ok(bytes) => bytes,
             Err(error) => {
@@ -197,37 +228,10 @@ impl ServerConfig {
                 self.policy.display()
             ));
         }
-        if let Err(error) =
-            countersign_nix::validate_attribute(&self.attribute())
-        {
-            return invalid(format!("repository.attribute: {error}"));
-        }
-        if let Err(error) =
-            countersign_nix::git::validate_branch(&self.repository.branch)
-        {
-            return invalid(format!("repository.branch: {error}"));
-        }
-        if self.repository.url.is_empty() {
-            return invalid(
-                "repository.url is empty; set it to the \
-                            address of the configuration repository"
-                    .into(),
-            );
-        }
-        self.nix_runner()?;
-        let trigger_token = match &self.trigger {
-            Some(trigger) => Some(read_token(&trigger.token_file)?),
-            None => None,
-        };
-        Ok(Checked {
-            listen,
-            policy,
-            policy_bytes,
-            trigger_token,
-        })
+        Ok((policy, policy_bytes))
     }
 
-    /// The Nix runner with the configured options and environment.
+    /// Returns the Nix runner with the configured options and environment.
     pub(crate) fn nix_runner(
         &self,
     ) -> Result<countersign_nix::Nix, ConfigError> {
@@ -305,6 +309,96 @@ mod tests {
         let text = format!("branch = \"main\"\n{MINIMAL}");
         let error = ServerConfig::parse(&text).unwrap_err();
         assert!(error.contains("unknown field `branch`"), "{error}");
+    }
+
+    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMiTUzUf/2BiGAixrGJ759SOZwWVqT/l+KkIJoB2sPJw phone";
+
+    /// Writes a policy for `policy_host` and a configuration for `demo`
+    /// that uses it, and returns the folder and the parsed configuration.
+    fn config_with_policy(
+        policy_host: &str,
+    ) -> (tempfile::TempDir, ServerConfig) {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = dir.path().join("policy.toml");
+        std::fs::write(
+            &policy,
+            format!(
+                "host = \"{policy_host}\"\nthreshold = 1\n\
+                 [approvers.phone]\nssh = \"{KEY}\"\n"
+            ),
+        )
+        .unwrap();
+        let mut config = ServerConfig::parse(MINIMAL).unwrap();
+        config.policy = policy;
+        (dir, config)
+    }
+
+    fn check_error(config: &ServerConfig) -> String {
+        match config.check() {
+            Ok(_) => panic!("the configuration was accepted"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[test]
+    fn check_accepts_valid_config() {
+        let (_dir, config) = config_with_policy("demo");
+        let checked = config.check().unwrap();
+        assert_eq!(checked.listen.port(), 8470);
+        assert_eq!(checked.policy.host, "demo");
+        assert!(checked.trigger_token.is_none());
+    }
+
+    #[test]
+    fn check_rejects_host_mismatch() {
+        let (_dir, config) = config_with_policy("other");
+        let error = check_error(&config);
+        assert!(error.contains("differs from the policy's host"), "{error}");
+    }
+
+    #[test]
+    fn check_rejects_invalid_listen() {
+        let (_dir, mut config) = config_with_policy("demo");
+        config.listen = "localhost".into();
+        let error = check_error(&config);
+        assert!(error.contains("listen = \"localhost\""), "{error}");
+    }
+
+    #[test]
+    fn check_rejects_missing_policy() {
+        let (dir, mut config) = config_with_policy("demo");
+        config.policy = dir.path().join("absent.toml");
+        let error = check_error(&config);
+        assert!(error.contains("cannot read the policy file"), "{error}");
+    }
+
+    #[test]
+    fn check_reads_trigger_token() {
+        let (dir, mut config) = config_with_policy("demo");
+        let token_file = dir.path().join("token");
+        config.trigger = Some(TriggerConfig {
+            token_file: token_file.clone(),
+        });
+
+        std::fs::write(&token_file, "secret-token-value\n").unwrap();
+        let checked = config.check().unwrap();
+        assert_eq!(
+            checked.trigger_token.as_deref(),
+            Some("secret-token-value")
+        );
+
+        std::fs::write(&token_file, " \n").unwrap();
+        let error = check_error(&config);
+        assert!(error.contains("is empty"), "{error}");
+
+        std::fs::write(&token_file, "secret token").unwrap();
+        let error = check_error(&config);
+        assert!(error.contains("whitespace"), "{error}");
+        assert!(!error.contains("secret"), "the token leaked: {error}");
+
+        std::fs::remove_file(&token_file).unwrap();
+        let error = check_error(&config);
+        assert!(error.contains("cannot read the trigger token"), "{error}");
     }
 
     #[test]

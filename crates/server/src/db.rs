@@ -209,6 +209,8 @@ pub struct ProposalRow {
     pub error: Option<String>,
     pub created: u64,
     pub expires: Option<u64>,
+    /// When the state last changed, in seconds since the Unix epoch.
+    pub updated: u64,
 }
 
 /// One stored vote.
@@ -387,7 +389,7 @@ fn write_canonical(value: &Value, out: &mut String) {
 
 /// Appends one entry to the audit log inside `tx` and returns its
 /// position. Also logs the event, without secrets, since the audit body
-/// holds none.
+/// contains none.
 pub fn append_audit(
     tx: &Transaction<'_>,
     event: AuditEvent<'_>,
@@ -442,7 +444,7 @@ pub fn audit_head(connection: &Connection) -> DbResult<Option<Anchor>> {
 
 const PROPOSAL_COLUMNS: &str = "number, state, requested_rev, requested_by, \
     commit_id, subject, base, target, source_path, nar_hash, statement, \
-    statement_sha256, diff, error, created, expires";
+    statement_sha256, diff, error, created, expires, updated";
 
 fn proposal_from_row(
     row: &rusqlite::Row<'_>,
@@ -472,6 +474,7 @@ fn proposal_from_row(
         error: row.get(13)?,
         created: row.get(14)?,
         expires: row.get(15)?,
+        updated: row.get(16)?,
     })
 }
 
@@ -492,17 +495,20 @@ pub fn proposal(
         .context("reading a proposal")
 }
 
-/// All proposals, newest first, without their large columns' use by the
-/// caller in mind: the list is short-lived and bounded by `limit`.
+/// Returns the newest `limit` proposals, newest first, without their
+/// statements and diffs, which can be large.
 pub fn proposals(
     connection: &Connection,
     limit: u64,
 ) -> DbResult<Vec<ProposalRow>> {
     let mut statement = connection
-        .prepare(&format!(
-            "SELECT {PROPOSAL_COLUMNS} FROM proposals \
-             ORDER BY number DESC LIMIT ?1"
-        ))
+        .prepare(
+            "SELECT number, state, requested_rev, requested_by, commit_id, \
+             subject, base, target, source_path, nar_hash, NULL, \
+             statement_sha256, NULL, error, created, expires, updated \
+             FROM proposals \
+             ORDER BY number DESC LIMIT ?1",
+        )
         .context("listing proposals")?;
     statement
         .query_map([limit], proposal_from_row)
@@ -805,4 +811,69 @@ pub fn newer_with_statement(
         |row| row.get(0),
     )
     .context("finding newer proposals")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn audit_body_is_canonical() {
+        let event = AuditEvent {
+            kind: "approval",
+            proposal: 3,
+            approver: Some("phone"),
+            detail: json!({ "z": 1, "a": { "y": [2, 1], "b": null } }),
+        };
+        assert_eq!(
+            String::from_utf8(audit_body(&event, 99)).unwrap(),
+            r#"{"approver":"phone","at":99,"detail":{"a":{"b":null,"y":[2,1]},"z":1},"kind":"approval","proposal":3}"#
+        );
+    }
+
+    #[test]
+    fn audit_body_omits_missing_approver() {
+        let event = AuditEvent {
+            kind: "proposal-created",
+            proposal: 1,
+            approver: None,
+            detail: json!("x\"y"),
+        };
+        assert_eq!(
+            String::from_utf8(audit_body(&event, 5)).unwrap(),
+            r#"{"at":5,"detail":"x\"y","kind":"proposal-created","proposal":1}"#
+        );
+    }
+
+    #[test]
+    fn audit_log_rejects_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        db.run_blocking(|connection| {
+            let tx = connection.transaction().context("begin")?;
+            insert_proposal(&tx, 1, None, "trigger")?;
+            append_audit(
+                &tx,
+                AuditEvent {
+                    kind: "proposal-created",
+                    proposal: 1,
+                    approver: None,
+                    detail: json!({}),
+                },
+            )?;
+            tx.commit().context("commit")
+        })
+        .unwrap();
+        db.run_blocking(|connection| {
+            let update =
+                connection.execute("UPDATE audit SET body = x'00'", []);
+            assert!(update.unwrap_err().to_string().contains("append-only"));
+            let delete = connection.execute("DELETE FROM audit", []);
+            assert!(delete.unwrap_err().to_string().contains("append-only"));
+            assert_eq!(audit_head(connection)?.unwrap().seq, 1);
+            Ok(())
+        })
+        .unwrap();
+    }
 }

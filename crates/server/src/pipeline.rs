@@ -21,7 +21,7 @@ use crate::api_error::ApiError;
 use crate::db::{self, AuditEvent, BuiltProposal, Context, ProposalState};
 use crate::state::AppState;
 
-/// Longest revision a request may name.
+/// Maximum length of a requested revision, in bytes.
 const MAX_REV_LEN: usize = 256;
 
 /// Creates proposal N in state `building` and starts its pipeline.

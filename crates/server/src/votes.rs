@@ -18,7 +18,7 @@ use crate::db::{
 };
 use crate::state::AppState;
 
-/// Longest rejection reason kept, in characters.
+/// Maximum length of a rejection reason, in characters.
 pub const MAX_REASON_CHARS: usize = 2000;
 
 /// Checks and stores one vote on proposal `number`.

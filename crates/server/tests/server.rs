@@ -676,19 +676,33 @@ async fn audit_chain_verifies_and_detects_tampering() {
 async fn restart_fails_interrupted_build_and_resolves_activation() {
     let mut harness = Harness::start(Options::default()).await;
     harness.stop_server().await;
+    // A stopped server's log can be verified too.
+    let summary = verify_audit(&harness.db_path(), None).unwrap();
+    assert_eq!(summary.entries, 0);
     let target =
         "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-nixos-system-demo-2";
     {
-        // What a kill -9 leaves: one proposal building, one activating.
+        // What a kill -9 leaves: a proposal building; one activating that
+        // the activator accepted; one it has not accepted, sent just now
+        // (it may still be verifying); one it has not accepted, sent long
+        // ago.
         let connection =
             rusqlite::Connection::open(harness.db_path()).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
         connection
             .execute_batch(&format!(
                 "INSERT INTO proposals (number, state, requested_by, created, updated) \
                  VALUES (1, 'building', 'trigger', 1, 1);
                  INSERT INTO proposals (number, state, requested_by, commit_id, target, created, updated) \
-                 VALUES (2, 'activating', 'trigger', '{}', '{target}', 1, 1);",
-                harness.head()
+                 VALUES (2, 'activating', 'trigger', '{head}', '{target}', 1, 1);
+                 INSERT INTO proposals (number, state, requested_by, target, created, updated) \
+                 VALUES (3, 'activating', 'trigger', '{target}', 1, {now});
+                 INSERT INTO proposals (number, state, requested_by, target, created, updated) \
+                 VALUES (4, 'activating', 'trigger', '{target}', 1, 1);",
+                head = harness.head()
             ))
             .unwrap();
     }
@@ -711,10 +725,18 @@ async fn restart_fails_interrupted_build_and_resolves_activation() {
     let (_, detail) = harness.get("/proposals/2", &token).await;
     assert_eq!(detail["state"], "deployed", "{detail}");
     assert_eq!(harness.audit_kinds(2), ["activation-finished"]);
+    let (_, detail) = harness.get("/proposals/3", &token).await;
+    assert_eq!(detail["state"], "activating", "{detail}");
+    assert!(harness.audit_kinds(3).is_empty());
+    let (_, detail) = harness.get("/proposals/4", &token).await;
+    assert_eq!(detail["state"], "failed", "{detail}");
+    let error = detail["error"].as_str().unwrap();
+    assert!(error.contains("did not accept proposal 4"), "{error}");
+    assert_eq!(harness.audit_kinds(4), ["activation-finished"]);
 
     // New proposals continue after the recovered ones.
     let number = harness.propose(&token, None).await;
-    assert_eq!(number, 3);
+    assert_eq!(number, 5);
     verify_audit(&harness.db_path(), None).unwrap();
 }
 
