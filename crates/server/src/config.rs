@@ -45,7 +45,8 @@ pub struct ServerConfig {
 #[serde(deny_unknown_fields)]
 pub struct RepositoryConfig {
     /// The address git fetches from: a path, `file://`, `https://` or
-    /// `ssh://`.
+    /// `ssh://`. It goes into every statement, so it must not contain a
+    /// password or token; use an SSH key or a git credential helper.
     pub url: String,
     #[serde(default = "default_branch")]
     pub branch: String,
@@ -184,6 +185,13 @@ impl ServerConfig {
                            of the configuration repository";
             return invalid(message.into());
         }
+        if url_has_password(&self.repository.url) {
+            let message = "repository.url contains a password or token; \
+                           remove it and use an SSH key or a git \
+                           credential helper, because the address goes \
+                           into every statement";
+            return invalid(message.into());
+        }
         self.nix_runner()?;
         let trigger_token = match &self.trigger {
             Some(trigger) => Some(read_token(&trigger.token_file)?),
@@ -246,6 +254,18 @@ impl ServerConfig {
         }
         Ok(nix)
     }
+}
+
+/// Returns whether `url` has a password in its user information, as in
+/// `https://user:token@host/repo.git`.
+fn url_has_password(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    authority
+        .rfind('@')
+        .is_some_and(|at| authority[..at].contains(':'))
 }
 
 /// Reads the trigger token: the file's content without surrounding
@@ -399,6 +419,18 @@ mod tests {
         std::fs::remove_file(&token_file).unwrap();
         let error = check_error(&config);
         assert!(error.contains("cannot read the trigger token"), "{error}");
+    }
+
+    #[test]
+    fn check_rejects_password_in_url() {
+        let (_dir, mut config) = config_with_policy("demo");
+        config.repository.url = "https://ci:hunter2@git.example/a.git".into();
+        let error = check_error(&config);
+        assert!(error.contains("contains a password"), "{error}");
+        assert!(!error.contains("hunter2"), "the password leaked: {error}");
+
+        config.repository.url = "ssh://git@git.example:22/a.git".into();
+        assert!(config.check().is_ok());
     }
 
     #[test]

@@ -220,7 +220,8 @@ fn build_steps(
 
     log.step(&format!(
         "fetching branch {} of {}",
-        repository.branch, repository.url
+        repository.branch,
+        without_userinfo(&repository.url)
     ));
     let branch_commit =
         git::fetch_branch(&repository.url, &repository.branch, &mirror)
@@ -342,6 +343,19 @@ fn build_steps(
         diff,
         expires,
     })
+}
+
+/// Returns `url` with any user name and password replaced by `***`, for
+/// the build log that approvers read.
+fn without_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+        None => url.to_owned(),
+    }
 }
 
 /// Resolves `rev` in the mirror and checks that it is on the branch.
@@ -503,4 +517,37 @@ async fn store_failure(
             tx.commit().context("commit")
         })
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn userinfo_is_hidden() {
+        assert_eq!(
+            without_userinfo("https://user:secret@git.example/infra.git"),
+            "https://***@git.example/infra.git"
+        );
+        assert_eq!(
+            without_userinfo("ssh://git@git.example/infra.git"),
+            "ssh://***@git.example/infra.git"
+        );
+        assert_eq!(
+            without_userinfo("https://git.example/a@b.git"),
+            "https://git.example/a@b.git"
+        );
+        assert_eq!(without_userinfo("/srv/infra.git"), "/srv/infra.git");
+    }
+
+    #[test]
+    fn rev_checks_reject_options_and_spaces() {
+        for rev in ["", "-x", "--upload-pack=x", "a b", "a\nb"] {
+            assert!(check_rev(rev).is_err(), "{rev:?} was accepted");
+        }
+        assert!(check_rev(&"a".repeat(MAX_REV_LEN + 1)).is_err());
+        for rev in ["main~1", "v1.2", "0123abcd"] {
+            assert!(check_rev(rev).is_ok(), "{rev:?} was rejected");
+        }
+    }
 }
