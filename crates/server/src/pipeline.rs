@@ -8,6 +8,7 @@
 use std::fs::File;
 use std::io::Write as _;
 use std::path::Path;
+use std::time::Instant;
 
 use countersign_core::{
     STATEMENT_FORMAT, Sha256Digest, Source, Statement, StorePath,
@@ -217,6 +218,7 @@ fn build_steps(
     let repository = &config.repository;
     let policy = state.policy.current()?;
     let mirror = state.mirror_dir();
+    let started = Instant::now();
 
     log.step(&format!(
         "fetching branch {} of {}",
@@ -250,6 +252,7 @@ fn build_steps(
             .map_err(|error| error.to_string())?;
     }
 
+    let git_done = Instant::now();
     log.step("copying the commit into the Nix store");
     let source = countersign_nix::fetch_source(&state.nix, &mirror, &commit)
         .map_err(|error| {
@@ -260,6 +263,7 @@ fn build_steps(
         source.store_path, source.nar_hash
     ));
 
+    let fetched = Instant::now();
     let base = current_system(&config.current_system)?;
     log.step(&format!("running system {base}"));
 
@@ -276,6 +280,7 @@ fn build_steps(
     )
     .map_err(|error| format!("building {}: {error}", state.attribute))?;
     log.step(&format!("built {target}"));
+    let built = Instant::now();
 
     log.step("computing the diff");
     let deployed = state
@@ -304,6 +309,7 @@ fn build_steps(
     let diff = DiffDocument::compute(&state.nix, &inputs)
         .map_err(|error| format!("computing the diff: {error}"))?
         .to_json();
+    let diffed = Instant::now();
 
     let created = db::now();
     let expires = created + policy.proposal_lifetime_secs;
@@ -329,6 +335,16 @@ fn build_steps(
         expires,
     };
     let statement = statement.to_bytes();
+    // Benchmarks read this line to separate Nix's own time from
+    // countersign's; `diff` includes the closure queries to Nix.
+    log.step(&format!(
+        "timings (ms): git={} nix_fetch={} nix_build={} diff={} total={}",
+        (git_done - started).as_millis(),
+        (fetched - git_done).as_millis(),
+        (built - fetched).as_millis(),
+        (diffed - built).as_millis(),
+        started.elapsed().as_millis(),
+    ));
     log.step(&format!(
         "statement {} written; waiting for approvals",
         Sha256Digest::of(&statement)
