@@ -23,7 +23,7 @@ struct Cli {
     command: Command,
 }
 
-/// How an approver command reaches and authenticates to the server.
+/// The server address and the key that an approver command signs in with.
 #[derive(clap::Args)]
 struct Connection {
     /// Address of the countersign server, for example http://127.0.0.1:8470.

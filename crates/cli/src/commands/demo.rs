@@ -168,6 +168,15 @@ impl Environment {
         spawn_own(&self.binary, &self.layout, subcommand)
     }
 
+    /// The process id of the named process (`server` or `activator`).
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.processes
+            .0
+            .iter()
+            .find(|(own, _)| own == name)
+            .map(|(_, child)| child.id())
+    }
+
     /// Sends SIGKILL to the named process (`server` or `activator`), as a
     /// crash or power loss would end it.
     pub fn kill(&mut self, name: &str) -> Result<()> {
