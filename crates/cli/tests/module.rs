@@ -1,0 +1,553 @@
+//! Evaluates the NixOS module `nix/module.nix` with the module system of
+//! nixpkgs' lib and the stand-ins in `nix/tests/stand-ins.nix`, through
+//! `nix-instantiate --eval --strict --json`. The tests check the units
+//! and files the module generates, parse the generated policy and
+//! configurations with countersign's own parsers, and check that each
+//! assertion fails with its message.
+//!
+//! They need a nixpkgs `lib` folder, named by the environment variable
+//! `COUNTERSIGN_NIXPKGS_LIB`. Without it each test prints that it was
+//! skipped and passes.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+const LIB_ENV: &str = "COUNTERSIGN_NIXPKGS_LIB";
+
+const PHONE_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMiTUzUf/2BiGAixrGJ759SOZwWVqT/l+KkIJoB2sPJw phone";
+const LAPTOP_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAID25SjFd7x4IG/P0YSZiVOlykfWonCT389LAONRh+wui laptop";
+
+fn repository_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// Returns the nixpkgs lib folder, or `None` after printing why the
+/// test named `test` is skipped.
+fn nixpkgs_lib(test: &str) -> Option<PathBuf> {
+    let Some(lib) = std::env::var_os(LIB_ENV) else {
+        println!(
+            "{test} skipped: {LIB_ENV} is not set; set it to the `lib` \
+             folder of a nixpkgs checkout to evaluate the NixOS module"
+        );
+        return None;
+    };
+    let lib = PathBuf::from(lib);
+    assert!(
+        lib.join("default.nix").is_file(),
+        "{LIB_ENV}={} has no default.nix; point it at nixpkgs' lib folder",
+        lib.display()
+    );
+    Some(lib.canonicalize().unwrap())
+}
+
+/// Evaluates `expression` with Nix and returns its JSON value, or the
+/// error output when the evaluation fails.
+fn nix_eval(expression: &str) -> Result<Value, String> {
+    let home = tempfile::tempdir().unwrap();
+    let output = Command::new("nix-instantiate")
+        .args(["--eval", "--strict", "--json", "--expr", expression])
+        .env("HOME", home.path())
+        .env("NIX_CONFIG", "substituters =")
+        .output()
+        .expect("nix-instantiate runs; install Nix");
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+    }
+    Ok(serde_json::from_slice(&output.stdout).unwrap())
+}
+
+/// Evaluates the module with `configuration` (a Nix module expression)
+/// and returns what `nix/tests/eval.nix` reports.
+fn evaluate(lib: &Path, configuration: &str) -> Value {
+    let root = repository_root();
+    let expression = format!(
+        "import {}/nix/tests/eval.nix {{ lib = import {}; \
+         configuration = {configuration}; }}",
+        root.display(),
+        lib.display()
+    );
+    nix_eval(&expression).unwrap_or_else(|error| {
+        panic!("evaluating the module failed:\n{error}\n{configuration}")
+    })
+}
+
+/// Returns a valid configuration of two approvers, merged by the module
+/// system with `extra`, the body of a second module.
+fn configuration(extra: &str) -> String {
+    format!(
+        r#"{{
+          imports = [
+            ({{ lib, ... }}: {{
+              networking.hostName = "web1";
+              services.countersign = {{
+                enable = true;
+                repository.url = "https://git.example.org/infra/nixos.git";
+                approvers.phone.ssh = "{PHONE_KEY}";
+                approvers.laptop.ssh = "{LAPTOP_KEY}";
+                threshold = lib.mkDefault 2;
+              }};
+            }})
+            ({{ lib, ... }}: {{
+              {extra}
+            }})
+          ];
+        }}"#
+    )
+}
+
+fn failed_assertions(result: &Value) -> Vec<String> {
+    result["failedAssertions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|message| message.as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn etc_text<'a>(result: &'a Value, name: &str) -> &'a str {
+    result["etc"][name]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("environment.etc.{name:?} has no text"))
+}
+
+/// Asserts that `extra` makes exactly one assertion fail, with a message
+/// that contains each of `expected`.
+fn assert_only_failure(lib: &Path, extra: &str, expected: &[&str]) {
+    let result = evaluate(lib, &configuration(extra));
+    let failed = failed_assertions(&result);
+    assert_eq!(failed.len(), 1, "{extra}: {failed:#?}");
+    for part in expected {
+        assert!(failed[0].contains(part), "{extra}: {}", failed[0]);
+    }
+}
+
+#[test]
+fn valid_configuration_passes_assertions() {
+    let Some(lib) = nixpkgs_lib("valid_configuration_passes_assertions")
+    else {
+        return;
+    };
+    let result = evaluate(&lib, &configuration(""));
+    assert_eq!(failed_assertions(&result), Vec::<String>::new());
+    assert_eq!(result["warnings"], serde_json::json!([]));
+}
+
+#[test]
+fn policy_file_is_generated() {
+    let Some(lib) = nixpkgs_lib("policy_file_is_generated") else {
+        return;
+    };
+    let extra = r#"services.countersign = {
+        required = [ "laptop" ];
+        veto = false;
+        proposalLifetime = 3600;
+        approvers.laptop.userVerification = true;
+    };"#;
+    let result = evaluate(&lib, &configuration(extra));
+    let policy_entry = &result["etc"]["countersign/policy.toml"];
+    assert_eq!(policy_entry["mode"], "0644");
+    assert!(policy_entry.get("user").is_none(), "root owns the policy");
+
+    let text = etc_text(&result, "countersign/policy.toml");
+    let policy = countersign_core::Policy::from_toml(text.as_bytes())
+        .unwrap_or_else(|error| panic!("{error}:\n{text}"));
+    assert_eq!(policy.host, "web1");
+    assert_eq!(policy.threshold, 2);
+    assert!(!policy.veto);
+    assert_eq!(policy.proposal_lifetime_secs, 3600);
+    let required: Vec<&str> =
+        policy.required.iter().map(|name| name.as_str()).collect();
+    assert_eq!(required, ["laptop"]);
+    let names: Vec<&str> =
+        policy.approvers.keys().map(|name| name.as_str()).collect();
+    assert_eq!(names, ["laptop", "phone"]);
+    let laptop = policy.approvers.values().next().unwrap();
+    assert!(laptop.user_verification);
+    assert!(text.contains(LAPTOP_KEY), "{text}");
+    assert!(text.contains(PHONE_KEY), "{text}");
+}
+
+#[test]
+fn configurations_parse_with_own_parsers() {
+    let Some(lib) = nixpkgs_lib("configurations_parse_with_own_parsers")
+    else {
+        return;
+    };
+    let extra = r#"services.countersign = {
+        triggerTokenFile = "/run/keys/countersign-trigger";
+        action = "boot";
+        repository.branch = "production";
+        listen = "[::1]:9000";
+        nixSettings = {
+          fallback = true;
+          "max-jobs" = 2;
+          "extra-sandbox-paths" = [ "/a" "/b" ];
+        };
+      };"#;
+    let result = evaluate(&lib, &configuration(extra));
+
+    let text = etc_text(&result, "countersign/server.toml");
+    let server = countersign_server::ServerConfig::parse(text)
+        .unwrap_or_else(|error| panic!("{error}:\n{text}"));
+    assert_eq!(server.host, "web1");
+    assert_eq!(server.listen, "[::1]:9000");
+    assert_eq!(server.state_dir, Path::new("/var/lib/countersign"));
+    assert_eq!(server.policy, Path::new("/etc/countersign/policy.toml"));
+    assert_eq!(
+        server.activator_socket,
+        Path::new("/run/countersign/activator.sock")
+    );
+    assert_eq!(server.repository.branch, "production");
+    assert_eq!(server.repository.action.to_string(), "boot");
+    assert_eq!(
+        server.attribute(),
+        "nixosConfigurations.web1.config.system.build.toplevel"
+    );
+    let trigger = server.trigger.expect("a [trigger] section");
+    assert_eq!(
+        trigger.token_file,
+        Path::new("/run/credentials/countersign.service/trigger-token")
+    );
+    assert_eq!(server.nix.options["fallback"], "true");
+    assert_eq!(server.nix.options["max-jobs"], "2");
+    assert_eq!(server.nix.options["extra-sandbox-paths"], "/a /b");
+
+    let text = etc_text(&result, "countersign/activator.toml");
+    let activator = countersign_activator::Config::parse(text)
+        .unwrap_or_else(|error| panic!("{error}:\n{text}"));
+    assert_eq!(activator.policy, server.policy);
+    assert_eq!(activator.socket, server.activator_socket);
+    assert_eq!(
+        activator.state_dir,
+        Path::new("/var/lib/countersign-activator")
+    );
+    assert_eq!(activator.socket_mode.to_string(), "0660");
+    assert_eq!(activator.socket_group.as_deref(), Some("countersign"));
+    assert_eq!(activator.profile, Path::new("/nix/var/nix/profiles/system"));
+    assert!(activator.verify_evaluation);
+    assert_eq!(
+        activator.evaluator_user.as_deref(),
+        Some("countersign-eval")
+    );
+    assert_eq!(activator.nix.options["max-jobs"], "2");
+
+    let server_unit = &result["services"]["countersign"];
+    assert_eq!(
+        server_unit["serviceConfig"]["LoadCredential"],
+        serde_json::json!(["trigger-token:/run/keys/countersign-trigger"])
+    );
+}
+
+#[test]
+fn server_unit_is_hardened() {
+    let Some(lib) = nixpkgs_lib("server_unit_is_hardened") else {
+        return;
+    };
+    let result = evaluate(&lib, &configuration(""));
+    let unit = &result["services"]["countersign"];
+    let service = &unit["serviceConfig"];
+    assert_eq!(service["User"], "countersign");
+    assert_eq!(service["Group"], "countersign");
+    assert!(
+        service["ExecStart"].as_str().unwrap().ends_with(
+            "/bin/countersign serve --config /etc/countersign/server.toml"
+        ),
+        "{}",
+        service["ExecStart"]
+    );
+    assert_eq!(unit["environment"]["NIX_REMOTE"], "daemon");
+    assert_eq!(unit["wantedBy"], serde_json::json!(["multi-user.target"]));
+    let expected = [
+        ("ProtectSystem", serde_json::json!("strict")),
+        ("StateDirectory", serde_json::json!("countersign")),
+        ("StateDirectoryMode", serde_json::json!("0700")),
+        ("NoNewPrivileges", serde_json::json!(true)),
+        ("CapabilityBoundingSet", serde_json::json!("")),
+        (
+            "RestrictAddressFamilies",
+            serde_json::json!(["AF_UNIX", "AF_INET", "AF_INET6"]),
+        ),
+        ("SystemCallFilter", serde_json::json!(["@system-service"])),
+        ("PrivateTmp", serde_json::json!(true)),
+        ("ProtectHome", serde_json::json!(true)),
+        ("PrivateDevices", serde_json::json!(true)),
+        ("ProtectKernelTunables", serde_json::json!(true)),
+        ("ProtectKernelModules", serde_json::json!(true)),
+        ("ProtectKernelLogs", serde_json::json!(true)),
+        ("ProtectControlGroups", serde_json::json!(true)),
+        ("LockPersonality", serde_json::json!(true)),
+        ("MemoryDenyWriteExecute", serde_json::json!(true)),
+        ("RestrictNamespaces", serde_json::json!(true)),
+        ("RestrictSUIDSGID", serde_json::json!(true)),
+        ("UMask", serde_json::json!("0077")),
+    ];
+    for (key, value) in expected {
+        assert_eq!(service[key], value, "serviceConfig.{key}");
+    }
+    assert_eq!(
+        service["LoadCredential"],
+        serde_json::json!([]),
+        "no trigger token, no credential"
+    );
+
+    let user = &result["users"]["countersign"];
+    assert_eq!(user["isSystemUser"], true);
+    assert_eq!(user["group"], "countersign");
+    assert!(result["groups"].get("countersign").is_some());
+}
+
+#[test]
+fn activator_unit_runs_as_root() {
+    let Some(lib) = nixpkgs_lib("activator_unit_runs_as_root") else {
+        return;
+    };
+    let result = evaluate(&lib, &configuration(""));
+    let unit = &result["services"]["countersign-activator"];
+    let service = &unit["serviceConfig"];
+    assert_eq!(service["User"], "root");
+    assert_eq!(service["Type"], "simple");
+    assert!(
+        service["ExecStart"].as_str().unwrap().ends_with(
+            "/bin/countersign-activator --config /etc/countersign/activator.toml"
+        ),
+        "{}",
+        service["ExecStart"]
+    );
+    assert_eq!(service["RuntimeDirectory"], "countersign");
+    assert_eq!(service["StateDirectory"], "countersign-activator");
+    assert_eq!(service["StateDirectoryMode"], "0700");
+    assert_eq!(unit["restartIfChanged"], false);
+    assert_eq!(unit["environment"]["NIX_REMOTE"], "daemon");
+    assert_eq!(
+        result["sockets"],
+        serde_json::json!({}),
+        "the activator binds its own socket"
+    );
+
+    let evaluator = &result["users"]["countersign-eval"];
+    assert_eq!(evaluator["isSystemUser"], true);
+    assert_eq!(evaluator["group"], "countersign-eval");
+    assert_eq!(evaluator["createHome"], true);
+}
+
+#[test]
+fn nginx_proxies_only_with_domain() {
+    let Some(lib) = nixpkgs_lib("nginx_proxies_only_with_domain") else {
+        return;
+    };
+    let without = evaluate(&lib, &configuration(""));
+    assert_eq!(without["nginx"], serde_json::json!({}));
+
+    let with = evaluate(
+        &lib,
+        &configuration(
+            r#"services.countersign.domain = "deploy.example.org";"#,
+        ),
+    );
+    let host = &with["nginx"]["virtualHosts"]["deploy.example.org"];
+    assert_eq!(with["nginx"]["enable"], true);
+    assert_eq!(host["enableACME"], true);
+    assert_eq!(host["forceSSL"], true);
+    assert_eq!(host["locations"]["/"]["proxyPass"], "http://127.0.0.1:8470");
+}
+
+#[test]
+fn disabled_module_adds_nothing() {
+    let Some(lib) = nixpkgs_lib("disabled_module_adds_nothing") else {
+        return;
+    };
+    let result = evaluate(
+        &lib,
+        &configuration("services.countersign.enable = lib.mkForce false;"),
+    );
+    assert_eq!(result["services"], serde_json::json!({}));
+    assert_eq!(result["etc"], serde_json::json!({}));
+    assert_eq!(result["users"], serde_json::json!({}));
+    assert_eq!(failed_assertions(&result), Vec::<String>::new());
+}
+
+#[test]
+fn threshold_out_of_range_fails() {
+    let Some(lib) = nixpkgs_lib("threshold_out_of_range_fails") else {
+        return;
+    };
+    assert_only_failure(
+        &lib,
+        "services.countersign.threshold = 0;",
+        &[
+            "threshold is 0",
+            "between 1 and the number of approvers (2)",
+        ],
+    );
+    assert_only_failure(
+        &lib,
+        "services.countersign.threshold = 3;",
+        &[
+            "threshold is 3",
+            "between 1 and the number of approvers (2)",
+        ],
+    );
+}
+
+#[test]
+fn unknown_required_approver_fails() {
+    let Some(lib) = nixpkgs_lib("unknown_required_approver_fails") else {
+        return;
+    };
+    assert_only_failure(
+        &lib,
+        r#"services.countersign.required = [ "tablet" ];"#,
+        &[
+            "required names tablet",
+            "not in services.countersign.approvers",
+        ],
+    );
+}
+
+#[test]
+fn required_above_threshold_fails() {
+    let Some(lib) = nixpkgs_lib("required_above_threshold_fails") else {
+        return;
+    };
+    assert_only_failure(
+        &lib,
+        r#"services.countersign = {
+            threshold = 1;
+            required = [ "phone" "laptop" ];
+        };"#,
+        &["required lists 2 approvers", "raise the threshold"],
+    );
+}
+
+#[test]
+fn duplicated_key_fails() {
+    let Some(lib) = nixpkgs_lib("duplicated_key_fails") else {
+        return;
+    };
+    // The same key under another comment is still the same key.
+    let tablet = PHONE_KEY.replace(" phone", " tablet");
+    assert_only_failure(
+        &lib,
+        &format!(r#"services.countersign.approvers.tablet.ssh = "{tablet}";"#),
+        &["phone and tablet have the same SSH key"],
+    );
+}
+
+#[test]
+fn trusted_server_user_fails() {
+    let Some(lib) = nixpkgs_lib("trusted_server_user_fails") else {
+        return;
+    };
+    let cases = [
+        (
+            r#"nix.settings.trusted-users = [ "root" "countersign" ];"#,
+            "contains countersign,",
+        ),
+        (
+            r#"nix.settings.trusted-users = [ "root" "@countersign" ];"#,
+            "contains @countersign,",
+        ),
+        (
+            r#"nix.settings.trusted-users = [ "root" "@wheel" ];
+               users.users.countersign.extraGroups = [ "wheel" ];"#,
+            "contains @wheel,",
+        ),
+    ];
+    for (extra, expected) in cases {
+        assert_only_failure(
+            &lib,
+            extra,
+            &[expected, "countersign user countersign a trusted Nix user"],
+        );
+    }
+}
+
+#[test]
+fn trusted_evaluator_user_fails() {
+    let Some(lib) = nixpkgs_lib("trusted_evaluator_user_fails") else {
+        return;
+    };
+    assert_only_failure(
+        &lib,
+        r#"nix.settings.trusted-users = [ "root" "@builders" ];
+           users.groups.builders.members = [ "countersign-eval" ];"#,
+        &["contains @builders", "countersign user countersign-eval"],
+    );
+
+    let result = evaluate(
+        &lib,
+        &configuration(r#"nix.settings.trusted-users = [ "*" ];"#),
+    );
+    let failed = failed_assertions(&result);
+    assert_eq!(failed.len(), 2, "{failed:#?}");
+    assert!(
+        failed[0].contains("user countersign a trusted"),
+        "{failed:#?}"
+    );
+    assert!(failed[1].contains("user countersign-eval a"), "{failed:#?}");
+}
+
+#[test]
+fn secret_in_store_fails() {
+    let Some(lib) = nixpkgs_lib("secret_in_store_fails") else {
+        return;
+    };
+    assert_only_failure(
+        &lib,
+        r#"services.countersign.triggerTokenFile = "/nix/store/0000-token";"#,
+        &[
+            "triggerTokenFile is /nix/store/0000-token",
+            "outside the store",
+        ],
+    );
+    let result = evaluate(
+        &lib,
+        &configuration(
+            r#"services.countersign.webhookSecretFile = "/nix/store/0000-secret";"#,
+        ),
+    );
+    let failed = failed_assertions(&result);
+    assert_eq!(failed.len(), 1, "{failed:#?}");
+    assert!(
+        failed[0].contains("webhookSecretFile is /nix/store"),
+        "{failed:#?}"
+    );
+}
+
+#[test]
+fn server_user_as_evaluator_fails() {
+    let Some(lib) = nixpkgs_lib("server_user_as_evaluator_fails") else {
+        return;
+    };
+    assert_only_failure(
+        &lib,
+        r#"services.countersign.evaluatorUser = "countersign";"#,
+        &["evaluatorUser is the server's user countersign"],
+    );
+}
+
+#[test]
+fn options_doc_is_current() {
+    let Some(lib) = nixpkgs_lib("options_doc_is_current") else {
+        return;
+    };
+    let root = repository_root();
+    let expression = format!(
+        "import {}/nix/options-doc.nix {{ lib = import {}; }}",
+        root.display(),
+        lib.display()
+    );
+    let generated = nix_eval(&expression).unwrap();
+    let committed =
+        std::fs::read_to_string(root.join("docs/options.md")).unwrap();
+    assert!(
+        generated.as_str() == Some(committed.as_str()),
+        "docs/options.md differs from the module's options; run \
+         scripts/gen-options-doc"
+    );
+}
