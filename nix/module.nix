@@ -50,6 +50,7 @@ let
   # systemd copies the trigger token here with LoadCredential, so the
   # token file itself may stay readable by root alone.
   triggerCredential = "/run/credentials/countersign.service/trigger-token";
+  webhookCredential = "/run/credentials/countersign.service/webhook-secret";
 
   # TOML of the shapes used here: strings, integers, booleans, lists of
   # those, and tables of them. JSON string escapes (\" \\ \n \t \uXXXX)
@@ -127,6 +128,12 @@ let
     }
     + tomlTable "trigger" (
       optionalAttrs (cfg.triggerTokenFile != null) { token_file = triggerCredential; }
+    )
+    + tomlTable "webhook" (
+      optionalAttrs (cfg.webhookSecretFile != null) (
+        { secret_file = webhookCredential; }
+        // optionalAttrs (cfg.webhookRepository != null) { repository = cfg.webhookRepository; }
+      )
     )
     + tomlTable "nix.options" nixOptions;
 
@@ -396,9 +403,21 @@ in
       default = null;
       example = "/run/keys/countersign-webhook";
       description = ''
-        A file with the shared secret that signs forge webhooks. It is a
-        path string, never a Nix path, so the secret stays out of the
-        Nix store.
+        A file with the shared secret of forge webhooks, entered in the
+        forge's webhook settings too. It is a path string, never a Nix
+        path, so the secret stays out of the Nix store. systemd passes a
+        copy to the server (LoadCredential), so the file may be readable
+        by root alone.
+      '';
+    };
+
+    webhookRepository = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "ops/infra";
+      description = ''
+        The repository's name as the forge spells it. When set, webhook
+        deliveries about other repositories are ignored.
       '';
     };
 
@@ -509,7 +528,7 @@ in
     }) unprivilegedUsers;
 
     warnings =
-      optional (cfg.webhookSecretFile != null) "services.countersign.webhookSecretFile is set, but this version of the server has no webhook endpoint yet; the secret is not used."
+      optional (cfg.webhookRepository != null && cfg.webhookSecretFile == null) "services.countersign.webhookRepository is set without webhookSecretFile, so webhooks stay off; set webhookSecretFile."
       ++ optional (cfg.evaluatorUser == null && cfg.verifyEvaluation) "services.countersign.evaluatorUser is null, so the activator evaluates approved sources as root; keep the default countersign-eval."
       ++ optional (!cfg.verifyEvaluation) "services.countersign.verifyEvaluation is off, so the activator does not check that the approved source yields the approved system.";
 
@@ -587,7 +606,9 @@ in
         Restart = "on-failure";
         RestartSec = "5s";
         UMask = "0077";
-        LoadCredential = lib.optional (cfg.triggerTokenFile != null) "trigger-token:${cfg.triggerTokenFile}";
+        LoadCredential =
+          lib.optional (cfg.triggerTokenFile != null) "trigger-token:${cfg.triggerTokenFile}"
+          ++ lib.optional (cfg.webhookSecretFile != null) "webhook-secret:${cfg.webhookSecretFile}";
 
         # Hardening: the server needs its state and cache folders, the
         # network, and the nix-daemon and activator sockets; nothing else

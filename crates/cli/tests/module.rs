@@ -520,6 +520,27 @@ fn secret_in_store_fails() {
 }
 
 #[test]
+fn webhook_secret_uses_credential() {
+    let Some(lib) = nixpkgs_lib("webhook_secret_uses_credential") else {
+        return;
+    };
+    let extra = r#"services.countersign = {
+        webhookSecretFile = "/run/keys/countersign-webhook";
+        webhookRepository = "ops/infra";
+      };"#;
+    let result = evaluate(&lib, &configuration(extra));
+    assert_eq!(failed_assertions(&result), Vec::<String>::new());
+    let text = etc_text(&result, "countersign/server.toml");
+    let section = "[webhook]\nrepository = \"ops/infra\"\n\
+        secret_file = \"/run/credentials/countersign.service/webhook-secret\"\n";
+    assert!(text.contains(section), "{text}");
+    assert_eq!(
+        result["services"]["countersign"]["serviceConfig"]["LoadCredential"],
+        serde_json::json!(["webhook-secret:/run/keys/countersign-webhook"])
+    );
+}
+
+#[test]
 fn server_user_as_evaluator_fails() {
     let Some(lib) = nixpkgs_lib("server_user_as_evaluator_fails") else {
         return;
