@@ -21,7 +21,7 @@ use crate::api_error::{
 use crate::auth::Principal;
 use crate::db::{self, ProposalRow, ProposalState, StoredVerdict};
 use crate::state::AppState;
-use crate::{pipeline, votes};
+use crate::{metrics, pipeline, votes, webhooks};
 
 /// Maximum time one request may take before the server returns 408.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -30,7 +30,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const LIST_LIMIT: u64 = 200;
 
 /// Builds the router with its limits, timeout and request tracing.
-pub fn router(state: AppState) -> Router {
+pub fn router(state: AppState, webhook_secret: Option<Vec<u8>>) -> Router {
     let api = Router::new()
         .route("/health", get(health))
         .route("/auth/challenge", post(challenge))
@@ -42,12 +42,18 @@ pub fn router(state: AppState) -> Router {
         .route("/proposals/{n}/log", get(build_log))
         .route("/proposals/{n}/approvals", post(approve))
         .route("/proposals/{n}/rejections", post(reject))
-        .route("/status", get(status));
+        .route("/status", get(status))
+        .merge(webhooks::routes(state.clone(), webhook_secret));
+    // Off unless configured, since it answers without a token.
+    let root = if state.config.metrics {
+        Router::new().route("/metrics", get(metrics::handler))
+    } else {
+        Router::new()
+    };
     // Layers listed later wrap the earlier ones: the trace sees every
     // request and response, and `json_errors` rewrites the plain error
     // bodies of the timeout, the body limit and the router.
-    Router::new()
-        .nest("/api/v1", api)
+    root.nest("/api/v1", api)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .layer(TimeoutLayer::with_status_code(

@@ -38,6 +38,27 @@ pub struct ServerConfig {
     pub trigger: Option<TriggerConfig>,
     #[serde(default)]
     pub nix: NixConfig,
+    /// The optional forge webhooks under `/api/v1/webhooks/{forge}`.
+    #[serde(default)]
+    pub webhook: Option<WebhookConfig>,
+    /// Whether `GET /metrics` answers, without authentication, with
+    /// proposal counts and the deployed commit. Off by default.
+    #[serde(default)]
+    pub metrics: bool,
+}
+
+/// Where the shared secret of forge webhooks is read from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// The file that holds the secret entered in the forge's webhook
+    /// settings.
+    pub secret_file: PathBuf,
+    /// The repository's name as the forge spells it, for example
+    /// `ops/infra`; when set, deliveries about other repositories are
+    /// ignored.
+    #[serde(default)]
+    pub repository: Option<String>,
 }
 
 /// The repository that contains the host's configuration.
@@ -112,6 +133,7 @@ pub(crate) struct Checked {
     pub(crate) policy: Policy,
     pub(crate) policy_bytes: Vec<u8>,
     pub(crate) trigger_token: Option<String>,
+    pub(crate) webhook_secret: Option<Vec<u8>>,
 }
 
 impl ServerConfig {
@@ -197,11 +219,16 @@ impl ServerConfig {
             Some(trigger) => Some(read_token(&trigger.token_file)?),
             None => None,
         };
+        let webhook_secret = match &self.webhook {
+            Some(webhook) => Some(read_webhook_secret(&webhook.secret_file)?),
+            None => None,
+        };
         Ok(Checked {
             listen,
             policy,
             policy_bytes,
             trigger_token,
+            webhook_secret,
         })
     }
 
@@ -294,6 +321,28 @@ fn read_token(path: &Path) -> Result<String, ConfigError> {
         )));
     }
     Ok(token.to_owned())
+}
+
+/// Reads the webhook secret: the file's content without surrounding
+/// whitespace. The secret itself never appears in an error.
+fn read_webhook_secret(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    let text = std::fs::read(path).map_err(|error| {
+        ConfigError::Invalid(format!(
+            "cannot read the webhook secret file {} (key \
+             `webhook.secret_file`): {error}",
+            path.display()
+        ))
+    })?;
+    let secret = text.trim_ascii();
+    if secret.is_empty() {
+        return Err(ConfigError::Invalid(format!(
+            "the webhook secret file {} is empty; write a long random \
+             secret into it and enter the same secret in the forge, or \
+             remove the [webhook] section",
+            path.display()
+        )));
+    }
+    Ok(secret.to_vec())
 }
 
 #[cfg(test)]
@@ -419,6 +468,47 @@ mod tests {
         std::fs::remove_file(&token_file).unwrap();
         let error = check_error(&config);
         assert!(error.contains("cannot read the trigger token"), "{error}");
+    }
+
+    #[test]
+    fn check_reads_webhook_secret() {
+        let (dir, mut config) = config_with_policy("demo");
+        let secret_file = dir.path().join("webhook-secret");
+        config.webhook = Some(WebhookConfig {
+            secret_file: secret_file.clone(),
+            repository: None,
+        });
+
+        std::fs::write(&secret_file, "hook-secret-value\n").unwrap();
+        let checked = config.check().unwrap();
+        assert_eq!(
+            checked.webhook_secret.as_deref(),
+            Some(&b"hook-secret-value"[..])
+        );
+
+        std::fs::write(&secret_file, "\n").unwrap();
+        let error = check_error(&config);
+        assert!(error.contains("webhook secret file"), "{error}");
+        assert!(error.contains("is empty"), "{error}");
+
+        std::fs::remove_file(&secret_file).unwrap();
+        let error = check_error(&config);
+        assert!(error.contains("webhook.secret_file"), "{error}");
+    }
+
+    #[test]
+    fn webhook_and_metrics_parse() {
+        let text = format!(
+            "metrics = true\n{MINIMAL}\n[webhook]\n\
+             secret_file = \"/run/keys/hook\"\n"
+        );
+        let config = ServerConfig::parse(&text).unwrap();
+        assert!(config.metrics);
+        let webhook = config.webhook.unwrap();
+        assert_eq!(webhook.secret_file, Path::new("/run/keys/hook"));
+        assert!(webhook.repository.is_none());
+        let plain = ServerConfig::parse(MINIMAL).unwrap();
+        assert!(!plain.metrics && plain.webhook.is_none());
     }
 
     #[test]

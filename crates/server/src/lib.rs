@@ -16,9 +16,11 @@ mod audit;
 mod auth;
 mod config;
 mod db;
+mod metrics;
 mod pipeline;
 mod state;
 mod votes;
+mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -35,6 +37,7 @@ pub use audit::{AuditSummary, AuditVerifyError, verify_audit};
 pub use auth::{CHALLENGE_LIFETIME_SECS, TOKEN_LIFETIME_SECS};
 pub use config::{
     ConfigError, NixConfig, RepositoryConfig, ServerConfig, TriggerConfig,
+    WebhookConfig,
 };
 pub use db::DB_FILE;
 
@@ -224,7 +227,7 @@ pub async fn start(
     let periodic = tokio::spawn(periodic(state.clone()));
     let background = vec![builder, periodic];
     let (stop, stopped) = oneshot::channel::<()>();
-    let app = api::router(state);
+    let app = api::router(state, checked.webhook_secret);
     let http = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
