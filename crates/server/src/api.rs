@@ -44,7 +44,7 @@ pub fn router(state: AppState, webhook_secret: Option<Vec<u8>>) -> Router {
         .route("/proposals/{n}/rejections", post(reject))
         .route("/status", get(status))
         .merge(webhooks::routes(state.clone(), webhook_secret));
-    // Off unless configured, since it answers without a token.
+    // Off unless configured, because it requires no token.
     let root = if state.config.metrics {
         Router::new().route("/metrics", get(metrics::handler))
     } else {

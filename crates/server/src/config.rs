@@ -41,17 +41,17 @@ pub struct ServerConfig {
     /// The optional forge webhooks under `/api/v1/webhooks/{forge}`.
     #[serde(default)]
     pub webhook: Option<WebhookConfig>,
-    /// Whether `GET /metrics` answers, without authentication, with
-    /// proposal counts and the deployed commit. Off by default.
+    /// Whether `GET /metrics` serves proposal counts and the deployed
+    /// commit without authentication. Off by default.
     #[serde(default)]
     pub metrics: bool,
 }
 
-/// Where the shared secret of forge webhooks is read from.
+/// The settings of forge webhooks.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
-    /// The file that holds the secret entered in the forge's webhook
+    /// The file that contains the secret entered in the forge's webhook
     /// settings.
     pub secret_file: PathBuf,
     /// The repository's name as the forge spells it, for example
@@ -508,7 +508,8 @@ mod tests {
         assert_eq!(webhook.secret_file, Path::new("/run/keys/hook"));
         assert!(webhook.repository.is_none());
         let plain = ServerConfig::parse(MINIMAL).unwrap();
-        assert!(!plain.metrics && plain.webhook.is_none());
+        assert!(!plain.metrics);
+        assert!(plain.webhook.is_none());
     }
 
     #[test]

@@ -23,7 +23,8 @@ const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// The outcomes an activation can end with, as the audit log names them.
 const OUTCOMES: [&str; 4] = ["activated", "refused", "rolled-back", "failed"];
 
-/// What the metrics are computed from, read in one go.
+/// The counts and times the metrics are computed from, read in one
+/// database call.
 struct Snapshot {
     states: BTreeMap<String, u64>,
     approvals: u64,
@@ -113,7 +114,8 @@ fn read_snapshot(connection: &mut Connection) -> db::DbResult<Snapshot> {
     })
 }
 
-/// The total build time in seconds from the timings line of a build log.
+/// Parses the total build time in seconds from the timings line of a
+/// build log.
 fn build_seconds(log: &str) -> Option<f64> {
     let line = log
         .lines()

@@ -31,7 +31,8 @@ use crate::db::{self, ProposalState};
 use crate::pipeline;
 use crate::state::AppState;
 
-/// The longest delivery id that is logged; longer ids are cut.
+/// The maximum length of a logged delivery id, in characters. Longer ids
+/// are cut.
 const MAX_DELIVERY_ID: usize = 100;
 
 /// The forges whose webhooks the server understands.
@@ -63,7 +64,8 @@ impl Forge {
         }
     }
 
-    /// The headers that carry the event name, in order of preference.
+    /// Returns the headers that carry the event name, in order of
+    /// preference.
     fn event_headers(self) -> &'static [&'static str] {
         match self {
             Self::Forgejo => &["x-forgejo-event", "x-gitea-event"],
@@ -73,7 +75,8 @@ impl Forge {
         }
     }
 
-    /// The headers that carry the delivery's id, in order of preference.
+    /// Returns the headers that carry the delivery's id, in order of
+    /// preference.
     fn delivery_headers(self) -> &'static [&'static str] {
         match self {
             Self::Forgejo => &["x-forgejo-delivery", "x-gitea-delivery"],
@@ -83,7 +86,7 @@ impl Forge {
         }
     }
 
-    /// Whether `event` is a push to a branch or tag.
+    /// Returns whether `event` is a push to a branch or tag.
     fn is_push(self, event: &str) -> bool {
         match self {
             Self::GitLab => event == "Push Hook",
@@ -92,7 +95,8 @@ impl Forge {
     }
 }
 
-/// What the webhook handler needs besides the server state.
+/// The state of the webhook handler: the server state, the secret and a
+/// lock.
 #[derive(Clone)]
 struct Hooks {
     state: AppState,
@@ -103,8 +107,8 @@ struct Hooks {
 }
 
 /// The webhook routes, to be nested under `/api/v1`. Without a secret
-/// every delivery is refused, since an unsigned delivery cannot be told
-/// from anyone else's request.
+/// every delivery is rejected, because an unsigned delivery cannot be
+/// distinguished from any other request.
 pub fn routes<S>(state: AppState, secret: Option<Vec<u8>>) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
@@ -194,7 +198,7 @@ async fn deliver(
     outcome.map(|(status, body)| (status, Json(body)).into_response())
 }
 
-/// Reads the event and the payload of a delivery whose signature holds,
+/// Reads the event and the payload of a delivery with a valid signature,
 /// and proposes the branch head unless it is already proposed.
 async fn handle(
     hooks: &Hooks,
@@ -324,8 +328,8 @@ fn header_value<'a>(
         .and_then(|value| value.to_str().ok())
 }
 
-/// `text` cut to `limit` characters with control characters replaced, for
-/// logs and answers.
+/// Cuts `text` to `limit` characters and replaces control characters, for
+/// logs and responses.
 fn printable(text: &str, limit: usize) -> String {
     text.chars()
         .take(limit)
@@ -367,9 +371,9 @@ fn verify(
             let token = signature_header(headers, &["x-gitlab-token"])?;
             // Comparing digests keeps the comparison's time independent
             // of the secret's length too.
-            let given = Sha256::digest(token.as_bytes());
+            let received = Sha256::digest(token.as_bytes());
             let expected = Sha256::digest(secret);
-            if bool::from(given.as_slice().ct_eq(expected.as_slice())) {
+            if bool::from(received.as_slice().ct_eq(expected.as_slice())) {
                 Ok(())
             } else {
                 Err(ApiError::unauthorized(
@@ -382,7 +386,8 @@ fn verify(
     }
 }
 
-/// The first of the signature `names` present and not empty.
+/// Returns the first of the signature headers `names` that is present
+/// and not empty.
 fn signature_header<'a>(
     headers: &'a HeaderMap,
     names: &[&str],
@@ -405,7 +410,7 @@ fn check_hmac(
     body: &[u8],
     secret: &[u8],
 ) -> Result<(), ApiError> {
-    let given = match hex::decode(hex_mac) {
+    let received = match hex::decode(hex_mac) {
         Ok(bytes) if bytes.len() == 32 => bytes,
         _ => {
             return Err(ApiError::unauthorized(format!(
@@ -417,7 +422,7 @@ fn check_hmac(
     let mut mac = Hmac::<Sha256>::new_from_slice(secret)
         .expect("HMAC takes keys of any length");
     mac.update(body);
-    mac.verify_slice(&given).map_err(|_| {
+    mac.verify_slice(&received).map_err(|_| {
         ApiError::unauthorized(format!(
             "the {header} header does not match the body signed with the \
              webhook secret; enter the server's secret in the forge"
@@ -429,7 +434,7 @@ fn check_hmac(
 /// `git ls-remote`, which leaves the build mirror alone. `None` when the
 /// branch does not exist.
 fn branch_head(url: &str, branch: &str) -> Result<Option<String>, String> {
-    // The configuration check already refused addresses and branches
+    // The configuration check already rejected addresses and branches
     // that git could take as options; `--` keeps it so.
     let output = Command::new("git")
         .env("GIT_ALLOW_PROTOCOL", "file:https:ssh")
@@ -446,10 +451,10 @@ fn branch_head(url: &str, branch: &str) -> Result<Option<String>, String> {
         ));
     }
     let text = String::from_utf8_lossy(&output.stdout);
-    let wanted = format!("refs/heads/{branch}");
+    let expected_ref = format!("refs/heads/{branch}");
     for line in text.lines() {
         if let Some((commit, name)) = line.split_once('\t')
-            && name == wanted
+            && name == expected_ref
         {
             countersign_nix::git::validate_commit_id(commit).map_err(
                 |error| format!("git ls-remote printed {commit:?}: {error}"),
@@ -460,7 +465,7 @@ fn branch_head(url: &str, branch: &str) -> Result<Option<String>, String> {
     Ok(None)
 }
 
-/// The proposal that already covers `commit`: one that is building it,
+/// Finds the proposal that already covers `commit`: one that is building it,
 /// awaits approval for it or activates it, or the deployed proposal when
 /// `commit` is the deployed commit.
 fn live_proposal_of(

@@ -39,7 +39,7 @@ impl Forge {
         }
     }
 
-    /// A push payload with the field names the forge itself sends.
+    /// Builds a push payload with the field names the forge itself sends.
     fn payload(self, git_ref: &str, repository: &str) -> Value {
         let name = repository.rsplit('/').next().unwrap();
         match self {
@@ -81,7 +81,7 @@ impl Forge {
         }
     }
 
-    /// The event, delivery and signature headers for `body`.
+    /// Builds the event, delivery and signature headers for `body`.
     fn headers(
         self,
         body: &[u8],
@@ -143,8 +143,8 @@ async fn start(metrics: bool) -> Harness {
     harness
 }
 
-/// Posts `body` with `headers` to the forge's webhook; returns the status
-/// and the JSON answer.
+/// Posts `body` with `headers` to the forge's webhook and returns the
+/// status and the JSON response.
 async fn deliver(
     harness: &Harness,
     forge: &str,
@@ -161,7 +161,7 @@ async fn deliver(
     }
     let response = request.send().await.expect("the delivery is sent");
     let status = response.status();
-    let body = response.json::<Value>().await.expect("a JSON answer");
+    let body = response.json::<Value>().await.expect("a JSON response");
     (status, body)
 }
 
