@@ -613,6 +613,7 @@ fn privilege_split_holds() {
         ("run", 0o755),
         ("bootstrap", 0o700),
         ("requests", 0o755),
+        ("cache", 0o755),
     ] {
         make_dir(&layout.path(dir), mode);
     }
@@ -668,6 +669,11 @@ fn privilege_split_holds() {
     let binary = reachable_binary(Path::new(BINARY), &layout.path("bin"));
     let activator_binary =
         Path::new(BINARY).with_file_name("countersign-activator");
+    assert!(
+        activator_binary.exists(),
+        "{} is missing; run `cargo build --workspace` first",
+        activator_binary.display()
+    );
     let probe = Probe {
         binary: reachable_binary(
             &std::env::current_exe().unwrap(),
@@ -931,6 +937,40 @@ fn privilege_split_holds() {
     assert_eq!(profile_target(&layout), Path::new(&target));
     assert_eq!(switch_log(&layout), vec![format!("switch {target}")]);
 
+    // The server's user is not a trusted Nix user, so the daemon rejects
+    // an unsigned input-addressed path from it. Root's copy of the same
+    // path succeeds.
+    let unsigned = unsigned_path_in_cache(&layout, &nix_config);
+    let cache = format!("file://{}", layout.path("cache").display());
+    let copy_args = ["copy", "--no-check-sigs", "--from", &cache, &unsigned];
+    let output = as_user(
+        &server_user,
+        &find_program("nix").unwrap(),
+        &[("NIX_REMOTE", "daemon"), ("NIX_CONFIG", &nix_config)],
+    )
+    .args(copy_args)
+    .stdin(Stdio::null())
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "the server's user added {unsigned}"
+    );
+    // Nix 2.8 prints "lacks a valid signature", later versions "lacks a
+    // signature by a trusted key".
+    assert!(stderr.contains("lacks a"), "{stderr}");
+    assert!(stderr.contains("signature"), "{stderr}");
+    assert!(!Path::new(&unsigned).exists(), "{unsigned} is in the store");
+    run(Command::new("nix")
+        .args(copy_args)
+        .env("NIX_REMOTE", "daemon")
+        .env("NIX_CONFIG", &nix_config));
+    assert!(
+        Path::new(&unsigned).exists(),
+        "root could not add {unsigned}"
+    );
+
     // The activator evaluated the approved source as the evaluator: Nix
     // kept its evaluation cache in that user's home.
     let cache = evaluator.home.join(".cache/nix");
@@ -947,6 +987,36 @@ fn privilege_split_holds() {
             layout.path("profiles").display()
         ),
     );
+}
+
+/// Builds a path of unique content as root, copies it into a binary
+/// cache folder without signing it, deletes it from the store and
+/// returns its store path.
+fn unsigned_path_in_cache(layout: &Layout, nix_config: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let expression = format!(
+        "derivation {{ name = \"countersign-unsigned\"; \
+         system = builtins.currentSystem; builder = \"/bin/sh\"; \
+         args = [ \"-c\" \"echo {nanos} > $out\" ]; }}"
+    );
+    let nix = |program: &str| {
+        let mut command = Command::new(program);
+        command
+            .env("NIX_REMOTE", "daemon")
+            .env("NIX_CONFIG", nix_config);
+        command
+    };
+    let path =
+        run(nix("nix-build").args(["--no-out-link", "--expr", &expression]))
+            .trim()
+            .to_owned();
+    let cache = format!("file://{}", layout.path("cache").display());
+    run(nix("nix").args(["copy", "--to", &cache, &path]));
+    run(nix("nix-store").args(["--delete", &path]));
+    path
 }
 
 /// Signs `message` in the approval namespace with `key`, running
