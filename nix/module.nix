@@ -121,6 +121,7 @@ let
       policy = policyPath;
       activator_socket = socketPath;
       current_system = "/run/current-system";
+      metrics = cfg.metrics;
     }
     + tomlTable "repository" {
       inherit (cfg.repository) url branch attribute;
@@ -421,6 +422,17 @@ in
       '';
     };
 
+    metrics = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Whether the server answers `GET /metrics` on `listen` with
+        Prometheus metrics (proposal counts, activation outcomes, the
+        deployed commit) without authentication. The nginx virtual host
+        does not forward `/metrics`, so scrape it on `listen`.
+      '';
+    };
+
     evaluatorUser = mkOption {
       type = types.nullOr types.str;
       default = defaultEvaluatorUser;
@@ -700,6 +712,8 @@ in
         locations."/" = {
           proxyPass = "http://${cfg.listen}";
         };
+        # The metrics need no token, so they stay on the local address.
+        locations."= /metrics".return = "404";
       };
     };
   };

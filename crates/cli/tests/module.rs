@@ -183,6 +183,7 @@ fn configurations_parse_with_own_parsers() {
         action = "boot";
         repository.branch = "production";
         listen = "[::1]:9000";
+        metrics = true;
         nixSettings = {
           fallback = true;
           "max-jobs" = 2;
@@ -216,6 +217,8 @@ fn configurations_parse_with_own_parsers() {
     assert_eq!(server.nix.options["fallback"], "true");
     assert_eq!(server.nix.options["max-jobs"], "2");
     assert_eq!(server.nix.options["extra-sandbox-paths"], "/a /b");
+    assert!(server.metrics);
+    assert!(server.webhook.is_none());
 
     let text = etc_text(&result, "countersign/activator.toml");
     let activator = countersign_activator::Config::parse(text)
@@ -354,6 +357,7 @@ fn nginx_proxies_only_with_domain() {
     assert_eq!(host["enableACME"], true);
     assert_eq!(host["forceSSL"], true);
     assert_eq!(host["locations"]["/"]["proxyPass"], "http://127.0.0.1:8470");
+    assert_eq!(host["locations"]["= /metrics"]["return"], "404");
 }
 
 #[test]
@@ -531,9 +535,14 @@ fn webhook_secret_uses_credential() {
     let result = evaluate(&lib, &configuration(extra));
     assert_eq!(failed_assertions(&result), Vec::<String>::new());
     let text = etc_text(&result, "countersign/server.toml");
-    let section = "[webhook]\nrepository = \"ops/infra\"\n\
-        secret_file = \"/run/credentials/countersign.service/webhook-secret\"\n";
-    assert!(text.contains(section), "{text}");
+    let server = countersign_server::ServerConfig::parse(text)
+        .unwrap_or_else(|error| panic!("{error}:\n{text}"));
+    let webhook = server.webhook.expect("a [webhook] section");
+    assert_eq!(
+        webhook.secret_file,
+        Path::new("/run/credentials/countersign.service/webhook-secret")
+    );
+    assert_eq!(webhook.repository.as_deref(), Some("ops/infra"));
     assert_eq!(
         result["services"]["countersign"]["serviceConfig"]["LoadCredential"],
         serde_json::json!(["webhook-secret:/run/keys/countersign-webhook"])
