@@ -21,6 +21,7 @@ mod flake;
 pub mod git;
 mod nix;
 mod process;
+pub mod store_db;
 pub mod store_read;
 
 pub use drv_name::parse_drv_name;

@@ -106,6 +106,47 @@ impl Nix {
         &self.program
     }
 
+    /// Tells whether this runner's calls use the default local store in
+    /// `/nix/store` with its database under `/nix/var/nix`: no `store`
+    /// option, and no variable in its environment or this process's
+    /// that points Nix elsewhere. Only then may the Nix database be read
+    /// directly in place of asking `nix`.
+    ///
+    /// NOTE: a `store` setting in `/etc/nix/nix.conf` is not looked at;
+    /// such a store keeps its own database, so the systems are missing
+    /// from the default one and the caller falls back to `nix`.
+    pub fn uses_default_store(&self) -> bool {
+        const MOVED: [&str; 4] =
+            ["NIX_STORE_DIR", "NIX_STATE_DIR", "NIX_DB_DIR", "NIX_STORE"];
+        let remote_ok = |value: &OsStr| {
+            matches!(value.to_str(), Some("" | "daemon" | "local" | "auto"))
+        };
+        let config_ok = |value: &OsStr| {
+            !value.to_string_lossy().lines().any(|line| {
+                line.split_once('=')
+                    .is_some_and(|(key, _)| key.trim() == "store")
+            })
+        };
+        if self.options.iter().any(|(name, _)| name == "store") {
+            return false;
+        }
+        for (key, value) in &self.env {
+            let key = key.to_string_lossy();
+            if MOVED.contains(&key.as_ref())
+                || (key == "NIX_REMOTE" && !remote_ok(value))
+                || (key == "NIX_CONFIG" && !config_ok(value))
+            {
+                return false;
+            }
+        }
+        if self.clear_env {
+            return true;
+        }
+        MOVED.iter().all(|key| std::env::var_os(key).is_none())
+            && std::env::var_os("NIX_REMOTE").is_none_or(|v| remote_ok(&v))
+            && std::env::var_os("NIX_CONFIG").is_none_or(|v| config_ok(&v))
+    }
+
     /// Builds the command for the subcommand `args`, with the settings
     /// applied.
     pub(crate) fn command<I, S>(&self, args: I) -> Command

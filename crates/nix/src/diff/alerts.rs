@@ -1,10 +1,15 @@
 //! Alerts: the security-relevant changes, shown above everything else.
+//!
+//! Each alert has a `kind` (its JSON value is the snake_case name, as
+//! documented in `docs/alerts.md`), a severity, a subject (a path, user,
+//! wrapper or port) and a one-line detail. The checks that find them are
+//! in [`super::checks`].
 
 use std::cmp::Reverse;
 
 use serde::{Deserialize, Serialize};
 
-use super::system::{ChangeStatus, EntryChange, Node, SystemDiff};
+use super::system::SystemDiff;
 
 /// How much attention a change needs, from least to most.
 #[derive(
@@ -19,7 +24,7 @@ pub enum Severity {
     Critical,
 }
 
-/// The subject area of an alert.
+/// What an alert is about.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize,
 )]
@@ -27,23 +32,82 @@ pub enum Severity {
 pub enum AlertKind {
     /// The countersign policy (approvers, threshold) changes.
     PolicyChanged,
-    /// SSH daemon settings or authorized keys change.
-    SshChanged,
-    /// sudo or doas rules change.
-    SudoChanged,
-    /// PAM configuration changes.
-    PamChanged,
-    /// Nix daemon settings (trusted users, substituters, keys) change.
-    NixConfigChanged,
-    /// The kernel, its modules, its parameters or the initrd change;
-    /// they take effect at the next boot.
+    UserAdded,
+    UserRemoved,
+    UserUidChanged,
+    UserShellChanged,
+    /// A password, password hash or password file of a user changes; the
+    /// values are never shown.
+    UserPasswordChanged,
+    /// Home, primary group, description or kind of a user changes.
+    UserChanged,
+    GroupMemberAdded,
+    GroupMemberRemoved,
+    /// A group is added or removed, or its gid changes.
+    GroupChanged,
+    MutableUsersChanged,
+    SshKeyAdded,
+    SshKeyRemoved,
+    /// An effective `sshd_config` setting changes.
+    SshdSettingChanged,
+    /// Another file under `/etc/ssh` changes.
+    SshConfigChanged,
+    SudoRuleAdded,
+    SudoRuleRemoved,
+    /// `Defaults`, includes or other settings of sudo or doas change.
+    SudoConfigChanged,
+    WrapperAdded,
+    WrapperRemoved,
+    WrapperChanged,
+    FirewallPortOpened,
+    FirewallPortClosed,
+    FirewallRuleChanged,
+    FirewallDisabled,
+    /// The kernel changes; takes effect after a reboot.
     KernelChanged,
+    /// The initrd changes; takes effect after a reboot.
+    InitrdChanged,
+    KernelParamsChanged,
+    /// Another part of the boot chain changes (kernel modules, `init`,
+    /// systemd, firmware); takes effect after a reboot.
+    BootChanged,
+    /// Modules loaded at boot (`/etc/modules-load.d`) change.
+    KernelModuleChanged,
+    /// An `install` or `remove` line of modprobe, which runs a command
+    /// as root when a module loads, changes.
+    ModprobeInstallChanged,
+    /// Other modprobe configuration (blacklists, options) changes.
+    ModprobeChanged,
+    SysctlChanged,
+    ActivationSnippetAdded,
+    ActivationSnippetRemoved,
+    ActivationSnippetChanged,
+    PamChanged,
+    /// An effective `nix.conf` setting changes.
+    NixSettingChanged,
+    /// Another file under `/etc/nix` changes.
+    NixConfigChanged,
+    TmpfilesChanged,
+    UdevRuleChanged,
+    PolkitRuleChanged,
+    /// The `.mode`, `.uid` or `.gid` sidecar of an `/etc` entry changes.
+    EtcModeChanged,
+    /// `/etc/ld-nix.so.preload` changes.
+    PreloadChanged,
+    /// Code that every login shell runs (`/etc/profile`, `bashrc`,
+    /// `set-environment`, ...) or a systemd generator changes.
+    ShellInitChanged,
     UnitAdded,
     UnitRemoved,
     UnitChanged,
     /// An `/etc` entry is a link that leaves the store.
     OutsideLink,
     SpecialisationChanged,
+    /// A package's newest version is older than before.
+    PackageDowngraded,
+    /// A package was rebuilt with the same version while its runtime
+    /// dependencies stayed the same.
+    PackageRebuilt,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,48 +119,25 @@ pub struct Alert {
     pub detail: String,
 }
 
-/// `/etc` paths (without the leading `/etc/`) and the alert each one
-/// raises, matched by exact name or, for a name ending in `/`, by prefix.
-/// A mode, owner or group sidecar (`<name>.mode`, `.uid`, `.gid`) counts
-/// as its file.
-const ETC_RULES: &[(&str, AlertKind, Severity)] = &[
-    ("countersign/", AlertKind::PolicyChanged, Severity::Critical),
-    ("ssh/sshd_config", AlertKind::SshChanged, Severity::High),
-    (
-        "ssh/authorized_keys.d/",
-        AlertKind::SshChanged,
-        Severity::High,
-    ),
-    (
-        "ssh/authorized_principals.d/",
-        AlertKind::SshChanged,
-        Severity::High,
-    ),
-    ("ssh/", AlertKind::SshChanged, Severity::Medium),
-    ("sudoers", AlertKind::SudoChanged, Severity::High),
-    ("sudoers.d/", AlertKind::SudoChanged, Severity::High),
-    ("doas.conf", AlertKind::SudoChanged, Severity::High),
-    ("pam.d/", AlertKind::PamChanged, Severity::High),
-    ("pam/", AlertKind::PamChanged, Severity::High),
-    ("security/", AlertKind::PamChanged, Severity::Medium),
-    ("nix/nix.conf", AlertKind::NixConfigChanged, Severity::High),
-    ("nix/machines", AlertKind::NixConfigChanged, Severity::High),
-    (
-        "nix/registry.json",
-        AlertKind::NixConfigChanged,
-        Severity::Medium,
-    ),
-];
+impl Alert {
+    pub fn new(
+        kind: AlertKind,
+        severity: Severity,
+        subject: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self {
+            kind,
+            severity,
+            subject: subject.into(),
+            detail: detail.into(),
+        }
+    }
+}
 
-/// Toplevel entries that change the boot chain.
-const KERNEL_ENTRIES: &[&str] =
-    &["kernel", "kernel-modules", "kernel-params", "initrd"];
-
-/// Derives the alerts of a system diff, most severe first.
-///
-/// NOTE: users and groups, setuid wrappers, firewall rules and the
-/// snippets of `activate` raise no alert of their own yet. Their changes
-/// appear only as text diffs of the files that carry them.
+/// Collects the alerts of a system diff and of its specialisations, most
+/// severe first. A specialisation's alerts get its name in front of
+/// their subject.
 pub fn system_alerts(system: &SystemDiff) -> Vec<Alert> {
     let mut alerts = Vec::new();
     collect(system, "", &mut alerts);
@@ -118,131 +159,39 @@ pub fn sort_alerts(alerts: &mut [Alert]) {
 }
 
 fn collect(system: &SystemDiff, prefix: &str, alerts: &mut Vec<Alert>) {
-    for change in &system.etc {
-        if let Some((kind, severity)) = etc_rule(&change.path) {
-            alerts.push(Alert {
-                kind,
-                severity,
-                subject: format!("{prefix}/etc/{}", change.path),
-                detail: status_text(change),
-            });
-        }
-        if let Some(Node::OutsideLink { target }) = &change.new {
-            let unchanged_link = matches!(
-                &change.old,
-                Some(Node::OutsideLink { target: old }) if old == target
-            );
-            if !unchanged_link {
-                alerts.push(Alert {
-                    kind: AlertKind::OutsideLink,
-                    severity: Severity::Low,
-                    subject: format!("{prefix}/etc/{}", change.path),
-                    detail: format!(
-                        "links to {target} outside the Nix store \
-                         (not followed)"
-                    ),
-                });
-            }
-        }
-    }
-    for change in &system.units {
-        let (kind, severity, detail) = match change.status {
-            ChangeStatus::Added => {
-                (AlertKind::UnitAdded, Severity::Medium, "added".to_owned())
-            }
-            ChangeStatus::Removed => (
-                AlertKind::UnitRemoved,
-                Severity::Medium,
-                "removed".to_owned(),
-            ),
-            ChangeStatus::Changed if change.only_store_hashes_changed => (
-                AlertKind::UnitChanged,
-                Severity::Low,
-                "changed, only in store path hashes".to_owned(),
-            ),
-            ChangeStatus::Changed => (
-                AlertKind::UnitChanged,
-                Severity::Medium,
-                status_text(change),
-            ),
-        };
-        alerts.push(Alert {
-            kind,
-            severity,
-            subject: format!("{prefix}/etc/systemd/system/{}", change.path),
-            detail,
-        });
-    }
-    for change in &system.toplevel {
-        if KERNEL_ENTRIES.contains(&change.path.as_str()) {
-            alerts.push(Alert {
-                kind: AlertKind::KernelChanged,
-                severity: Severity::Medium,
-                subject: format!("{prefix}{}", change.path),
-                detail: format!(
-                    "{}; takes effect at the next boot",
-                    status_text(change)
-                ),
-            });
-        }
+    for alert in &system.alerts {
+        let mut alert = alert.clone();
+        alert.subject = format!("{prefix}{}", alert.subject);
+        alerts.push(alert);
     }
     for specialisation in &system.specialisations {
         let label = format!("specialisation {}", specialisation.name);
-        alerts.push(Alert {
-            kind: AlertKind::SpecialisationChanged,
-            severity: Severity::Info,
-            subject: label.clone(),
-            detail: status_word(specialisation.status).to_owned(),
-        });
+        let status = match specialisation.status {
+            super::ChangeStatus::Added => "added",
+            super::ChangeStatus::Removed => "removed",
+            super::ChangeStatus::Changed => "changed",
+        };
+        let mut nested = Vec::new();
         if let Some(diff) = &specialisation.diff {
-            collect(diff, &format!("{label}: "), alerts);
+            collect(diff, &format!("{label}: "), &mut nested);
         }
-    }
-}
-
-fn etc_rule(path: &str) -> Option<(AlertKind, Severity)> {
-    let base = [".mode", ".uid", ".gid"]
-        .iter()
-        .find_map(|suffix| path.strip_suffix(suffix))
-        .unwrap_or(path);
-    ETC_RULES
-        .iter()
-        .find(|(pattern, _, _)| match pattern.strip_suffix('/') {
-            Some(_) => base.starts_with(pattern),
-            None => base == *pattern,
-        })
-        .map(|(_, kind, severity)| (*kind, *severity))
-}
-
-fn status_word(status: ChangeStatus) -> &'static str {
-    match status {
-        ChangeStatus::Added => "added",
-        ChangeStatus::Removed => "removed",
-        ChangeStatus::Changed => "changed",
-    }
-}
-
-fn status_text(change: &EntryChange) -> String {
-    let mut text = match (change.lines_added, change.lines_removed) {
-        (Some(added), Some(removed))
-            if change.status == ChangeStatus::Changed =>
+        // A changed specialisation whose own diff raises nothing (a
+        // package update) is not worth an alert either.
+        if specialisation.status != super::ChangeStatus::Changed
+            || !nested.is_empty()
         {
-            format!("changed (+{added} -{removed} lines)")
+            alerts.push(Alert::new(
+                AlertKind::SpecialisationChanged,
+                Severity::Info,
+                label,
+                format!(
+                    "{status}; a complete system that can be booted or \
+                     switched to"
+                ),
+            ));
         }
-        _ => status_word(change.status).to_owned(),
-    };
-    if !change.referenced.is_empty() {
-        let names: Vec<&str> = change
-            .referenced
-            .iter()
-            .map(|referenced| referenced.path.as_str())
-            .collect();
-        text.push_str(&format!(
-            "; files it names changed: {}",
-            names.join(", ")
-        ));
+        alerts.extend(nested);
     }
-    text
 }
 
 #[cfg(test)]
@@ -250,39 +199,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn etc_rules_match() {
-        let cases = [
-            ("countersign/policy.toml", Some(AlertKind::PolicyChanged)),
-            ("ssh/sshd_config", Some(AlertKind::SshChanged)),
-            ("ssh/authorized_keys.d/root", Some(AlertKind::SshChanged)),
-            ("sudoers", Some(AlertKind::SudoChanged)),
-            ("sudoers.mode", Some(AlertKind::SudoChanged)),
-            ("sudoers.d/extra", Some(AlertKind::SudoChanged)),
-            ("pam.d/sshd", Some(AlertKind::PamChanged)),
-            ("nix/nix.conf", Some(AlertKind::NixConfigChanged)),
-            ("hostname", None),
-            ("sudoersx", None),
-        ];
-        for (path, kind) in cases {
-            assert_eq!(etc_rule(path).map(|(k, _)| k), kind, "{path}");
-        }
-    }
-
-    #[test]
-    fn policy_outranks_everything() {
-        assert_eq!(
-            etc_rule("countersign/policy.toml").map(|(_, s)| s),
-            Some(Severity::Critical)
-        );
-    }
-
-    #[test]
     fn sort_puts_most_severe_first() {
-        let alert = |severity, subject: &str| Alert {
-            kind: AlertKind::UnitChanged,
-            severity,
-            subject: subject.into(),
-            detail: String::new(),
+        let alert = |severity, subject: &str| {
+            Alert::new(AlertKind::UnitChanged, severity, subject, "")
         };
         let mut alerts = vec![
             alert(Severity::Low, "a"),
@@ -295,5 +214,12 @@ mod tests {
             order,
             [Severity::Critical, Severity::Medium, Severity::Low]
         );
+    }
+
+    #[test]
+    fn kinds_serialize_in_snake_case() {
+        let json =
+            serde_json::to_string(&AlertKind::ModprobeInstallChanged).unwrap();
+        assert_eq!(json, "\"modprobe_install_changed\"");
     }
 }

@@ -9,7 +9,10 @@
 //! depends on time or on limits that vary between runs.
 
 mod alerts;
+mod checks;
 mod packages;
+mod redact;
+mod reduce;
 mod references;
 mod render;
 mod source;
@@ -23,26 +26,31 @@ use serde::{Deserialize, Serialize};
 
 pub use alerts::{Alert, AlertKind, Severity, sort_alerts, system_alerts};
 pub use packages::{
-    PackageDiff, PackageVersions, Rebuild, VersionChange, diff_closures,
-    package_diff, package_name,
+    Duplicate, OUTPUT_NAMES, PackageDiff, PackageVersions, Rebuild,
+    SizeChange, VersionChange, compare_versions, diff_closures,
+    package_alerts, package_diff, package_name, split_name,
 };
+pub use redact::{REDACTED, redact_secrets};
+pub use reduce::{VersionBump, reduce_store_paths, version_bumps};
 pub use render::render_text;
 pub use source::{
     FileContent, FileDiff, FileStatus, MAX_COMMITS, MAX_FILES, MAX_TEXT_BYTES,
     MAX_TOTAL_DIFF_LINES, SourceDiff, source_diff,
 };
 pub use system::{
-    ChangeStatus, EntryChange, MAX_DIFF_BYTES, MAX_HASH_BYTES, MAX_TREE_DEPTH,
-    MAX_TREE_ENTRIES, Node, SpecialisationChange, SystemDiff,
-    mask_store_hashes, system_diff, system_diff_from_nothing,
+    ChangeStatus, EntryChange, MAX_DIFF_BYTES, MAX_HASH_BYTES, MAX_READ_BYTES,
+    MAX_REFERENCE_DEPTH, MAX_TREE_DEPTH, MAX_TREE_ENTRIES, Node,
+    SpecialisationChange, SystemDiff, mask_store_hashes, system_diff,
+    system_diff_from_nothing,
 };
 pub use text::{Hunk, NO_NEWLINE_MARKER};
 
 use crate::error::{Error, Result};
-use crate::nix::{Nix, path_info};
+use crate::nix::Nix;
+use crate::store_db;
 
 /// Version of the document's JSON layout.
-pub const DIFF_FORMAT: u32 = 1;
+pub const DIFF_FORMAT: u32 = 2;
 
 /// The whole diff between the deployed system and a candidate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,24 +82,23 @@ pub struct DiffInputs<'a> {
 
 impl DiffDocument {
     /// Computes all three parts and the alerts. Only reads: the mirror
-    /// through git, the closures through `nix path-info`, and the two
-    /// systems' files.
+    /// through git, the closures from the Nix database or `nix
+    /// path-info`, and the two systems' files.
     pub fn compute(nix: &Nix, inputs: &DiffInputs<'_>) -> Result<Self> {
         let source =
             source_diff(inputs.mirror, inputs.old_commit, inputs.new_commit)?;
-        let new_closure = path_info(nix, &[inputs.new_system], true)?;
         let (packages, system) = match inputs.old_system {
-            Some(old) => {
-                let old_closure = path_info(nix, &[old], true)?;
+            Some(old) => (
+                package_diff(nix, old, inputs.new_system)?,
+                system_diff(old, inputs.new_system)?,
+            ),
+            None => {
+                let closures = store_db::closures(nix, &[inputs.new_system])?;
                 (
-                    diff_closures(&old_closure, &new_closure),
-                    system_diff(old, inputs.new_system)?,
+                    diff_closures(&[], &closures[0]),
+                    system_diff_from_nothing(inputs.new_system)?,
                 )
             }
-            None => (
-                diff_closures(&[], &new_closure),
-                system_diff_from_nothing(inputs.new_system)?,
-            ),
         };
         Ok(Self::assemble(Some(source), packages, system))
     }
@@ -114,7 +121,9 @@ impl DiffDocument {
         packages: PackageDiff,
         system: SystemDiff,
     ) -> Self {
-        let alerts = system_alerts(&system);
+        let mut alerts = system_alerts(&system);
+        alerts.extend(package_alerts(&packages));
+        sort_alerts(&mut alerts);
         Self {
             format: DIFF_FORMAT,
             alerts,

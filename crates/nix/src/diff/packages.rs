@@ -1,23 +1,40 @@
 //! The package part of the diff: the two systems' closures grouped by
 //! package name.
+//!
+//! Names and versions follow Nix's `builtins.parseDrvName`, after an
+//! output suffix such as `-bin` or `-dev` is folded away, so the outputs
+//! of one package count as one package. Versions are ordered with the
+//! rules of `builtins.compareVersions`, which marks downgrades.
 
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 
 use countersign_core::StorePath;
 use serde::{Deserialize, Serialize};
 
+use super::alerts::{Alert, AlertKind, Severity};
 use crate::drv_name::parse_drv_name;
 use crate::error::Result;
-use crate::nix::{Nix, PathInfo, path_info};
+use crate::nix::{Nix, PathInfo};
+use crate::store_db;
 
-/// Output names that Nix packages commonly split into, stripped from a
-/// store name before it is parsed, so that `openssl-3.0.15-bin` and
-/// `openssl-3.0.15` count as one package. Other trailing words are kept,
-/// because in names such as `firewall-start` they are part of the name.
-const OUTPUT_NAMES: &[&str] = &[
+/// Output names that Nix packages split into. A store name ending in
+/// `-<one of these>` after a version is folded into its package, so that
+/// `openssl-3.3.2-bin` and `openssl-3.3.2` count as one package with
+/// the outputs `bin` and `out`. Other trailing words are kept, because
+/// in names such as `firewall-start` they are part of the name.
+/// `modules` is here for the kernel's `linux-<version>-modules`.
+pub const OUTPUT_NAMES: &[&str] = &[
     "bin", "dev", "devdoc", "doc", "info", "lib", "lib32", "lib64", "man",
-    "out", "debug", "static", "dist",
+    "out", "debug", "static", "dist", "modules", "python", "headers",
 ];
+
+/// How many packages [`PackageDiff::largest_size_changes`] lists.
+pub const SIZE_CHANGES_LISTED: usize = 10;
+
+/// How many rebuilds become alerts at most; further ones are counted in
+/// one last alert.
+pub const MAX_REBUILD_ALERTS: usize = 20;
 
 /// The changes to the package set between two closures.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,18 +55,27 @@ pub struct PackageDiff {
     /// Packages with the same versions but different store paths: built
     /// from different inputs, such as a patch or a changed dependency.
     pub rebuilt: Vec<Rebuild>,
+    /// Packages that have one version (and output) at more than one
+    /// store path in the new closure: two builds of the same thing.
+    pub duplicated: Vec<Duplicate>,
     /// Names without a version (generated files such as units or
     /// `etc-*` entries) whose store paths changed. Their contents are
     /// compared in the system part of the diff.
     pub regenerated: Vec<String>,
+    /// The packages whose size changed most, largest change first, so
+    /// that the closure's size change is explained.
+    pub largest_size_changes: Vec<SizeChange>,
 }
 
 /// A package and the versions of it in one closure.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PackageVersions {
     pub name: String,
-    /// Sorted; an empty string stands for a name without a version.
+    /// In `builtins.compareVersions` order; an empty string stands for
+    /// a name without a version.
     pub versions: Vec<String>,
+    /// Output names, `out` for a path without a suffix.
+    pub outputs: Vec<String>,
     /// Sum of the NAR sizes of its paths, in bytes.
     pub size: u64,
 }
@@ -59,6 +85,10 @@ pub struct VersionChange {
     pub name: String,
     pub old_versions: Vec<String>,
     pub new_versions: Vec<String>,
+    /// Whether the newest new version is older than the newest old one.
+    pub downgrade: bool,
+    pub old_size: u64,
+    pub new_size: u64,
     pub size_delta: i64,
 }
 
@@ -67,18 +97,97 @@ pub struct Rebuild {
     pub name: String,
     pub versions: Vec<String>,
     pub size_delta: i64,
+    /// Whether every path of the package references exactly the same
+    /// store paths as before, so that no runtime dependency explains
+    /// the rebuild (an overlay patch, `overrideAttrs` or a changed build
+    /// tool).
+    pub unexplained: bool,
 }
 
-/// Compares the closures of two systems, asking Nix for both with
-/// `nix path-info --recursive`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Duplicate {
+    pub name: String,
+    pub version: String,
+    pub output: String,
+    pub old_paths: usize,
+    pub new_paths: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SizeChange {
+    pub name: String,
+    pub size_delta: i64,
+}
+
+/// Compares the closures of two systems. The closures come from the Nix
+/// database when it can be read directly, otherwise from `nix
+/// path-info --recursive`.
 pub fn package_diff(
     nix: &Nix,
     old: &StorePath,
     new: &StorePath,
 ) -> Result<PackageDiff> {
-    let old_closure = path_info(nix, &[old], true)?;
-    let new_closure = path_info(nix, &[new], true)?;
+    let closures = store_db::closures(nix, &[old, new])?;
+    let [old_closure, new_closure] = <[Vec<PathInfo>; 2]>::try_from(closures)
+        .expect("one closure per system");
     Ok(diff_closures(&old_closure, &new_closure))
+}
+
+/// One package's paths in one closure: version, then output, then the
+/// store paths with that version and output.
+#[derive(Default)]
+struct Group<'a> {
+    paths: BTreeMap<String, BTreeMap<String, BTreeSet<&'a StorePath>>>,
+    size: u64,
+}
+
+impl Group<'_> {
+    fn versions(&self) -> Vec<String> {
+        let mut versions: Vec<String> = self.paths.keys().cloned().collect();
+        versions.sort_by(|a, b| compare_versions(a, b));
+        versions
+    }
+
+    fn outputs(&self) -> Vec<String> {
+        let outputs: BTreeSet<&String> =
+            self.paths.values().flat_map(BTreeMap::keys).collect();
+        outputs.into_iter().cloned().collect()
+    }
+
+    fn all_paths(&self) -> BTreeSet<&StorePath> {
+        self.paths
+            .values()
+            .flat_map(BTreeMap::values)
+            .flatten()
+            .copied()
+            .collect()
+    }
+
+    fn describe(&self, name: &str) -> PackageVersions {
+        PackageVersions {
+            name: name.to_owned(),
+            versions: self.versions(),
+            outputs: self.outputs(),
+            size: self.size,
+        }
+    }
+}
+
+fn group(closure: &[PathInfo]) -> BTreeMap<String, Group<'_>> {
+    let mut groups: BTreeMap<String, Group<'_>> = BTreeMap::new();
+    for info in closure {
+        let (name, version, output) = split_name(info.path.name());
+        let group = groups.entry(name.to_owned()).or_default();
+        group
+            .paths
+            .entry(version.to_owned())
+            .or_default()
+            .entry(output.unwrap_or("out").to_owned())
+            .or_default()
+            .insert(&info.path);
+        group.size += info.nar_size;
+    }
+    groups
 }
 
 /// Compares two closures that were already queried. An empty `old`
@@ -88,6 +197,10 @@ pub fn diff_closures(old: &[PathInfo], new: &[PathInfo]) -> PackageDiff {
     let new_groups = group(new);
     let old_closure_size: u64 = old.iter().map(|info| info.nar_size).sum();
     let new_closure_size: u64 = new.iter().map(|info| info.nar_size).sum();
+    let old_refs: BTreeMap<&StorePath, &Vec<StorePath>> =
+        old.iter().map(|i| (&i.path, &i.references)).collect();
+    let new_refs: BTreeMap<&StorePath, &Vec<StorePath>> =
+        new.iter().map(|i| (&i.path, &i.references)).collect();
     let mut diff = PackageDiff {
         old_closure_size,
         new_closure_size,
@@ -98,31 +211,78 @@ pub fn diff_closures(old: &[PathInfo], new: &[PathInfo]) -> PackageDiff {
         removed: Vec::new(),
         version_changes: Vec::new(),
         rebuilt: Vec::new(),
+        duplicated: Vec::new(),
         regenerated: Vec::new(),
+        largest_size_changes: Vec::new(),
     };
+    let mut size_changes = Vec::new();
     let names: BTreeSet<&String> =
         old_groups.keys().chain(new_groups.keys()).collect();
     for name in names {
-        match (old_groups.get(name), new_groups.get(name)) {
-            (None, Some(group)) => diff.added.push(group.versions(name)),
-            (Some(group), None) => diff.removed.push(group.versions(name)),
+        let before = old_groups.get(name);
+        let after = new_groups.get(name);
+        let size_delta =
+            delta(before.map_or(0, |g| g.size), after.map_or(0, |g| g.size));
+        if size_delta != 0 {
+            size_changes.push(SizeChange {
+                name: name.clone(),
+                size_delta,
+            });
+        }
+        if let Some(after) = after {
+            for (version, outputs) in &after.paths {
+                for (output, paths) in outputs {
+                    let old_count = before
+                        .and_then(|g| g.paths.get(version))
+                        .and_then(|o| o.get(output))
+                        .map_or(0, BTreeSet::len);
+                    if paths.len() > 1 {
+                        diff.duplicated.push(Duplicate {
+                            name: name.clone(),
+                            version: version.clone(),
+                            output: output.clone(),
+                            old_paths: old_count,
+                            new_paths: paths.len(),
+                        });
+                    }
+                }
+            }
+        }
+        match (before, after) {
+            (None, Some(group)) => diff.added.push(group.describe(name)),
+            (Some(group), None) => diff.removed.push(group.describe(name)),
             (Some(before), Some(after)) => {
-                let size_delta = delta(before.size, after.size);
-                if before.versions != after.versions {
+                let old_versions = before.versions();
+                let new_versions = after.versions();
+                if old_versions != new_versions {
+                    let downgrade =
+                        match (old_versions.last(), new_versions.last()) {
+                            (Some(old), Some(new)) => {
+                                compare_versions(new, old) == Ordering::Less
+                            }
+                            _ => false,
+                        };
                     diff.version_changes.push(VersionChange {
                         name: name.clone(),
-                        old_versions: before.sorted_versions(),
-                        new_versions: after.sorted_versions(),
+                        old_versions,
+                        new_versions,
+                        downgrade,
+                        old_size: before.size,
+                        new_size: after.size,
                         size_delta,
                     });
-                } else if before.paths != after.paths {
-                    if before.versions.iter().all(String::is_empty) {
+                } else if before.all_paths() != after.all_paths() {
+                    if old_versions.iter().all(String::is_empty) {
                         diff.regenerated.push(name.clone());
                     } else {
+                        let unexplained = same_references(
+                            before, after, &old_refs, &new_refs,
+                        );
                         diff.rebuilt.push(Rebuild {
                             name: name.clone(),
-                            versions: after.sorted_versions(),
+                            versions: new_versions,
                             size_delta,
+                            unexplained,
                         });
                     }
                 }
@@ -130,54 +290,192 @@ pub fn diff_closures(old: &[PathInfo], new: &[PathInfo]) -> PackageDiff {
             (None, None) => {}
         }
     }
+    size_changes.sort_by(|a, b| {
+        b.size_delta
+            .unsigned_abs()
+            .cmp(&a.size_delta.unsigned_abs())
+            .then_with(|| a.name.cmp(&b.name))
+    });
+    size_changes.truncate(SIZE_CHANGES_LISTED);
+    diff.largest_size_changes = size_changes;
     diff
 }
 
-#[derive(Default)]
-struct Group {
-    versions: BTreeSet<String>,
-    paths: BTreeSet<StorePath>,
-    size: u64,
+/// Tells whether the rebuilt package's paths, matched by store name,
+/// reference the same store paths (apart from each other) before and
+/// after.
+fn same_references(
+    before: &Group<'_>,
+    after: &Group<'_>,
+    old_refs: &BTreeMap<&StorePath, &Vec<StorePath>>,
+    new_refs: &BTreeMap<&StorePath, &Vec<StorePath>>,
+) -> bool {
+    let own_old = before.all_paths();
+    let own_new = after.all_paths();
+    outside_references(&own_old, old_refs)
+        == outside_references(&own_new, new_refs)
 }
 
-impl Group {
-    fn sorted_versions(&self) -> Vec<String> {
-        self.versions.iter().cloned().collect()
-    }
-
-    fn versions(&self, name: &str) -> PackageVersions {
-        PackageVersions {
-            name: name.to_owned(),
-            versions: self.sorted_versions(),
-            size: self.size,
+/// The store paths that `paths` reference, apart from `paths`
+/// themselves.
+fn outside_references<'a>(
+    paths: &BTreeSet<&'a StorePath>,
+    refs: &BTreeMap<&'a StorePath, &'a Vec<StorePath>>,
+) -> BTreeSet<&'a StorePath> {
+    let mut found = BTreeSet::new();
+    for path in paths {
+        for reference in refs.get(path).map_or(&[][..], |r| &r[..]) {
+            if !paths.contains(reference) {
+                found.insert(reference);
+            }
         }
     }
+    found
 }
 
-fn group(closure: &[PathInfo]) -> BTreeMap<String, Group> {
-    let mut groups: BTreeMap<String, Group> = BTreeMap::new();
-    for info in closure {
-        let (name, version) = package_name(info.path.name());
-        let group = groups.entry(name.to_owned()).or_default();
-        group.versions.insert(version.to_owned());
-        group.paths.insert(info.path.clone());
-        group.size += info.nar_size;
+/// Splits a store name into package name, version and output: the
+/// output suffix (one of [`OUTPUT_NAMES`], after a version) is removed
+/// first, then the rest is split by `builtins.parseDrvName`'s rule.
+pub fn split_name(store_name: &str) -> (&str, &str, Option<&str>) {
+    if let Some((base, output)) = store_name.rsplit_once('-')
+        && OUTPUT_NAMES.contains(&output)
+    {
+        let (name, version) = parse_drv_name(base);
+        if !version.is_empty() {
+            return (name, version, Some(output));
+        }
     }
-    groups
+    let (name, version) = parse_drv_name(store_name);
+    (name, version, None)
 }
 
 /// The package name and version of a store name, with a known output
 /// suffix such as `-bin` or `-dev` removed first.
 pub fn package_name(store_name: &str) -> (&str, &str) {
-    let base = match store_name.rsplit_once('-') {
-        Some((base, output))
-            if OUTPUT_NAMES.contains(&output) && !base.is_empty() =>
-        {
-            base
+    let (name, version, _) = split_name(store_name);
+    (name, version)
+}
+
+/// Orders two versions the way `builtins.compareVersions` does. Both
+/// are split into components at `.` and `-` and between runs of digits
+/// and of other characters. Components compare as numbers when both
+/// are numbers; otherwise an empty component is lowest against a
+/// number, `pre` is lower than anything else, a number is higher than
+/// a word, and words compare as strings. A missing component counts as
+/// empty.
+pub fn compare_versions(a: &str, b: &str) -> Ordering {
+    let mut left = Components::new(a);
+    let mut right = Components::new(b);
+    loop {
+        if left.done() && right.done() {
+            return Ordering::Equal;
         }
-        _ => store_name,
+        let (x, y) = (left.next_component(), right.next_component());
+        if component_less(x, y) {
+            return Ordering::Less;
+        }
+        if component_less(y, x) {
+            return Ordering::Greater;
+        }
+    }
+}
+
+struct Components<'a> {
+    rest: &'a str,
+}
+
+impl<'a> Components<'a> {
+    fn new(text: &'a str) -> Self {
+        Self { rest: text }
+    }
+
+    fn done(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    fn next_component(&mut self) -> &'a str {
+        self.rest = self.rest.trim_start_matches(['.', '-']);
+        let Some(first) = self.rest.chars().next() else {
+            return "";
+        };
+        let end = if first.is_ascii_digit() {
+            self.rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(self.rest.len())
+        } else {
+            self.rest
+                .find(|c: char| c.is_ascii_digit() || c == '.' || c == '-')
+                .unwrap_or(self.rest.len())
+        };
+        let (component, rest) = self.rest.split_at(end);
+        self.rest = rest;
+        component
+    }
+}
+
+fn component_less(a: &str, b: &str) -> bool {
+    let number = |text: &str| {
+        if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+            text.parse::<u64>().ok()
+        } else {
+            None
+        }
     };
-    parse_drv_name(base)
+    match (number(a), number(b)) {
+        (Some(x), Some(y)) => x < y,
+        (_, Some(_)) if a.is_empty() => true,
+        _ if a == "pre" && b != "pre" => true,
+        _ if b == "pre" => false,
+        (_, Some(_)) => true,
+        (Some(_), _) => false,
+        _ => a < b,
+    }
+}
+
+/// Alerts from the package part: downgrades, and rebuilds that no
+/// changed runtime dependency explains.
+pub fn package_alerts(diff: &PackageDiff) -> Vec<Alert> {
+    let mut alerts = Vec::new();
+    for change in diff.version_changes.iter().filter(|c| c.downgrade) {
+        alerts.push(Alert {
+            kind: AlertKind::PackageDowngraded,
+            severity: Severity::Medium,
+            subject: format!("package {}", change.name),
+            detail: format!(
+                "version goes back from {} to {}",
+                change.old_versions.join(", "),
+                change.new_versions.join(", ")
+            ),
+        });
+    }
+    let unexplained: Vec<&Rebuild> =
+        diff.rebuilt.iter().filter(|r| r.unexplained).collect();
+    for rebuild in unexplained.iter().take(MAX_REBUILD_ALERTS) {
+        alerts.push(Alert {
+            kind: AlertKind::PackageRebuilt,
+            severity: Severity::Low,
+            subject: format!("package {}", rebuild.name),
+            detail: format!(
+                "{} rebuilt with the same version and the same runtime \
+                 dependencies: its build inputs changed (a patch, an \
+                 override or a build tool)",
+                rebuild.versions.join(", ")
+            ),
+        });
+    }
+    if unexplained.len() > MAX_REBUILD_ALERTS {
+        alerts.push(Alert {
+            kind: AlertKind::PackageRebuilt,
+            severity: Severity::Low,
+            subject: "packages".to_owned(),
+            detail: format!(
+                "{} more packages rebuilt without a changed runtime \
+                 dependency",
+                unexplained.len() - MAX_REBUILD_ALERTS
+            ),
+        });
+    }
+    alerts
 }
 
 fn delta(old: u64, new: u64) -> i64 {
@@ -201,14 +499,106 @@ mod tests {
     }
 
     #[test]
-    fn output_suffixes_are_grouped() {
-        assert_eq!(package_name("openssl-3.0.15-bin"), ("openssl", "3.0.15"));
-        assert_eq!(package_name("openssl-3.0.15"), ("openssl", "3.0.15"));
-        assert_eq!(package_name("firewall-start"), ("firewall-start", ""));
-        assert_eq!(
-            package_name("linux-6.6.63-modules"),
-            ("linux", "6.6.63-modules")
-        );
+    fn names_of_real_store_paths() {
+        // Store names from NixOS closures: name, version, output.
+        let cases: &[(&str, &str, &str, Option<&str>)] = &[
+            ("hello-2.12.1", "hello", "2.12.1", None),
+            ("openssl-3.0.15-bin", "openssl", "3.0.15", Some("bin")),
+            ("openssl-3.0.15", "openssl", "3.0.15", None),
+            ("openssl-3.0.15-dev", "openssl", "3.0.15", Some("dev")),
+            ("gcc-13.3.0-lib", "gcc", "13.3.0", Some("lib")),
+            ("glibc-2.40-66", "glibc", "2.40-66", None),
+            ("glibc-2.40-66-bin", "glibc", "2.40-66", Some("bin")),
+            ("linux-6.6.63-modules", "linux", "6.6.63", Some("modules")),
+            (
+                "python3.12-requests-2.32.3",
+                "python3.12-requests",
+                "2.32.3",
+                None,
+            ),
+            ("python3-3.12.8-env", "python3", "3.12.8-env", None),
+            ("perl5.40.0-JSON-4.10", "perl5.40.0-JSON", "4.10", None),
+            ("apache-httpd-2.0.48", "apache-httpd", "2.0.48", None),
+            ("firewall-start", "firewall-start", "", None),
+            (
+                "unit-script-sshd-keygen-start",
+                "unit-script-sshd-keygen-start",
+                "",
+                None,
+            ),
+            ("users-groups.json", "users-groups.json", "", None),
+            ("etc-man_db.conf", "etc-man_db.conf", "", None),
+            ("system-path", "system-path", "", None),
+            ("foo-bin", "foo-bin", "", None),
+            (
+                "nixos-system-web-25.05.20250101.abcdef0",
+                "nixos-system-web",
+                "25.05.20250101.abcdef0",
+                None,
+            ),
+            ("bash-5.2p37", "bash", "5.2p37", None),
+            (
+                "bash-interactive-5.2p37-man",
+                "bash-interactive",
+                "5.2p37",
+                Some("man"),
+            ),
+            ("libedit-20240808-3.1", "libedit", "20240808-3.1", None),
+            ("source", "source", "", None),
+            ("xz-5.6.3-doc", "xz", "5.6.3", Some("doc")),
+            (
+                "util-linux-minimal-2.40.2-lib",
+                "util-linux-minimal",
+                "2.40.2",
+                Some("lib"),
+            ),
+        ];
+        for (store_name, name, version, output) in cases {
+            assert_eq!(
+                split_name(store_name),
+                (*name, *version, *output),
+                "{store_name}"
+            );
+        }
+    }
+
+    #[test]
+    fn compare_versions_table() {
+        use Ordering::{Equal, Greater, Less};
+        // Pairs as `builtins.compareVersions a b` orders them.
+        let cases = [
+            ("1.0", "2.3", Less),
+            ("2.1", "2.3", Less),
+            ("2.3", "2.3", Equal),
+            ("2.5", "2.3", Greater),
+            ("3.1", "2.3", Greater),
+            ("2.3.1", "2.3", Greater),
+            ("2.3.1", "2.3a", Greater),
+            ("2.3pre1", "2.3", Less),
+            ("2.3pre3", "2.3pre12", Less),
+            ("2.3a", "2.3c", Less),
+            ("2.3pre1", "2.3c", Less),
+            ("2.3pre1", "2.3q", Less),
+            ("9.9p1", "9.9p2", Less),
+            ("9.9p1", "10.0p1", Less),
+            ("6.6.63", "6.6.9", Greater),
+            ("1.2.3", "1.2.3-rc1", Less),
+            ("2.40-66", "2.40-65", Greater),
+            ("20240905", "20240906", Less),
+            ("1.0", "1.0.0", Less),
+            ("", "1", Less),
+            ("a", "1", Less),
+            ("1.10", "1.9", Greater),
+            ("25.05.20250601", "24.11.20241231", Greater),
+        ];
+        for (a, b, expected) in cases {
+            assert_eq!(compare_versions(a, b), expected, "{a} vs {b}");
+            assert_eq!(
+                compare_versions(b, a),
+                expected.reverse(),
+                "{b} vs {a}"
+            );
+        }
     }
 
     #[test]
@@ -219,6 +609,9 @@ mod tests {
             info("same-1.0", 'c', 10),
             info("patched-2.0", 'd', 20),
             info("unit-sshd.service", 'f', 1),
+            info("openssl-3.0.15", 'k', 5),
+            info("openssl-3.0.15-bin", 'l', 5),
+            info("zlib-1.3.1", 'm', 7),
         ];
         let new = [
             info("hello-2.12.2", 'g', 120),
@@ -226,28 +619,66 @@ mod tests {
             info("same-1.0", 'c', 10),
             info("patched-2.0", 'i', 25),
             info("unit-sshd.service", 'j', 1),
+            info("openssl-3.0.14", 'n', 5),
+            info("openssl-3.0.14-bin", 'p', 5),
+            info("zlib-1.3.1", 'm', 7),
+            info("zlib-1.3.1", 'q', 8),
         ];
         let diff = diff_closures(&old, &new);
-        assert_eq!(diff.old_closure_size, 181);
-        assert_eq!(diff.new_closure_size, 186);
-        assert_eq!(diff.closure_size_delta, 5);
+        assert_eq!(diff.old_closure_size, 203);
+        assert_eq!(diff.closure_size_delta, 8);
         assert_eq!(diff.added.len(), 1);
         assert_eq!(diff.added[0].name, "fresh");
-        assert_eq!(diff.removed.len(), 1);
         assert_eq!(diff.removed[0].name, "gone");
+        let hello = &diff.version_changes[0];
+        assert_eq!(hello.name, "hello");
+        assert!(!hello.downgrade);
+        assert_eq!(hello.size_delta, 20);
+        let openssl = diff
+            .version_changes
+            .iter()
+            .find(|c| c.name == "openssl")
+            .unwrap();
+        assert!(openssl.downgrade);
+        assert_eq!(openssl.old_versions, ["3.0.15"]);
+        let rebuilt: Vec<&str> =
+            diff.rebuilt.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(rebuilt, ["patched", "zlib"]);
+        assert!(diff.rebuilt[0].unexplained);
+        assert_eq!(diff.regenerated, ["unit-sshd.service"]);
         assert_eq!(
-            diff.version_changes,
-            [VersionChange {
-                name: "hello".into(),
-                old_versions: vec!["2.12.1".into()],
-                new_versions: vec!["2.12.2".into()],
-                size_delta: 20,
+            diff.duplicated,
+            [Duplicate {
+                name: "zlib".into(),
+                version: "1.3.1".into(),
+                output: "out".into(),
+                old_paths: 1,
+                new_paths: 2,
             }]
         );
+        assert_eq!(diff.largest_size_changes[0].name, "gone");
+        let alerts = package_alerts(&diff);
+        assert!(alerts.iter().any(|a| a.kind == AlertKind::PackageDowngraded
+            && a.subject == "package openssl"));
+        assert!(alerts.iter().any(|a| a.kind == AlertKind::PackageRebuilt
+            && a.subject == "package patched"));
+    }
+
+    #[test]
+    fn rebuild_explained_by_a_changed_dependency() {
+        let dependency_old = info("libfoo-1.0", 'a', 1);
+        let dependency_new = info("libfoo-1.1", 'b', 1);
+        let mut user_old = info("tool-2.0", 'c', 1);
+        user_old.references = vec![dependency_old.path.clone()];
+        let mut user_new = info("tool-2.0", 'd', 1);
+        user_new.references = vec![dependency_new.path.clone()];
+        let diff = diff_closures(
+            &[dependency_old, user_old],
+            &[dependency_new, user_new],
+        );
         assert_eq!(diff.rebuilt.len(), 1);
-        assert_eq!(diff.rebuilt[0].name, "patched");
-        assert_eq!(diff.rebuilt[0].size_delta, 5);
-        assert_eq!(diff.regenerated, ["unit-sshd.service"]);
+        assert!(!diff.rebuilt[0].unexplained);
+        assert!(package_alerts(&diff).is_empty());
     }
 
     #[test]

@@ -78,6 +78,31 @@ pub(crate) fn regenerated_pairs(
     pairs
 }
 
+/// At most this many store paths that only the new text names are read.
+pub(crate) const MAX_NEWLY_NAMED: usize = 20;
+
+/// The generated, version-less store paths that `new_text` names and
+/// `old_text` does not name at all, such as the script of a unit that
+/// was added or pointed at another script.
+pub(crate) fn newly_named(old_text: &str, new_text: &str) -> Vec<StorePath> {
+    let old_names: BTreeSet<String> = store_references(old_text)
+        .into_iter()
+        .map(|path| path.name().to_owned())
+        .collect();
+    let mut found = Vec::new();
+    for path in store_references(new_text) {
+        let name = path.name();
+        if found.len() < MAX_NEWLY_NAMED
+            && !old_names.contains(name)
+            && parse_drv_name(name).1.is_empty()
+            && !READ_ELSEWHERE.contains(&name)
+        {
+            found.push(path);
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,6 +135,17 @@ mod tests {
         assert_eq!(pairs.len(), 1);
         assert_eq!(pairs[0].0.name(), "unit-script-sshd-start");
         assert_eq!(pairs[0].1.hash_part(), "zyxwvsrqpnmlkjihgfdcba9876543210");
+    }
+
+    #[test]
+    fn newly_named_paths_found() {
+        let new = format!(
+            "{NEW}ExecStartPre=/nix/store/\
+             zyxwvsrqpnmlkjihgfdcba9876543210-unit-script-x-pre-start/bin/x\n"
+        );
+        let found = newly_named(OLD, &new);
+        let names: Vec<&str> = found.iter().map(|p| p.name()).collect();
+        assert_eq!(names, ["unit-script-x-pre-start"]);
     }
 
     #[test]

@@ -186,41 +186,69 @@ fn render_packages(out: &mut String, packages: &PackageDiff) {
         size(packages.new_closure_size),
         signed_size(packages.closure_size_delta)
     );
+    for change in &packages.version_changes {
+        let _ = writeln!(
+            out,
+            "  {} {} {} -> {} ({}){}",
+            if change.downgrade {
+                "DOWNGRADE"
+            } else {
+                "changed "
+            },
+            escape(&change.name),
+            versions(&change.old_versions),
+            versions(&change.new_versions),
+            signed_size(change.size_delta),
+            if change.downgrade {
+                " older version"
+            } else {
+                ""
+            }
+        );
+    }
     for package in &packages.added {
         let _ = writeln!(
             out,
-            "  added    {} {} ({})",
+            "  added    {} {}{} ({})",
             escape(&package.name),
             versions(&package.versions),
+            outputs(&package.outputs),
             size(package.size)
         );
     }
     for package in &packages.removed {
         let _ = writeln!(
             out,
-            "  removed  {} {} ({})",
+            "  removed  {} {}{} ({})",
             escape(&package.name),
             versions(&package.versions),
+            outputs(&package.outputs),
             size(package.size)
         );
     }
-    for change in &packages.version_changes {
-        let _ = writeln!(
-            out,
-            "  changed  {} {} -> {} ({})",
-            escape(&change.name),
-            versions(&change.old_versions),
-            versions(&change.new_versions),
-            signed_size(change.size_delta)
-        );
-    }
     for rebuild in &packages.rebuilt {
+        let reason = if rebuild.unexplained {
+            "with the same runtime dependencies (build inputs changed)"
+        } else {
+            "because a dependency changed"
+        };
         let _ = writeln!(
             out,
-            "  rebuilt  {} {} with different inputs ({})",
+            "  rebuilt  {} {} {reason} ({})",
             escape(&rebuild.name),
             versions(&rebuild.versions),
             signed_size(rebuild.size_delta)
+        );
+    }
+    for duplicate in &packages.duplicated {
+        let _ = writeln!(
+            out,
+            "  twice    {} {} ({}): {} store paths, before {}",
+            escape(&duplicate.name),
+            escape(&duplicate.version),
+            escape(&duplicate.output),
+            duplicate.new_paths,
+            duplicate.old_paths
         );
     }
     if !packages.regenerated.is_empty() {
@@ -230,7 +258,29 @@ fn render_packages(out: &mut String, packages: &PackageDiff) {
             escape(&packages.regenerated.join(", "))
         );
     }
+    if !packages.largest_size_changes.is_empty() {
+        let parts: Vec<String> = packages
+            .largest_size_changes
+            .iter()
+            .map(|change| {
+                format!(
+                    "{} {}",
+                    escape(&change.name),
+                    signed_size(change.size_delta)
+                )
+            })
+            .collect();
+        let _ = writeln!(out, "  largest size changes: {}", parts.join(", "));
+    }
     out.push('\n');
+}
+
+fn outputs(outputs: &[String]) -> String {
+    if outputs.len() <= 1 && outputs.iter().all(|o| o == "out") {
+        String::new()
+    } else {
+        format!(" [{}]", escape(&outputs.join(", ")))
+    }
 }
 
 fn render_system(out: &mut String, system: &SystemDiff, title: &str) {
@@ -300,8 +350,8 @@ fn render_entry_list(
         {
             let _ = write!(line, " (+{added} -{removed})");
         }
-        if entry.only_store_hashes_changed {
-            line.push_str(" (only store path hashes differ)");
+        if entry.only_store_paths_changed {
+            line.push_str(" (only store paths differ)");
         }
         let _ = writeln!(out, "{line}");
         let inner = format!("{indent}  ");
@@ -310,7 +360,18 @@ fn render_entry_list(
                 let _ = writeln!(out, "{inner}{label}: {text}");
             }
         }
-        if let Some(hunks) = &entry.hunks {
+        for bump in &entry.version_bumps {
+            let _ = writeln!(
+                out,
+                "{inner}version: {} {} -> {}",
+                escape(&bump.name),
+                escape(&bump.old_version),
+                escape(&bump.new_version)
+            );
+        }
+        if let Some(hunks) = &entry.hunks
+            && !entry.only_store_paths_changed
+        {
             render_hunks(out, hunks, &inner);
         }
         if !entry.referenced.is_empty() {

@@ -14,7 +14,11 @@ use countersign_core::{Sha256Digest, StorePath};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::references::regenerated_pairs;
+use super::alerts::Alert;
+use super::checks;
+use super::redact::redact_secrets;
+use super::reduce::{VersionBump, reduce_store_paths, version_bumps};
+use super::references::{newly_named, regenerated_pairs};
 use super::text::{Hunk, as_text, diff_lines};
 use crate::error::{Error, Result};
 use crate::store_read::{Resolved, read_dir_sorted, read_limited, resolve};
@@ -34,8 +38,8 @@ pub const MAX_TREE_DEPTH: usize = 16;
 pub const MAX_REFERENCED_ENTRIES: usize = 200;
 
 /// How many levels of named store paths are followed: a unit's script
-/// is level 1, a script that the script names is level 2.
-pub const MAX_REFERENCE_DEPTH: usize = 2;
+/// is level 1, a script that the script names is level 2, and so on.
+pub const MAX_REFERENCE_DEPTH: usize = 3;
 
 /// The directory of systemd system units below `etc`.
 const UNIT_DIR: &str = "systemd/system/";
@@ -55,6 +59,9 @@ pub struct SystemDiff {
     /// Every other `/etc` entry, named relative to `/etc`.
     pub etc: Vec<EntryChange>,
     pub specialisations: Vec<SpecialisationChange>,
+    /// Alerts about this system's own files, most severe first; those
+    /// of specialisations are in their own diffs.
+    pub alerts: Vec<Alert>,
     /// Whether a tree had more than [`MAX_TREE_ENTRIES`] entries or was
     /// deeper than [`MAX_TREE_DEPTH`], so some changes may be missing.
     pub truncated: bool,
@@ -72,13 +79,17 @@ pub struct EntryChange {
     pub hunks: Option<Vec<Hunk>>,
     pub lines_added: Option<u64>,
     pub lines_removed: Option<u64>,
-    /// Whether the texts differ only in the hash parts of store paths,
-    /// which happens whenever any dependency is rebuilt, and no
-    /// generated file they name changed either.
-    pub only_store_hashes_changed: bool,
+    /// Whether the texts are the same once every store path is reduced
+    /// to its package name (see [`reduce_store_paths`]), and no generated
+    /// file they name changed either: a package update or rebuild, which
+    /// raises no alert.
+    pub only_store_paths_changed: bool,
+    /// Packages named in both texts with another version.
+    pub version_bumps: Vec<VersionBump>,
     /// Changes inside generated, version-less store paths that the text
-    /// names, such as a unit's `unit-script-*`. Their paths start with
-    /// the store name, as in `unit-script-sshd-start/bin/sshd-start`.
+    /// names, such as a unit's `unit-script-*`, and the content of such
+    /// paths that only the new text names. Their paths start with the
+    /// store name, as in `unit-script-sshd-start/bin/sshd-start`.
     pub referenced: Vec<EntryChange>,
 }
 
@@ -146,44 +157,45 @@ fn diff_systems(
     with_specialisations: bool,
 ) -> Result<SystemDiff> {
     let before = match old {
-        Some(system) => SystemTrees::read(system)?,
-        None => SystemTrees::default(),
+        Some(system) => SystemFiles::read(system)?,
+        None => SystemFiles::default(),
     };
-    let after = SystemTrees::read(new)?;
-
-    let mut old_units = BTreeMap::new();
-    let mut old_etc = BTreeMap::new();
-    split_units(before.etc, &mut old_units, &mut old_etc);
-    let mut new_units = BTreeMap::new();
-    let mut new_etc = BTreeMap::new();
-    split_units(after.etc, &mut new_units, &mut new_etc);
+    let after = SystemFiles::read(new)?;
 
     let specialisations = if with_specialisations {
         diff_specialisations(&before.specialisations, &after.specialisations)?
     } else {
         Vec::new()
     };
-    Ok(SystemDiff {
+    let mut diff = SystemDiff {
         old_system: old.cloned(),
         new_system: new.clone(),
         toplevel: compare(&before.toplevel, &after.toplevel, 0)?,
-        units: compare(&old_units, &new_units, 0)?,
-        etc: compare(&old_etc, &new_etc, 0)?,
+        units: compare(&before.units, &after.units, 0)?,
+        etc: compare(&before.etc, &after.etc, 0)?,
         specialisations,
+        alerts: Vec::new(),
         truncated: before.truncated || after.truncated,
-    })
+    };
+    diff.alerts = checks::run(&before, &after, &diff)?;
+    Ok(diff)
 }
 
-/// The entries of one system, keyed by path.
+/// The entries of one system, keyed by path. An absent system (a first
+/// deployment) has no entries.
 #[derive(Default)]
-struct SystemTrees {
-    toplevel: BTreeMap<String, Node>,
-    etc: BTreeMap<String, Node>,
-    specialisations: BTreeMap<String, Node>,
-    truncated: bool,
+pub(super) struct SystemFiles {
+    /// Entries of the toplevel itself, such as `kernel` or `activate`.
+    pub toplevel: BTreeMap<String, Node>,
+    /// Entries below `/etc/systemd/system`, by name relative to it.
+    pub units: BTreeMap<String, Node>,
+    /// Every other `/etc` entry, relative to `/etc`.
+    pub etc: BTreeMap<String, Node>,
+    pub specialisations: BTreeMap<String, Node>,
+    pub truncated: bool,
 }
 
-impl SystemTrees {
+impl SystemFiles {
     fn read(system: &StorePath) -> Result<Self> {
         // A store path may itself be a link; a toplevel never is, and
         // reading through one would follow it unchecked.
@@ -197,7 +209,7 @@ impl SystemTrees {
                 ));
             }
         }
-        let mut trees = Self::default();
+        let mut files = Self::default();
         let mut walk = Walk::default();
 
         // The toplevel's own entries: links are leaves, compared by
@@ -207,16 +219,27 @@ impl SystemTrees {
                 continue;
             }
             let path = system.as_path().join(&name);
-            walk.leaf_or_dir(&path, &name, 0, &mut trees.toplevel)?;
+            walk.leaf_or_dir(&path, &name, 0, &mut files.toplevel)?;
         }
 
+        let mut etc = BTreeMap::new();
         match resolve(&system.as_path().join("etc"))? {
             Resolved::Directory { path } => {
-                walk.followed(&path, "", 0, &mut trees.etc)?;
+                walk.followed(&path, "", 0, &mut etc)?;
             }
             Resolved::Missing => {}
             other => {
-                trees.toplevel.insert("etc".to_owned(), node_of(other)?);
+                files.toplevel.insert("etc".to_owned(), node_of(other)?);
+            }
+        }
+        for (path, node) in etc {
+            match path.strip_prefix(UNIT_DIR) {
+                Some(unit) => {
+                    files.units.insert(unit.to_owned(), node);
+                }
+                None => {
+                    files.etc.insert(path, node);
+                }
             }
         }
 
@@ -224,11 +247,98 @@ impl SystemTrees {
         if let Resolved::Directory { path } = resolve(&specialisation_dir)? {
             for name in read_dir_sorted(&path)? {
                 let node = leaf(&path.join(&name))?;
-                trees.specialisations.insert(name, node);
+                files.specialisations.insert(name, node);
             }
         }
-        trees.truncated = walk.truncated;
-        Ok(trees)
+        files.truncated = walk.truncated;
+        Ok(files)
+    }
+
+    /// The text of the `/etc` file `path`, if it is a text file of at
+    /// most [`MAX_READ_BYTES`].
+    pub fn etc_text(&self, path: &str) -> Result<Option<String>> {
+        self.etc.get(path).map_or(Ok(None), node_text)
+    }
+
+    /// The text of the unit `name` below `/etc/systemd/system`.
+    pub fn unit_text(&self, name: &str) -> Result<Option<String>> {
+        self.units.get(name).map_or(Ok(None), node_text)
+    }
+
+    /// The text of the toplevel entry `name`, such as `activate`.
+    pub fn toplevel_text(&self, name: &str) -> Result<Option<String>> {
+        self.toplevel.get(name).map_or(Ok(None), node_text)
+    }
+
+    /// The `/etc` paths that start with `prefix`, sidecars left out.
+    pub fn etc_paths_under<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = &'a String> + 'a {
+        self.etc.keys().filter(move |path| {
+            path.starts_with(prefix) && sidecar_base(path).is_none()
+        })
+    }
+}
+
+/// For a sidecar path such as `sudoers.mode`, the file it describes and
+/// the sidecar's kind.
+pub(super) fn sidecar_base(path: &str) -> Option<(&str, &str)> {
+    ["mode", "uid", "gid"].iter().find_map(|suffix| {
+        path.strip_suffix(suffix)
+            .and_then(|rest| rest.strip_suffix('.'))
+            .map(|base| (base, *suffix))
+    })
+}
+
+/// Files up to this size are read for the checks behind the alerts.
+pub const MAX_READ_BYTES: u64 = 1024 * 1024;
+
+/// The text of a file node of at most [`MAX_READ_BYTES`]; `None` for
+/// other nodes, larger files and binary files.
+pub(super) fn node_text(node: &Node) -> Result<Option<String>> {
+    let Node::File { location, size, .. } = node else {
+        return Ok(None);
+    };
+    if *size > MAX_READ_BYTES {
+        return Ok(None);
+    }
+    let (bytes, _) = read_limited(Path::new(location), MAX_READ_BYTES)?;
+    Ok(as_text(&bytes).map(str::to_owned))
+}
+
+/// Reads the text of a file inside a store path, such as
+/// `<path>/bin/firewall-start`, without following links out of the
+/// store. `None` when it is missing, not a file, too large or binary.
+pub(super) fn store_file_text(
+    path: &StorePath,
+    inside: &str,
+) -> Result<Option<String>> {
+    let full = if inside.is_empty() {
+        path.as_path().to_owned()
+    } else {
+        path.as_path().join(inside)
+    };
+    match resolve(&full)? {
+        Resolved::File { path, size, .. } if size <= MAX_READ_BYTES => {
+            let (bytes, _) = read_limited(&path, MAX_READ_BYTES)?;
+            Ok(as_text(&bytes).map(str::to_owned))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Reads up to [`MAX_READ_BYTES`] of a file inside a store path as
+/// bytes, for files that may be binary such as a wrapper.
+pub(super) fn store_file_bytes(
+    path: &StorePath,
+    inside: &str,
+) -> Result<Option<Vec<u8>>> {
+    match resolve(&path.as_path().join(inside))? {
+        Resolved::File { path, .. } => {
+            Ok(Some(read_limited(&path, MAX_READ_BYTES)?.0))
+        }
+        _ => Ok(None),
     }
 }
 
@@ -415,25 +525,6 @@ fn hash_file(path: &Path) -> Result<String> {
     Ok(Sha256Digest::from_bytes(hasher.finalize().into()).to_hex())
 }
 
-/// Moves the entries below `systemd/system/` into `units`, renamed
-/// relative to that directory.
-fn split_units(
-    etc: BTreeMap<String, Node>,
-    units: &mut BTreeMap<String, Node>,
-    rest: &mut BTreeMap<String, Node>,
-) {
-    for (path, node) in etc {
-        match path.strip_prefix(UNIT_DIR) {
-            Some(unit) => {
-                units.insert(unit.to_owned(), node);
-            }
-            None => {
-                rest.insert(path, node);
-            }
-        }
-    }
-}
-
 fn compare(
     old: &BTreeMap<String, Node>,
     new: &BTreeMap<String, Node>,
@@ -458,7 +549,8 @@ fn compare(
             hunks: None,
             lines_added: None,
             lines_removed: None,
-            only_store_hashes_changed: false,
+            only_store_paths_changed: false,
+            version_bumps: Vec::new(),
             referenced: Vec::new(),
         };
         add_text_diff(&mut change, depth)?;
@@ -487,24 +579,46 @@ fn add_text_diff(change: &mut EntryChange, depth: usize) -> Result<()> {
     if old_text.is_empty() && new_text.is_empty() {
         return Ok(());
     }
+    let old_text = redact_secrets(&old_text);
+    let new_text = redact_secrets(&new_text);
     let text = diff_lines(&old_text, &new_text);
-    if change.status == ChangeStatus::Changed && depth < MAX_REFERENCE_DEPTH {
-        for (old_path, new_path) in regenerated_pairs(&old_text, &new_text) {
-            let before = read_referenced(&old_path)?;
-            let after = read_referenced(&new_path)?;
-            change
-                .referenced
-                .extend(compare(&before, &after, depth + 1)?);
-        }
+    if depth < MAX_REFERENCE_DEPTH {
+        change.referenced.extend(referenced_changes(
+            &old_text,
+            &new_text,
+            depth + 1,
+        )?);
     }
-    change.only_store_hashes_changed = change.status == ChangeStatus::Changed
-        && old_text != new_text
-        && mask_store_hashes(&old_text) == mask_store_hashes(&new_text)
-        && change.referenced.is_empty();
+    change.version_bumps = version_bumps(&old_text, &new_text);
+    change.only_store_paths_changed = change.status == ChangeStatus::Changed
+        && reduce_store_paths(&old_text) == reduce_store_paths(&new_text)
+        && change.referenced.iter().all(|r| r.only_store_paths_changed);
     change.lines_added = Some(text.added);
     change.lines_removed = Some(text.removed);
     change.hunks = Some(text.hunks);
     Ok(())
+}
+
+/// Compares the generated, version-less store paths that two texts
+/// name: those regenerated with another hash, and those that only the
+/// new text names (compared with nothing). `depth` is the level of the
+/// paths found, counted from 1.
+pub(super) fn referenced_changes(
+    old_text: &str,
+    new_text: &str,
+    depth: usize,
+) -> Result<Vec<EntryChange>> {
+    let mut changes = Vec::new();
+    for (old_path, new_path) in regenerated_pairs(old_text, new_text) {
+        let before = read_referenced(&old_path)?;
+        let after = read_referenced(&new_path)?;
+        changes.extend(compare(&before, &after, depth)?);
+    }
+    for new_path in newly_named(old_text, new_text) {
+        let after = read_referenced(&new_path)?;
+        changes.extend(compare(&BTreeMap::new(), &after, depth)?);
+    }
+    Ok(changes)
 }
 
 /// Reads a store path that a text names, keyed by its store name and

@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,6 +20,9 @@ use tempfile::TempDir;
 pub struct TestEnv {
     pub dir: TempDir,
     pub nix: Nix,
+    /// The `NIX_CONFIG` and `HOME` that `nix` gets.
+    pub config: String,
+    pub home: PathBuf,
 }
 
 impl TestEnv {
@@ -39,9 +43,76 @@ impl TestEnv {
             registry.display()
         );
         let nix = Nix::new()
-            .with_env("NIX_CONFIG", config)
+            .with_env("NIX_CONFIG", &config)
             .with_env("HOME", &home);
-        Self { dir, nix }
+        Self {
+            dir,
+            nix,
+            config,
+            home,
+        }
+    }
+
+    /// A `nix` command with this environment's settings.
+    pub fn nix_command(&self) -> Command {
+        let mut command = Command::new("nix");
+        command
+            .env("NIX_CONFIG", &self.config)
+            .env("HOME", &self.home)
+            .args(["--extra-experimental-features", "nix-command flakes"]);
+        command
+    }
+
+    /// Builds several systems written as one flake (no git, no mirror)
+    /// with one `nix build`, and returns each toplevel by name. Each
+    /// result keeps a GC root in this environment's folder.
+    pub fn build_set(
+        &self,
+        folder: &str,
+        specs: &[(&str, &SystemSpec)],
+    ) -> BTreeMap<String, StorePath> {
+        let dir = self.path(folder);
+        fixture::write_flake_set(&dir, specs).expect("write the flake");
+        let mut command = self.nix_command();
+        command
+            .args(["build", "--option", "max-jobs", "2", "--out-link"])
+            .arg(dir.join("result"));
+        for (name, _) in specs {
+            command.arg(format!(
+                "path:{}#nixosConfigurations.{name}.config.system.build.toplevel",
+                dir.display()
+            ));
+        }
+        let output = command.output().expect("run nix build");
+        assert!(
+            output.status.success(),
+            "nix build failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        // The links' numbering does not follow the installables, so
+        // each result is matched by its label, which must differ.
+        let mut built = BTreeMap::new();
+        for entry in fs::read_dir(&dir).unwrap() {
+            let link = entry.unwrap().path();
+            let is_result = link
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("result"));
+            if !is_result {
+                continue;
+            }
+            let target = fs::read_link(&link).expect("nix made the link");
+            let label =
+                fs::read_to_string(target.join("nixos-version")).unwrap();
+            let (name, _) = specs
+                .iter()
+                .find(|(_, spec)| spec.label == label)
+                .expect("every system of a set has its own label");
+            let path = StorePath::parse(target.to_str().unwrap()).unwrap();
+            built.insert((*name).to_owned(), path);
+        }
+        assert_eq!(built.len(), specs.len(), "one result per system");
+        built
     }
 
     pub fn path(&self, name: &str) -> PathBuf {

@@ -1,0 +1,645 @@
+//! Who can log in and become root: SSH keys and daemon settings, sudo
+//! and doas rules, PAM, polkit, and who Nix trusts.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
+
+use super::{Ctx, added_removed, config_line, line_changes, quote_lines};
+use crate::diff::alerts::{AlertKind, Severity};
+use crate::diff::reduce::reduce_store_paths;
+use crate::diff::system::{Node, SystemFiles};
+use crate::error::Result;
+use crate::store_read::{Resolved, read_dir_sorted, read_limited, resolve};
+
+const KEYS_DIR: &str = "ssh/authorized_keys.d/";
+
+/// `/etc/ssh/authorized_keys.d/<user>`: one alert per key added or
+/// removed.
+pub(super) fn ssh_keys(ctx: &mut Ctx<'_>) -> Result<()> {
+    for path in ctx.etc_changed_under(KEYS_DIR) {
+        let user = path.trim_start_matches(KEYS_DIR).to_owned();
+        let (old, new) = ctx.etc_texts(&path)?;
+        let keep = |line: &str| {
+            let line = line.trim();
+            (!line.is_empty() && !line.starts_with('#'))
+                .then(|| line.to_owned())
+        };
+        let (added, removed) = line_changes(&old, &new, keep);
+        let subject = format!("/etc/{path}");
+        for key in added {
+            let severity = if user == "root" {
+                Severity::Critical
+            } else {
+                Severity::High
+            };
+            ctx.push(
+                AlertKind::SshKeyAdded,
+                severity,
+                &subject,
+                format!("key for {user} added: {}", key_summary(&key)),
+            );
+        }
+        for key in removed {
+            ctx.push(
+                AlertKind::SshKeyRemoved,
+                Severity::Low,
+                &subject,
+                format!("key for {user} removed: {}", key_summary(&key)),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Describes an authorized key line as its type, SHA-256 fingerprint,
+/// comment and options, the way `ssh-keygen -l` names keys.
+pub(crate) fn key_summary(line: &str) -> String {
+    let tokens: Vec<&str> = line.split_whitespace().collect();
+    let is_type = |token: &str| {
+        token.starts_with("ssh-")
+            || token.starts_with("ecdsa-")
+            || token.starts_with("sk-")
+    };
+    let Some(position) = tokens.iter().position(|t| is_type(t)) else {
+        return format!("`{}`", line.chars().take(60).collect::<String>());
+    };
+    let kind = tokens[position];
+    let blob = tokens.get(position + 1).copied().unwrap_or_default();
+    let fingerprint = base64::engine::general_purpose::STANDARD
+        .decode(blob)
+        .map(|bytes| {
+            let digest = Sha256::digest(bytes);
+            format!(
+                "SHA256:{}",
+                base64::engine::general_purpose::STANDARD_NO_PAD
+                    .encode(digest)
+            )
+        })
+        .unwrap_or_else(|_| "(not a valid key)".to_owned());
+    let mut text = format!("{kind} {fingerprint}");
+    let comment = tokens[(position + 2).min(tokens.len())..].join(" ");
+    if !comment.is_empty() {
+        text.push_str(&format!(" {comment}"));
+    }
+    if position > 0 {
+        text.push_str(&format!(
+            " with options {}",
+            tokens[..position].join(" ")
+        ));
+    }
+    text
+}
+
+/// sshd keywords that may appear more than once, all values counting.
+const SSHD_LISTS: &[&str] = &[
+    "port",
+    "listenaddress",
+    "hostkey",
+    "hostcertificate",
+    "acceptenv",
+    "subsystem",
+    "setenv",
+    "include",
+    "allowusers",
+    "allowgroups",
+    "denyusers",
+    "denygroups",
+];
+
+/// sshd keywords whose change opens or widens a way in.
+const SSHD_HIGH: &[&str] = &[
+    "permitrootlogin",
+    "passwordauthentication",
+    "kbdinteractiveauthentication",
+    "challengeresponseauthentication",
+    "pubkeyauthentication",
+    "hostbasedauthentication",
+    "ignorerhosts",
+    "authorizedkeysfile",
+    "authorizedkeyscommand",
+    "authorizedkeyscommanduser",
+    "authorizedprincipalsfile",
+    "authorizedprincipalscommand",
+    "authorizedprincipalscommanduser",
+    "trustedusercakeys",
+    "revokedkeys",
+    "usepam",
+    "permituserenvironment",
+    "permitemptypasswords",
+    "strictmodes",
+    "forcecommand",
+    "allowusers",
+    "allowgroups",
+    "denyusers",
+    "denygroups",
+    "include",
+    "port",
+    "listenaddress",
+    "gatewayports",
+    "allowtcpforwarding",
+    "allowstreamlocalforwarding",
+    "permittunnel",
+    "permitopen",
+    "permitlisten",
+    "subsystem",
+    "authenticationmethods",
+];
+
+/// The effective settings of an `sshd_config`: keyword (lower case) to
+/// its spelling and value. sshd takes the first value of a keyword,
+/// except for keywords that are lists; each `Match` block is one entry.
+fn sshd_settings(text: &str) -> BTreeMap<String, (String, String)> {
+    let mut settings: BTreeMap<String, (String, String)> = BTreeMap::new();
+    let mut block: Option<(String, Vec<String>)> = None;
+    let finish =
+        |block: Option<(String, Vec<String>)>,
+         settings: &mut BTreeMap<String, (String, String)>| {
+            if let Some((criteria, lines)) = block {
+                settings.insert(
+                    format!("match {}", criteria.to_lowercase()),
+                    (format!("Match {criteria}"), lines.join("; ")),
+                );
+            }
+        };
+    for line in text.lines() {
+        let line = reduce_store_paths(line.trim());
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (keyword, value) =
+            match line.find(|c: char| c.is_whitespace() || c == '=') {
+                Some(index) => (
+                    line[..index].to_owned(),
+                    line[index + 1..]
+                        .trim_start_matches(|c: char| {
+                            c.is_whitespace() || c == '='
+                        })
+                        .trim()
+                        .to_owned(),
+                ),
+                None => (line.clone(), String::new()),
+            };
+        let lower = keyword.to_lowercase();
+        if lower == "match" {
+            finish(block.take(), &mut settings);
+            block = Some((value, Vec::new()));
+            continue;
+        }
+        if let Some((_, lines)) = &mut block {
+            lines.push(format!("{keyword} {value}"));
+            continue;
+        }
+        if SSHD_LISTS.contains(&lower.as_str()) {
+            let entry =
+                settings.entry(lower).or_insert((keyword, String::new()));
+            if !entry.1.is_empty() {
+                entry.1.push_str(", ");
+            }
+            entry.1.push_str(&value);
+        } else {
+            settings.entry(lower).or_insert((keyword, value));
+        }
+    }
+    finish(block, &mut settings);
+    settings
+}
+
+/// `/etc/ssh/sshd_config`: one alert per effective setting that
+/// changes.
+pub(super) fn sshd(ctx: &mut Ctx<'_>) -> Result<()> {
+    if ctx.etc_changed_under("ssh/sshd_config").is_empty() {
+        return Ok(());
+    }
+    let (old, new) = ctx.etc_texts("ssh/sshd_config")?;
+    let before = sshd_settings(&old);
+    let after = sshd_settings(&new);
+    let keys: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    for key in keys {
+        let old_value = before.get(key);
+        let new_value = after.get(key);
+        if old_value.map(|v| &v.1) == new_value.map(|v| &v.1) {
+            continue;
+        }
+        let spelled = new_value.or(old_value).map_or(key.as_str(), |v| &v.0);
+        let show = |value: Option<&(String, String)>| {
+            value.map_or("(default)".to_owned(), |v| v.1.clone())
+        };
+        let new_text = show(new_value).to_lowercase();
+        let critical = (key == "permitrootlogin" && new_text == "yes")
+            || (key == "permitemptypasswords" && new_text == "yes");
+        let severity = if critical {
+            Severity::Critical
+        } else if SSHD_HIGH.contains(&key.as_str())
+            || key.starts_with("match ")
+        {
+            Severity::High
+        } else {
+            Severity::Medium
+        };
+        ctx.push(
+            AlertKind::SshdSettingChanged,
+            severity,
+            "/etc/ssh/sshd_config",
+            format!("{spelled} {} -> {}", show(old_value), show(new_value)),
+        );
+    }
+    Ok(())
+}
+
+/// sudoers, `sudoers.d` and `doas.conf`: rules and settings added or
+/// removed.
+pub(super) fn sudo(ctx: &mut Ctx<'_>) -> Result<()> {
+    let mut paths = ctx.etc_changed_under("sudoers");
+    paths.retain(|p| p == "sudoers" || p.starts_with("sudoers.d/"));
+    paths.extend(ctx.etc_changed_under("doas.conf"));
+    for path in paths {
+        let doas = path == "doas.conf";
+        let (old, new) = ctx.etc_texts(&path)?;
+        let (added, removed) = line_changes(
+            &join_continuations(&old),
+            &join_continuations(&new),
+            |line| sudo_line(line, doas),
+        );
+        let subject = format!("/etc/{path}");
+        for line in added {
+            let (kind, severity) = classify_sudo(&line, doas);
+            ctx.push(kind, severity, &subject, format!("added `{line}`"));
+        }
+        for line in removed {
+            let (kind, _) = classify_sudo(&line, doas);
+            let (kind, severity) = match kind {
+                AlertKind::SudoRuleAdded => {
+                    (AlertKind::SudoRuleRemoved, Severity::Low)
+                }
+                other => (other, Severity::Medium),
+            };
+            ctx.push(kind, severity, &subject, format!("removed `{line}`"));
+        }
+    }
+    Ok(())
+}
+
+fn join_continuations(text: &str) -> String {
+    text.replace("\\\n", " ")
+}
+
+fn sudo_line(line: &str, doas: bool) -> Option<String> {
+    let trimmed = line.trim();
+    // In sudoers `#include` and `#includedir` are directives.
+    if !doas
+        && (trimmed.starts_with("#include ")
+            || trimmed.starts_with("#includedir "))
+    {
+        return Some(reduce_store_paths(trimmed));
+    }
+    let line = config_line(line, '#')?;
+    Some(line.split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
+fn classify_sudo(line: &str, doas: bool) -> (AlertKind, Severity) {
+    if doas {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words.first() == Some(&"permit") {
+            let nopass = words.contains(&"nopass");
+            let identity = words.iter().skip(1).find(|w| {
+                !["nopass", "nolog", "persist", "keepenv"].contains(w)
+                    && !w.starts_with("setenv")
+            });
+            let root_only = identity == Some(&"root");
+            let severity = if nopass && !root_only {
+                Severity::Critical
+            } else {
+                Severity::High
+            };
+            return (AlertKind::SudoRuleAdded, severity);
+        }
+        return (AlertKind::SudoConfigChanged, Severity::Medium);
+    }
+    let first = line.split_whitespace().next().unwrap_or_default();
+    if first.starts_with("Defaults") {
+        let weakening = [
+            "!authenticate",
+            "!env_reset",
+            "LD_",
+            "!requiretty",
+            "!use_pty",
+        ]
+        .iter()
+        .any(|word| line.contains(word));
+        let severity = if weakening {
+            Severity::High
+        } else {
+            Severity::Medium
+        };
+        return (AlertKind::SudoConfigChanged, severity);
+    }
+    if first.starts_with("@include") || first.starts_with("#include") {
+        return (AlertKind::SudoConfigChanged, Severity::High);
+    }
+    if first.ends_with("_Alias") {
+        return (AlertKind::SudoConfigChanged, Severity::High);
+    }
+    let nopass_all =
+        line.contains("NOPASSWD") && line.trim_end().ends_with("ALL");
+    let severity = if nopass_all {
+        Severity::Critical
+    } else {
+        Severity::High
+    };
+    (AlertKind::SudoRuleAdded, severity)
+}
+
+/// `/etc/pam.d/<service>`: rules added or removed, per service.
+pub(super) fn pam(ctx: &mut Ctx<'_>) -> Result<()> {
+    for path in ctx.etc_changed_under("pam.d/") {
+        let (old, new) = ctx.etc_texts(&path)?;
+        let service = path.trim_start_matches("pam.d/");
+        let subject = format!("/etc/{path}");
+        let keep = |line: &str| {
+            config_line(line, '#')
+                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        };
+        let (added, removed) = line_changes(&old, &new, keep);
+        if added.is_empty() && removed.is_empty() {
+            continue;
+        }
+        let weakening = added.iter().any(|line| {
+            let sufficient = line.contains("sufficient")
+                || line.contains("required")
+                || line.contains("requisite");
+            (line.contains("pam_permit.so") && sufficient)
+                || line.contains("nullok")
+                || line.contains("pam_rootok.so")
+        });
+        let severity = if weakening {
+            Severity::Critical
+        } else if added.is_empty() {
+            Severity::Medium
+        } else {
+            Severity::High
+        };
+        let detail = match (old.is_empty(), new.is_empty()) {
+            (true, false) => {
+                format!("service {service} added: {}", quote_lines(&added))
+            }
+            (false, true) => format!("service {service} removed"),
+            _ => added_removed(&added, &removed),
+        };
+        ctx.push(AlertKind::PamChanged, severity, subject, detail);
+    }
+    Ok(())
+}
+
+/// polkit rules in `/etc/polkit-1/rules.d` and in the system path's
+/// `share/polkit-1/rules.d`, which polkit reads too.
+pub(super) fn polkit(ctx: &mut Ctx<'_>) -> Result<()> {
+    let mut rules: Vec<(String, String, String)> = Vec::new();
+    for path in ctx.etc_changed_under("polkit-1/rules.d/") {
+        let (old, new) = ctx.etc_texts(&path)?;
+        rules.push((format!("/etc/{path}"), old, new));
+    }
+    let old_sw = sw_rules(ctx.old)?;
+    let new_sw = sw_rules(ctx.new)?;
+    let names: BTreeSet<&String> =
+        old_sw.keys().chain(new_sw.keys()).collect();
+    for name in names {
+        let old = old_sw.get(name).cloned().unwrap_or_default();
+        let new = new_sw.get(name).cloned().unwrap_or_default();
+        if reduce_store_paths(&old) != reduce_store_paths(&new) {
+            rules.push((
+                format!("sw/share/polkit-1/rules.d/{name}"),
+                old,
+                new,
+            ));
+        }
+    }
+    for (subject, old, new) in rules {
+        let keep = |line: &str| config_line(line, '\u{0}');
+        let (added, removed) = line_changes(&old, &new, keep);
+        let detail = if added.is_empty() && removed.is_empty() {
+            "changed".to_owned()
+        } else {
+            added_removed(&added, &removed)
+        };
+        ctx.push(
+            AlertKind::PolkitRuleChanged,
+            Severity::High,
+            subject,
+            detail,
+        );
+    }
+    Ok(())
+}
+
+/// The polkit rules a system's `sw` provides, by file name.
+fn sw_rules(files: &SystemFiles) -> Result<BTreeMap<String, String>> {
+    let mut rules = BTreeMap::new();
+    let Some(Node::StoreLink { target }) = files.toplevel.get("sw") else {
+        return Ok(rules);
+    };
+    let dir = std::path::Path::new(target).join("share/polkit-1/rules.d");
+    let Resolved::Directory { path } = resolve(&dir)? else {
+        return Ok(rules);
+    };
+    for name in read_dir_sorted(&path)? {
+        if let Resolved::File { path, .. } = resolve(&path.join(&name))? {
+            let (bytes, _) = read_limited(&path, 256 * 1024)?;
+            rules.insert(name, String::from_utf8_lossy(&bytes).into_owned());
+        }
+    }
+    Ok(rules)
+}
+
+/// `nix.conf` settings that decide who may use Nix as root and where
+/// store paths come from.
+const NIX_HIGH: &[&str] = &[
+    "allowed-users",
+    "substituters",
+    "trusted-substituters",
+    "trusted-public-keys",
+    "require-sigs",
+    "sandbox",
+    "sandbox-paths",
+    "sandbox-fallback",
+    "post-build-hook",
+    "pre-build-hook",
+    "builders",
+    "build-hook",
+    "build-users-group",
+    "allow-unsafe-native-code-during-evaluation",
+    "netrc-file",
+    "secret-key-files",
+    "plugin-files",
+    "diff-hook",
+    "include",
+];
+
+/// Settings whose values are secrets and never shown.
+const NIX_SECRET: &[&str] = &["access-tokens"];
+
+/// The effective settings of a `nix.conf`: a later assignment replaces
+/// an earlier one, `extra-<name>` appends to `<name>`, and `include` /
+/// `!include` lines are kept under `include`.
+fn nix_settings(text: &str) -> BTreeMap<String, Vec<String>> {
+    let mut settings: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in text.lines() {
+        let Some(line) = config_line(line, '#') else {
+            continue;
+        };
+        if let Some(path) = line
+            .strip_prefix("!include ")
+            .or_else(|| line.strip_prefix("include "))
+        {
+            settings
+                .entry("include".to_owned())
+                .or_default()
+                .push(path.trim().to_owned());
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let key = key.trim();
+        let values: Vec<String> =
+            value.split_whitespace().map(str::to_owned).collect();
+        match key.strip_prefix("extra-") {
+            Some(base) => {
+                settings.entry(base.to_owned()).or_default().extend(values)
+            }
+            None => {
+                settings.insert(key.to_owned(), values);
+            }
+        }
+    }
+    settings
+}
+
+/// `/etc/nix/nix.conf`: one alert per effective setting that changes.
+pub(super) fn nix_conf(ctx: &mut Ctx<'_>) -> Result<()> {
+    if ctx.etc_changed_under("nix/nix.conf").is_empty() {
+        return Ok(());
+    }
+    let (old, new) = ctx.etc_texts("nix/nix.conf")?;
+    let before = nix_settings(&old);
+    let after = nix_settings(&new);
+    let keys: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    for key in keys {
+        let old_values = before.get(key);
+        let new_values = after.get(key);
+        if old_values == new_values {
+            continue;
+        }
+        let show = |values: Option<&Vec<String>>| {
+            if NIX_SECRET.contains(&key.as_str()) {
+                return "(not shown)".to_owned();
+            }
+            match values {
+                None => "(default)".to_owned(),
+                Some(values) if values.is_empty() => "(empty)".to_owned(),
+                Some(values) => values.join(" "),
+            }
+        };
+        let gained = |values: Option<&Vec<String>>| {
+            let empty = Vec::new();
+            let old_set: BTreeSet<&String> =
+                old_values.unwrap_or(&empty).iter().collect();
+            values
+                .unwrap_or(&empty)
+                .iter()
+                .any(|value| !old_set.contains(value))
+        };
+        let new_first = new_values.and_then(|v| v.first()).map(String::as_str);
+        let severity = match key.as_str() {
+            "trusted-users" if gained(new_values) => Severity::Critical,
+            "require-sigs" if new_first == Some("false") => Severity::Critical,
+            "trusted-users" => Severity::High,
+            "sandbox" if new_first == Some("false") => Severity::High,
+            key if NIX_HIGH.contains(&key) => Severity::High,
+            _ => Severity::Medium,
+        };
+        ctx.push(
+            AlertKind::NixSettingChanged,
+            severity,
+            "/etc/nix/nix.conf",
+            format!("{key} {} -> {}", show(old_values), show(new_values)),
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sshd_first_value_wins_and_match_blocks_count() {
+        let settings = sshd_settings(
+            "PermitRootLogin no\nPermitRootLogin yes\nPort 22\nPort 2222\n\
+             Match User backup\n  ForceCommand internal-sftp\n",
+        );
+        assert_eq!(settings["permitrootlogin"].1, "no");
+        assert_eq!(settings["port"].1, "22, 2222");
+        assert_eq!(
+            settings["match user backup"].1,
+            "ForceCommand internal-sftp"
+        );
+    }
+
+    #[test]
+    fn nix_settings_override_and_append() {
+        let settings = nix_settings(
+            "substituters = a\nsubstituters = b\nextra-substituters = c\n\
+             trusted-users = root # the admin\n!include /etc/nix/secret.conf\n",
+        );
+        assert_eq!(settings["substituters"], ["b", "c"]);
+        assert_eq!(settings["trusted-users"], ["root"]);
+        assert_eq!(settings["include"], ["/etc/nix/secret.conf"]);
+    }
+
+    #[test]
+    fn sudo_lines_classified() {
+        let rule = "%wheel ALL=(ALL:ALL) NOPASSWD: ALL";
+        assert_eq!(
+            classify_sudo(rule, false),
+            (AlertKind::SudoRuleAdded, Severity::Critical)
+        );
+        assert_eq!(
+            classify_sudo("alice ALL=(ALL) /usr/bin/true", false).1,
+            Severity::High
+        );
+        assert_eq!(
+            classify_sudo("Defaults !authenticate", false),
+            (AlertKind::SudoConfigChanged, Severity::High)
+        );
+        assert_eq!(
+            classify_sudo("permit nopass keepenv root", true).1,
+            Severity::High
+        );
+        assert_eq!(
+            classify_sudo("permit nopass alice as root", true).1,
+            Severity::Critical
+        );
+        assert_eq!(
+            sudo_line("#includedir /etc/sudoers.d", false).as_deref(),
+            Some("#includedir /etc/sudoers.d")
+        );
+        assert_eq!(sudo_line("# a comment", false), None);
+    }
+
+    #[test]
+    fn key_summaries_have_fingerprints() {
+        let summary = key_summary(crate::fixture::DEMO_ADMIN_KEY);
+        assert!(summary.starts_with("ssh-ed25519 SHA256:"), "{summary}");
+        assert!(summary.ends_with("admin@laptop"), "{summary}");
+        let with_options = key_summary(&format!(
+            "command=\"/bin/backup\" {}",
+            crate::fixture::DEMO_ADMIN_KEY
+        ));
+        assert!(
+            with_options.contains("with options command="),
+            "{with_options}"
+        );
+    }
+}

