@@ -119,7 +119,7 @@ fn system_diff_finds_units_and_alerts() {
         .find(|entry| entry.path == "ssh/sshd_config")
         .expect("sshd_config changed");
     assert_eq!(sshd.lines_added, Some(1));
-    assert_eq!(sshd.lines_removed, Some(3));
+    assert_eq!(sshd.lines_removed, Some(5));
     assert!(diff.toplevel.iter().any(|entry| entry.path == "kernel"));
 
     let document = DiffDocument::assemble(
@@ -130,9 +130,13 @@ fn system_diff_finds_units_and_alerts() {
     let alerts = &document.alerts;
     assert_eq!(alerts[0].kind, AlertKind::PolicyChanged);
     assert_eq!(alerts[0].severity, Severity::Critical);
-    assert!(alerts.iter().any(|a| a.kind == AlertKind::SshChanged
-        && a.subject == "/etc/ssh/sshd_config"
-        && a.severity == Severity::High));
+    assert!(
+        alerts
+            .iter()
+            .any(|a| a.kind == AlertKind::SshdSettingChanged
+                && a.subject == "/etc/ssh/sshd_config"
+                && a.severity == Severity::Critical)
+    );
     assert!(alerts.iter().any(|a| a.kind == AlertKind::UnitAdded));
     assert!(alerts.iter().any(|a| a.kind == AlertKind::UnitChanged));
     assert!(alerts.iter().any(|a| a.kind == AlertKind::KernelChanged));
@@ -212,7 +216,7 @@ fn resolve_stays_in_store() {
     match store_read::resolve(&sshd).unwrap() {
         Resolved::File { path, .. } => {
             assert!(path.starts_with("/nix/store/"));
-            assert!(path.to_string_lossy().contains("-etc-ssh-sshd_config"));
+            assert!(path.to_string_lossy().ends_with("-sshd.conf-final"));
             assert!(!fs::symlink_metadata(&path).unwrap().is_symlink());
         }
         other => panic!("sshd_config resolved to {other:?}"),
@@ -409,7 +413,7 @@ fn first_deployment_compares_with_nothing() {
         document
             .alerts
             .iter()
-            .any(|a| a.kind == AlertKind::SshChanged)
+            .any(|a| a.kind == AlertKind::SshKeyAdded)
     );
 }
 
@@ -450,7 +454,7 @@ fn change_inside_named_script_is_shown() {
         .iter()
         .find(|unit| unit.path == "backup.service")
         .expect("backup.service changed");
-    assert!(!unit.only_store_hashes_changed);
+    assert!(!unit.only_store_paths_changed);
     let script_change = unit
         .referenced
         .iter()
@@ -485,7 +489,7 @@ fn change_inside_named_script_is_shown() {
 }
 
 #[test]
-fn rebuilt_dependency_alone_is_low() {
+fn rebuilt_dependency_alone_is_a_package_note() {
     let env = TestEnv::new();
     let old_spec = env.demo();
     let mut new_spec = old_spec.clone();
@@ -508,18 +512,32 @@ fn rebuilt_dependency_alone_is_low() {
         .iter()
         .find(|unit| unit.path == "sshd.service")
         .expect("sshd.service changed");
-    assert!(unit.only_store_hashes_changed);
+    assert!(unit.only_store_paths_changed);
     assert!(unit.referenced.is_empty());
     let packages = package_diff(&env.nix, &old, &new).unwrap();
-    assert!(packages.rebuilt.iter().any(|r| r.name == "openssh"));
+    let openssh = packages
+        .rebuilt
+        .iter()
+        .find(|r| r.name == "openssh")
+        .expect("openssh is rebuilt");
+    assert!(openssh.unexplained, "no runtime dependency changed");
     let document =
         DiffDocument::assemble(Some(source_stub(&env)), packages, diff);
-    let alert = document
+    assert!(
+        document
+            .alerts
+            .iter()
+            .all(|a| a.subject != "/etc/systemd/system/sshd.service"),
+        "{:#?}",
+        document.alerts
+    );
+    let note = document
         .alerts
         .iter()
-        .find(|a| a.subject == "/etc/systemd/system/sshd.service")
-        .expect("an alert for the unit");
-    assert_eq!(alert.severity, Severity::Low);
+        .find(|a| a.kind == AlertKind::PackageRebuilt)
+        .expect("the rebuild is noted");
+    assert_eq!(note.severity, Severity::Low);
+    assert_eq!(note.subject, "package openssh");
 }
 
 #[test]

@@ -227,8 +227,8 @@ pub(super) fn sshd(ctx: &mut Ctx<'_>) -> Result<()> {
             value.map_or("(default)".to_owned(), |v| v.1.clone())
         };
         let new_text = show(new_value).to_lowercase();
-        let critical = (key == "permitrootlogin" && new_text == "yes")
-            || (key == "permitemptypasswords" && new_text == "yes");
+        let critical = new_text == "yes"
+            && (key == "permitrootlogin" || key == "permitemptypasswords");
         let severity = if critical {
             Severity::Critical
         } else if SSHD_HIGH.contains(&key.as_str())
