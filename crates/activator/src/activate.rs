@@ -1,6 +1,7 @@
 //! One activation request: the checks, the durable acceptance, the
 //! switch and the rollback.
 
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -14,6 +15,7 @@ use crate::config::Config;
 use crate::evaluation::{self, Provenance};
 use crate::history::{History, HistoryRecord};
 use crate::nix::NixTools;
+use crate::source_check::{self, SourceCheck};
 use crate::state;
 use crate::system::{self, SWITCH_SCRIPT};
 
@@ -48,12 +50,16 @@ struct Accepted {
     approvers: Vec<String>,
 }
 
-/// The privileged side of the socket: its configuration, and the history
-/// whose lock serializes every activation.
+/// The privileged side of the socket: its configuration, the history
+/// whose lock serializes every activation, and the lock that serializes
+/// every evaluation.
 pub(crate) struct Activator {
     pub(crate) config: Config,
-    nix: NixTools,
+    pub(crate) nix: NixTools,
     history: Mutex<History>,
+    pub(crate) evaluation_lock: Mutex<()>,
+    /// Prepare requests running or waiting for the evaluation lock.
+    pub(crate) prepares: AtomicUsize,
 }
 
 impl Activator {
@@ -66,6 +72,8 @@ impl Activator {
             config,
             nix,
             history: Mutex::new(history),
+            evaluation_lock: Mutex::new(()),
+            prepares: AtomicUsize::new(0),
         }
     }
 
@@ -273,7 +281,14 @@ impl Activator {
             )));
         }
 
-        self.check_source(&statement, events).map_err(refuse)?;
+        let source = &statement.source;
+        self.check_source(
+            &source.store_path,
+            &source.nar_hash,
+            "the statement",
+            events,
+        )
+        .map_err(refuse)?;
         self.check_evaluation(&statement, events).map_err(refuse)?;
         self.check_target(&statement.target).map_err(refuse)?;
 
@@ -284,39 +299,42 @@ impl Activator {
         })
     }
 
-    fn check_source(
+    /// Checks that `source` has the NAR hash `nar_hash`, which `named_by`
+    /// (such as "the statement") names.
+    pub(crate) fn check_source(
         &self,
-        statement: &Statement,
+        source: &StorePath,
+        nar_hash: &str,
+        named_by: &str,
         events: &mut dyn EventSink,
     ) -> Result<(), String> {
-        let source = &statement.source;
         progress(
             events,
             Step::CheckSource,
-            format!("checking the NAR hash of {}", source.store_path),
+            format!("checking the NAR hash of {source}"),
         );
-        let actual = self
-            .nix
-            .nar_hash(&source.store_path)
-            .map_err(|error| {
-                format!(
-                    "cannot query the source {}: {error}",
-                    source.store_path
-                )
-            })?
-            .ok_or_else(|| {
-                format!(
-                    "the source {} is not a valid path in the Nix store",
-                    source.store_path
-                )
-            })?;
-        if actual != source.nar_hash {
-            return Err(format!(
-                "the source {} has NAR hash {actual}, but the statement \
-                 names {}",
-                source.store_path, source.nar_hash
-            ));
-        }
+        let checked = source_check::check(
+            &self.nix,
+            &self.config.state_dir,
+            source,
+            nar_hash,
+            named_by,
+        )?;
+        let message = match checked {
+            SourceCheck::Cached => format!(
+                "NAR hash of the content-addressed {source} taken from the \
+                 cache of verified sources"
+            ),
+            SourceCheck::QueriedAndRecorded => format!(
+                "NAR hash of {source} confirmed by the Nix store and \
+                 recorded, because the path is content-addressed"
+            ),
+            SourceCheck::Queried => format!(
+                "NAR hash of {source} confirmed by the Nix store; the path \
+                 is not content-addressed, so it is not recorded"
+            ),
+        };
+        progress(events, Step::CheckSource, message);
         Ok(())
     }
 
@@ -335,34 +353,12 @@ impl Activator {
             return Ok(());
         }
         let source = &statement.source;
-        progress(
-            events,
-            Step::Evaluate,
-            format!(
-                "evaluating {} of {}",
-                statement.attribute, source.store_path
-            ),
-        );
-        let (out_path, provenance) = evaluation::evaluate(
-            &self.nix,
-            &self.config.state_dir,
+        let out_path = self.evaluate(
             &source.store_path,
             &source.nar_hash,
             &statement.attribute,
-        )
-        .map_err(|error| {
-            format!(
-                "cannot evaluate {} of the approved source {}: {error}",
-                statement.attribute, source.store_path
-            )
-        })?;
-        if provenance == Provenance::Cached {
-            progress(
-                events,
-                Step::Evaluate,
-                format!("evaluation result taken from the cache: {out_path}"),
-            );
-        }
+            events,
+        )?;
         if out_path != statement.target {
             return Err(format!(
                 "evaluating {} of the approved source yields {out_path}, \
@@ -373,8 +369,46 @@ impl Activator {
         Ok(())
     }
 
+    /// Evaluates `attribute` of the flake at `source`, whose NAR hash was
+    /// checked, through the evaluation cache.
+    pub(crate) fn evaluate(
+        &self,
+        source: &StorePath,
+        nar_hash: &str,
+        attribute: &str,
+        events: &mut dyn EventSink,
+    ) -> Result<StorePath, String> {
+        progress(
+            events,
+            Step::Evaluate,
+            format!("evaluating {attribute} of {source}"),
+        );
+        let (out_path, provenance) = evaluation::evaluate(
+            &self.nix,
+            &self.config.state_dir,
+            &self.evaluation_lock,
+            source,
+            nar_hash,
+            attribute,
+        )
+        .map_err(|error| {
+            format!(
+                "cannot evaluate {attribute} of the source {source}: \
+                 {error}"
+            )
+        })?;
+        if provenance == Provenance::Cached {
+            progress(
+                events,
+                Step::Evaluate,
+                format!("evaluation result taken from the cache: {out_path}"),
+            );
+        }
+        Ok(out_path)
+    }
+
     fn check_target(&self, target: &StorePath) -> Result<(), String> {
-        let valid = self.nix.nar_hash(target).map_err(|error| {
+        let valid = self.nix.query_valid_path(target).map_err(|error| {
             format!("cannot query the target {target}: {error}")
         })?;
         if valid.is_none() {
@@ -544,7 +578,11 @@ fn run_switch_logged(
     })
 }
 
-fn progress(events: &mut dyn EventSink, step: Step, message: String) {
+pub(crate) fn progress(
+    events: &mut dyn EventSink,
+    step: Step,
+    message: String,
+) {
     tracing::info!(step = ?step, %message, "progress");
     events.send(&Event::Progress { step, message });
 }

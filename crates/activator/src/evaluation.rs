@@ -3,9 +3,11 @@
 //! The cache lives in the activator's own state directory, which only
 //! root writes. It is keyed by the source's NAR hash and the attribute,
 //! because the flake at a given NAR hash always evaluates to the same
-//! path, so a repeated check costs a file read.
+//! path, so a repeated check costs a file read. Evaluations run one at a
+//! time, whether a prepare request or an activation asks for them.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use countersign_core::{Sha256Digest, StorePath};
 use serde::{Deserialize, Serialize};
@@ -32,10 +34,14 @@ struct CachedEvaluation {
 }
 
 /// Returns the output path of `attribute` in the flake at `source`,
-/// from the cache in `state_dir` when it has the result.
+/// from the cache in `state_dir` when it has the result. An evaluation
+/// holds `lock` while it runs, and a caller that waited for the lock
+/// reads the cache again, so a result that another request was computing
+/// meanwhile is not evaluated twice.
 pub(crate) fn evaluate(
     nix: &NixTools,
     state_dir: &Path,
+    lock: &Mutex<()>,
     source: &StorePath,
     nar_hash: &str,
     attribute: &str,
@@ -43,6 +49,13 @@ pub(crate) fn evaluate(
     countersign_nix::validate_attribute(attribute)
         .map_err(|error| error.to_string())?;
     let path = cache_path(state_dir, nar_hash, attribute);
+    if let Some(out_path) = read_cached(&path, nar_hash, attribute) {
+        return Ok((out_path, Provenance::Cached));
+    }
+    // A panic during another evaluation leaves nothing behind that this
+    // one depends on, so a poisoned lock is used as it is.
+    let _running =
+        lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if let Some(out_path) = read_cached(&path, nar_hash, attribute) {
         return Ok((out_path, Provenance::Cached));
     }

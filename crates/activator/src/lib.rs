@@ -18,9 +18,16 @@
 //! Each connection carries one JSON request line of at most
 //! [`MAX_REQUEST_BYTES`](countersign_core::protocol::MAX_REQUEST_BYTES)
 //! bytes (see [`countersign_core::protocol`]). The activator replies with
-//! events, one JSON line each, and ends with `finished` or `status`.
-//! Longer or malformed lines are refused with a `finished` event whose
-//! outcome is `refused`. Activations are serialized by one lock.
+//! events, one JSON line each, and ends with `finished`, `status` or
+//! `prepared`. Longer or malformed lines are refused with a `finished`
+//! event whose outcome is `refused`. Activations are serialized by one
+//! lock, and evaluations by another.
+//!
+//! A `prepare` request, which the server sends once a proposal is built,
+//! runs checks 5 and 6 below for a source, NAR hash and attribute ahead
+//! of the certificate. It changes nothing but the two caches those
+//! checks read, uses no proposal number and is not recorded in the
+//! history; at most a few run or wait at once.
 //!
 //! # Order of checks
 //!
@@ -35,7 +42,9 @@
 //! 3. The statement's base is the running system (the resolved
 //!    `current_system` link).
 //! 4. The proposal number is above the last accepted one.
-//! 5. The source store path is valid and has the stated NAR hash.
+//! 5. The source store path is valid and has the stated NAR hash. A
+//!    content-addressed source checked before, whose path still exists,
+//!    is taken from the cache of verified sources.
 //! 6. When `verify_evaluation` is on, evaluating the statement's
 //!    attribute of `path:<source>?narHash=<hash>` yields exactly the
 //!    target. The evaluation runs as `evaluator_user` when configured,
@@ -58,7 +67,9 @@ pub mod config;
 mod evaluation;
 pub mod history;
 mod nix;
+mod prepare;
 mod server;
+mod source_check;
 pub mod state;
 pub mod system;
 pub mod users;
@@ -72,6 +83,7 @@ pub use history::{
     read_history, verify_history,
 };
 pub use server::{Daemon, bind, run};
+pub use source_check::VERIFIED_SOURCES_DIR;
 pub use state::{ActivatorState, STATE_FILE, StateError, read_state};
 
 /// An error that stops the activator from starting or serving.

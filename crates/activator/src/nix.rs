@@ -1,5 +1,6 @@
-//! The Nix commands the activator runs: store queries and evaluation
-//! through countersign-nix, and profile changes with `nix-env`.
+//! The Nix commands the activator runs: store queries with `nix
+//! path-info`, evaluation through countersign-nix, and profile changes
+//! with `nix-env`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -7,6 +8,7 @@ use std::process::{Command, Stdio};
 
 use countersign_core::StorePath;
 use countersign_nix::{FetchedSource, Nix};
+use serde::Deserialize;
 
 use crate::users::User;
 
@@ -68,16 +70,54 @@ impl NixTools {
         })
     }
 
-    /// Returns the NAR hash (SRI form) of `path`, or `None` when `path`
-    /// is not a valid path in the Nix store.
-    pub(crate) fn nar_hash(
+    /// Queries `nix path-info --json` once for `path` and returns its
+    /// NAR hash and content address, or `None` when `path` is not a valid
+    /// path in the Nix store.
+    pub(crate) fn query_valid_path(
         &self,
         path: &StorePath,
-    ) -> Result<Option<String>, countersign_nix::Error> {
-        if !countersign_nix::is_valid_path(&self.own, path)? {
+    ) -> Result<Option<ValidPath>, String> {
+        let mut command = Command::new(self.own.program());
+        command.args(["--extra-experimental-features", "nix-command flakes"]);
+        for (name, value) in &self.options {
+            command.arg("--option").arg(name).arg(value);
+        }
+        command.args(["path-info", "--json", "--offline", "--"]);
+        command.arg(path.as_str());
+        let description = describe(&command);
+        let stdout = run_for_output(&mut command)?;
+        let entries: Vec<RawPathInfo> = serde_json::from_slice(&stdout)
+            .map_err(|error| {
+                format!("`{description}` printed invalid JSON: {error}")
+            })?;
+        let Some(entry) = entries
+            .into_iter()
+            .find(|entry| entry.path == path.as_str())
+        else {
+            return Err(format!(
+                "`{description}` printed no entry for {path}"
+            ));
+        };
+        if !entry.valid {
             return Ok(None);
         }
-        countersign_nix::nar_hash(&self.own, path).map(Some)
+        let nar_hash = entry.nar_hash.ok_or_else(|| {
+            format!("`{description}` printed no narHash for {path}")
+        })?;
+        let nar_hash = if nar_hash.starts_with("sha256-") {
+            countersign_nix::validate_nar_hash(&nar_hash)
+                .map_err(|error| error.to_string())?;
+            nar_hash
+        } else {
+            // Nix before 2.4 prints `sha256:<nix base32>`; the nix crate
+            // converts that form to SRI with a second query.
+            countersign_nix::nar_hash(&self.own, path)
+                .map_err(|error| error.to_string())?
+        };
+        Ok(Some(ValidPath {
+            nar_hash,
+            content_address: entry.ca,
+        }))
     }
 
     /// Evaluates `attribute` of the flake at `source`, pinned by its NAR
@@ -109,6 +149,32 @@ impl NixTools {
     }
 }
 
+/// What the Nix database records about one valid store path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ValidPath {
+    /// SRI form, `sha256-<base64>`.
+    pub(crate) nar_hash: String,
+    /// The content address of a content-addressed path, such as
+    /// `fixed:r:sha256:<nix base32>`; `None` for an input-addressed one.
+    pub(crate) content_address: Option<String>,
+}
+
+/// One entry of the JSON that `nix path-info --json` prints (Nix 2.8).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawPathInfo {
+    path: String,
+    #[serde(default = "valid_by_default")]
+    valid: bool,
+    nar_hash: Option<String>,
+    ca: Option<String>,
+}
+
+/// Nix marks only invalid paths, with `"valid": false`.
+fn valid_by_default() -> bool {
+    true
+}
+
 fn with_options(
     mut nix: Nix,
     options: &BTreeMap<String, String>,
@@ -122,6 +188,12 @@ fn with_options(
 /// Runs `command` with no input, or returns an error that quotes the end
 /// of its standard error.
 fn run(command: &mut Command) -> Result<(), String> {
+    run_for_output(command).map(drop)
+}
+
+/// Runs `command` with no input and returns its standard output, or an
+/// error that quotes the end of its standard error.
+fn run_for_output(command: &mut Command) -> Result<Vec<u8>, String> {
     let description = describe(command);
     tracing::debug!(command = %description, "running");
     let output = command
@@ -129,7 +201,7 @@ fn run(command: &mut Command) -> Result<(), String> {
         .output()
         .map_err(|error| format!("cannot start `{description}`: {error}"))?;
     if output.status.success() {
-        return Ok(());
+        return Ok(output.stdout);
     }
     let stderr = String::from_utf8_lossy(&output.stderr);
     let lines: Vec<&str> = stderr

@@ -193,6 +193,19 @@ fn serve_connection(activator: &Activator, stream: UnixStream) {
             );
             activator.activate(&certificate, audit_head, &mut sink);
         }
+        Request::Prepare {
+            source,
+            nar_hash,
+            attribute,
+        } => {
+            tracing::info!(
+                %source,
+                nar_hash = ?nar_hash,
+                attribute = ?attribute,
+                "prepare request"
+            );
+            activator.prepare(&source, &nar_hash, &attribute, &mut sink);
+        }
         Request::Status => {
             tracing::info!("status request");
             match activator.status() {

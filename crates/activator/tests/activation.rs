@@ -235,3 +235,107 @@ fn invalid_config_names_key() {
     assert!(stderr.contains("verify_evalution"), "{stderr}");
     assert!(stderr.contains(&config.display().to_string()), "{stderr}");
 }
+
+/// The text of the progress events of `step`.
+fn progress_messages(events: &[Event], step: Step) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|event| match event {
+            Event::Progress {
+                step: reported,
+                message,
+            } if *reported == step => Some(message.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn prepare_fills_caches_for_activation() {
+    let world = World::build(WorldOptions::default());
+    let activator = Activator::start_recording_nix(&world);
+    let source = &world.source;
+    let events = activator.prepare(
+        &source.store_path,
+        &source.nar_hash,
+        &world.attribute,
+    );
+
+    assert_eq!(
+        events.last(),
+        Some(&Event::Prepared {
+            target: Some(world.target.clone())
+        }),
+        "{events:?}\n{}",
+        activator.log()
+    );
+    assert_eq!(steps(&events), [Step::CheckSource, Step::Evaluate]);
+    let calls = activator.nix_calls();
+    let source_queries: Vec<&String> = calls
+        .iter()
+        .filter(|call| {
+            call.contains("path-info")
+                && call.contains(source.store_path.as_str())
+        })
+        .collect();
+    assert_eq!(source_queries.len(), 1, "{calls:?}");
+    let evaluations = calls.iter().filter(|call| call.contains(" eval "));
+    assert_eq!(evaluations.count(), 1, "{calls:?}");
+
+    // Preparing changes nothing that an activation decides on.
+    assert_eq!(activator.profile_target(), world.base.as_path());
+    assert_eq!(world.switch_log_lines(), Vec::<String>::new());
+    assert_eq!(read_state(&activator.state_dir).unwrap().last_proposal, 0);
+    assert_eq!(record_kinds(&activator), Vec::<String>::new());
+    assert_eq!(
+        activator
+            .state_files(countersign_activator::EVALUATION_CACHE_DIR)
+            .len(),
+        1
+    );
+    assert_eq!(
+        activator
+            .state_files(countersign_activator::VERIFIED_SOURCES_DIR)
+            .len(),
+        1
+    );
+
+    activator.clear_nix_calls();
+    let statement = world.statement(&policy_text(), 1);
+    let events = activator.activate(&approved(&statement));
+    let (outcome, _, message) = finished(&events);
+    assert_eq!(
+        outcome,
+        Outcome::Activated,
+        "{message}\n{}",
+        activator.log()
+    );
+    let calls = activator.nix_calls();
+    assert!(
+        !calls
+            .iter()
+            .any(|call| call.contains(source.store_path.as_str())),
+        "the activation queried the source again: {calls:?}"
+    );
+    assert!(
+        !calls.iter().any(|call| call.contains(" eval ")),
+        "the activation evaluated again: {calls:?}"
+    );
+    let checked = progress_messages(&events, Step::CheckSource);
+    assert!(
+        checked.iter().any(|message| message.contains("cache")),
+        "{checked:?}"
+    );
+    let evaluated = progress_messages(&events, Step::Evaluate);
+    assert!(
+        evaluated
+            .iter()
+            .any(|message| message.contains("taken from the cache")),
+        "{evaluated:?}"
+    );
+    assert_eq!(activator.profile_target(), world.target.as_path());
+    assert_eq!(
+        world.switch_log_lines(),
+        [format!("switch {}", world.target)]
+    );
+}

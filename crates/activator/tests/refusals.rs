@@ -10,8 +10,8 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use countersign_activator::{
-    HISTORY_FILE, HistoryError, HistoryRecord, read_history, read_state,
-    verify_history,
+    EVALUATION_CACHE_DIR, HISTORY_FILE, HistoryError, HistoryRecord,
+    VERIFIED_SOURCES_DIR, read_history, read_state, verify_history,
 };
 use countersign_core::audit::AuditError;
 use countersign_core::protocol::{Event, MAX_REQUEST_BYTES, Outcome, Step};
@@ -252,10 +252,21 @@ fn switch_script_outside_store_is_refused() {
 #[test]
 fn malformed_requests_are_refused() {
     let activator = start();
-    let cases: [(&[u8], &str); 4] = [
+    let cases: [(&[u8], &str); 6] = [
         (b"{not json\n", "not a valid JSON request line"),
         (b"[1, 2]\n", "not a valid JSON request line"),
         (b"{\"request\":\"status\",\"extra\":1}\n", "unknown field"),
+        (
+            b"{\"request\":\"prepare\",\"source\":\"/etc\",\
+              \"nar_hash\":\"sha256-x\",\"attribute\":\"a\"}\n",
+            "not a valid JSON request line",
+        ),
+        (
+            b"{\"request\":\"prepare\",\"source\":\"/nix/store/\
+              0123456789abcdfghijklmnpqrsvwxyz-source\",\"nar_hash\":\
+              \"sha256-x\",\"attribute\":\"a\",\"proposal\":7}\n",
+            "unknown field",
+        ),
         (
             b"{\"request\":\"activate\",\"certificate\":{\"statement\":1}}\n",
             "not a valid JSON request line",
@@ -267,7 +278,7 @@ fn malformed_requests_are_refused() {
         assert_refused(&activator, &events, expected);
     }
     let entries = read_history(&activator.state_dir).unwrap();
-    assert_eq!(entries.len(), 4);
+    assert_eq!(entries.len(), 6);
 }
 
 #[test]
@@ -363,4 +374,110 @@ fn default_socket_mode_and_status() {
             audit_head: None,
         }]
     );
+}
+
+/// Checks that a prepare request was refused with a message containing
+/// `expected`, and that it changed nothing: no profile change, no switch,
+/// no used number, no history entry and no cached result.
+fn assert_prepare_refused(
+    activator: &Activator,
+    events: &[Event],
+    expected: &str,
+) {
+    let (outcome, proposal, message) = finished(events);
+    assert_eq!(outcome, Outcome::Refused, "{message}\n{}", activator.log());
+    assert_eq!(proposal, None);
+    assert!(
+        message.contains(expected),
+        "the refusal {message:?} does not contain {expected:?}"
+    );
+    let shared = shared_world();
+    assert_eq!(activator.profile_target(), shared.world.base.as_path());
+    assert_eq!(shared.world.switch_log_lines(), Vec::<String>::new());
+    let state = read_state(&activator.state_dir).unwrap();
+    assert_eq!(state.last_proposal, 0, "a prepare request used a number");
+    assert_eq!(read_history(&activator.state_dir).unwrap(), []);
+    assert_eq!(
+        activator.state_files(VERIFIED_SOURCES_DIR),
+        Vec::<String>::new(),
+        "a refused source was recorded as verified"
+    );
+    assert_eq!(
+        activator.state_files(EVALUATION_CACHE_DIR),
+        Vec::<String>::new(),
+        "a refused prepare request cached an evaluation"
+    );
+}
+
+#[test]
+fn prepare_with_wrong_nar_hash_is_refused() {
+    let activator = Activator::start_recording_nix(&shared_world().world);
+    let world = &shared_world().world;
+    let events = activator.prepare(
+        &world.source.store_path,
+        &world.base_source.nar_hash,
+        &world.attribute,
+    );
+    assert_prepare_refused(
+        &activator,
+        &events,
+        &format!("but the request names {}", world.base_source.nar_hash),
+    );
+    let calls = activator.nix_calls();
+    assert!(
+        !calls.iter().any(|call| call.contains(" eval ")),
+        "a source with the wrong NAR hash was evaluated: {calls:?}"
+    );
+}
+
+#[test]
+fn prepare_of_missing_source_is_refused() {
+    let activator = start();
+    let world = &shared_world().world;
+    let missing =
+        StorePath::parse("/nix/store/0000000000000000000000000000000a-source")
+            .unwrap();
+    let events =
+        activator.prepare(&missing, &world.source.nar_hash, &world.attribute);
+    assert_prepare_refused(
+        &activator,
+        &events,
+        "is not a valid path in the Nix store",
+    );
+}
+
+#[test]
+fn prepare_checks_values_before_nix() {
+    let activator = Activator::start_recording_nix(&shared_world().world);
+    let world = &shared_world().world;
+    let source = &world.source;
+    let cases = [
+        (source.nar_hash.as_str(), "x#y", "flake attribute"),
+        ("sha256-short", world.attribute.as_str(), "NAR hash"),
+        ("md5-AAAA", world.attribute.as_str(), "NAR hash"),
+    ];
+    for (nar_hash, attribute, expected) in cases {
+        let events =
+            activator.prepare(&source.store_path, nar_hash, attribute);
+        assert_prepare_refused(&activator, &events, expected);
+    }
+    assert_eq!(activator.nix_calls(), Vec::<String>::new());
+}
+
+#[test]
+fn input_addressed_source_is_not_recorded() {
+    let activator = start();
+    let world = &shared_world().world;
+    // A built system is input-addressed: the store path is valid and has
+    // this NAR hash, but its name does not bind its content.
+    let nar_hash =
+        countersign_nix::nar_hash(&support::nix(), &world.target).unwrap();
+    let events = activator.prepare(&world.target, &nar_hash, &world.attribute);
+    let checked = events.iter().any(|event| {
+        matches!(event, Event::Progress { step: Step::CheckSource, message }
+            if message.contains("not content-addressed"))
+    });
+    assert!(checked, "{events:?}\n{}", activator.log());
+    // The system contains no flake, so its evaluation fails.
+    assert_prepare_refused(&activator, &events, "cannot evaluate");
 }

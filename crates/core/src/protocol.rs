@@ -1,6 +1,8 @@
 //! The messages between the server and the activator on the activator's
 //! Unix socket: one JSON request per connection, on one line, answered by
-//! a stream of JSON events, one per line, that ends with `finished`.
+//! a stream of JSON events, one per line. The last event is `finished`,
+//! or `status` for a status request and `prepared` for a successful
+//! prepare request.
 //!
 //! The activator treats every request as untrusted input: it re-derives
 //! every decision from its own policy file, state and the Nix store.
@@ -25,6 +27,18 @@ pub enum Request {
     /// Report the running system, the last accepted proposal and the
     /// recorded audit head.
     Status,
+    /// Check that `source` has the NAR hash `nar_hash` and evaluate
+    /// `attribute` of the flake it contains, so that a later activation
+    /// of a statement naming the same source finds both results in the
+    /// activator's caches. Nothing is activated, the profile stays as it
+    /// is and no proposal number is used.
+    Prepare {
+        source: StorePath,
+        /// NAR hash of `source` in SRI form, `sha256-<base64>`.
+        nar_hash: String,
+        /// The flake output attribute of the host's toplevel.
+        attribute: String,
+    },
 }
 
 /// The number and hash of an audit log entry.
@@ -83,4 +97,68 @@ pub enum Event {
         proposal: Option<u64>,
         message: String,
     },
+    /// The reply to a prepare request whose source check passed.
+    Prepared {
+        /// The store path that the attribute evaluates to, or `None`
+        /// when the activator's configuration turns evaluation off.
+        target: Option<StorePath>,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SOURCE: &str = "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-source";
+    const TARGET: &str =
+        "/nix/store/zyxwvsrqpnmlkjihgfdcba9876543210-nixos-system";
+
+    #[test]
+    fn prepare_request_round_trips() {
+        let request = Request::Prepare {
+            source: StorePath::parse(SOURCE).unwrap(),
+            nar_hash: "sha256-cUoEaiXLylLEMes7C/Ozu2tNn1zx72qREiHO8BM4s2I="
+                .to_owned(),
+            attribute: "nixosConfigurations.demo.config.system.build.toplevel"
+                .to_owned(),
+        };
+        let line = serde_json::to_string(&request).unwrap();
+        assert!(line.starts_with("{\"request\":\"prepare\""), "{line}");
+        let parsed: Request = serde_json::from_str(&line).unwrap();
+        assert_eq!(parsed, request);
+    }
+
+    #[test]
+    fn prepare_request_rejects_unknown_fields() {
+        let line = format!(
+            "{{\"request\":\"prepare\",\"source\":\"{SOURCE}\",\
+             \"nar_hash\":\"sha256-x\",\"attribute\":\"a\",\"proposal\":3}}"
+        );
+        let error = serde_json::from_str::<Request>(&line).unwrap_err();
+        assert!(error.to_string().contains("unknown field"), "{error}");
+    }
+
+    #[test]
+    fn prepare_request_needs_store_path() {
+        let line = "{\"request\":\"prepare\",\"source\":\"/etc\",\
+                    \"nar_hash\":\"sha256-x\",\"attribute\":\"a\"}";
+        assert!(serde_json::from_str::<Request>(line).is_err());
+    }
+
+    #[test]
+    fn prepared_event_round_trips() {
+        let event = Event::Prepared {
+            target: Some(StorePath::parse(TARGET).unwrap()),
+        };
+        let line = serde_json::to_string(&event).unwrap();
+        assert_eq!(
+            line,
+            format!("{{\"event\":\"prepared\",\"target\":\"{TARGET}\"}}")
+        );
+        assert_eq!(serde_json::from_str::<Event>(&line).unwrap(), event);
+        let off: Event =
+            serde_json::from_str("{\"event\":\"prepared\",\"target\":null}")
+                .unwrap();
+        assert_eq!(off, Event::Prepared { target: None });
+    }
 }

@@ -536,7 +536,7 @@ async fn quorum_sends_certificate_to_activator() {
                 certificate,
                 audit_head,
             } => Some((certificate.clone(), *audit_head)),
-            Request::Status => None,
+            Request::Status | Request::Prepare { .. } => None,
         })
         .expect("the stub received an activation request");
     let policy = countersign_core::Policy::from_toml(

@@ -12,6 +12,7 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -398,6 +399,8 @@ pub struct Activator {
     pub socket: PathBuf,
     pub profile: PathBuf,
     log_path: PathBuf,
+    /// A directory put first on the activator's `PATH`.
+    extra_path: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -436,10 +439,64 @@ impl Activator {
             state_dir,
             socket,
             profile,
+            extra_path: None,
             child: None,
         };
         activator.spawn();
         activator
+    }
+
+    /// Starts an activator whose `nix` is a wrapper that appends its
+    /// arguments to [`Activator::nix_calls`] and runs the real `nix`,
+    /// so that a test can see which queries and evaluations ran.
+    pub fn start_recording_nix(world: &World) -> Self {
+        let mut activator = Self::start(world, "");
+        activator.stop();
+        let bin = activator.dir.path().join("bin");
+        fs::create_dir(&bin).unwrap();
+        let output = Command::new("sh")
+            .args(["-c", "command -v nix"])
+            .output()
+            .expect("run sh");
+        let real_nix = String::from_utf8(output.stdout).unwrap();
+        assert!(output.status.success(), "nix is not on PATH");
+        let wrapper = bin.join("nix");
+        fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh
+printf '%s\\n' \"$*\" >> '{}'
+exec '{}' \"$@\"
+",
+                activator.nix_calls_path().display(),
+                real_nix.trim()
+            ),
+        )
+        .unwrap();
+        fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755))
+            .unwrap();
+        activator.extra_path = Some(bin);
+        activator.spawn();
+        activator
+    }
+
+    fn nix_calls_path(&self) -> PathBuf {
+        self.dir.path().join("nix-calls.log")
+    }
+
+    /// The argument lists of the `nix` calls recorded so far, one per
+    /// call; empty unless started with
+    /// [`Activator::start_recording_nix`].
+    pub fn nix_calls(&self) -> Vec<String> {
+        match fs::read_to_string(self.nix_calls_path()) {
+            Ok(text) => text.lines().map(str::to_owned).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Forgets the recorded `nix` calls.
+    pub fn clear_nix_calls(&self) {
+        let _ = fs::remove_file(self.nix_calls_path());
     }
 
     fn spawn(&mut self) {
@@ -448,7 +505,13 @@ impl Activator {
             .append(true)
             .open(&self.log_path)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_countersign-activator"))
+        let mut command =
+            Command::new(env!("CARGO_BIN_EXE_countersign-activator"));
+        if let Some(extra) = &self.extra_path {
+            let path = std::env::var("PATH").unwrap_or_default();
+            command.env("PATH", format!("{}:{path}", extra.display()));
+        }
+        let child = command
             .arg("--config")
             .arg(&self.config_path)
             .env("NIX_CONFIG", &nix_env().nix_config)
@@ -534,6 +597,36 @@ impl Activator {
         self.try_request(line).unwrap_or_else(|error| {
             panic!("request to the activator failed: {error}\n{}", self.log())
         })
+    }
+
+    /// Sends a prepare request and returns every event of the reply.
+    pub fn prepare(
+        &self,
+        source: &StorePath,
+        nar_hash: &str,
+        attribute: &str,
+    ) -> Vec<Event> {
+        let request = Request::Prepare {
+            source: source.clone(),
+            nar_hash: nar_hash.to_owned(),
+            attribute: attribute.to_owned(),
+        };
+        let mut line = serde_json::to_vec(&request).unwrap();
+        line.push(b'\n');
+        self.request(&line)
+    }
+
+    /// Names of the files in the directory `name` of the state
+    /// directory; empty when it does not exist.
+    pub fn state_files(&self, name: &str) -> Vec<String> {
+        match fs::read_dir(self.state_dir.join(name)) {
+            Ok(entries) => entries
+                .map(|entry| {
+                    entry.unwrap().file_name().to_string_lossy().into_owned()
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        }
     }
 
     pub fn activate(&self, certificate: &Certificate) -> Vec<Event> {

@@ -1,8 +1,9 @@
 //! A stand-in activator for the server tests: it speaks the socket
 //! protocol on a real Unix socket and verifies each certificate with
 //! `countersign_core::verify_certificate` against the policy file, but
-//! activates nothing. The real activator is exercised by the CLI's
-//! end-to-end tests.
+//! activates nothing and evaluates nothing: a prepare request gets
+//! `prepare_target` as its answer. The real activator is exercised by
+//! the CLI's end-to-end tests.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -19,6 +20,8 @@ pub struct StubState {
     pub current_system: Option<StorePath>,
     pub last_proposal: u64,
     pub audit_head: Option<AuditHead>,
+    /// The target a prepare request is answered with.
+    pub prepare_target: Option<StorePath>,
     pub requests: Vec<Request>,
 }
 
@@ -88,6 +91,15 @@ fn answer(
             last_proposal: state.last_proposal,
             audit_head: state.audit_head,
         }],
+        Request::Prepare { .. } => vec![
+            Event::Progress {
+                step: Step::Evaluate,
+                message: "evaluation skipped by the stand-in".into(),
+            },
+            Event::Prepared {
+                target: state.prepare_target.clone(),
+            },
+        ],
         Request::Activate {
             certificate,
             audit_head,
