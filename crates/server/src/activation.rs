@@ -1,12 +1,14 @@
 //! Sending a certificate to the activator and recording what happens,
-//! and finding the outcome of activations whose report was lost.
+//! finding the outcome of activations whose report was lost, and asking
+//! the activator to prepare a proposal that awaits approval.
 
 use countersign_core::audit::Anchor;
 use countersign_core::protocol::{AuditHead, Event, Outcome, Request};
-use countersign_core::{Certificate, Vote};
+use countersign_core::{Certificate, StorePath, Vote};
+use countersign_nix::FetchedSource;
 use serde_json::json;
 
-use crate::activator::{self, ActivatorError, Finished};
+use crate::activator::{self, ActivatorError, Finished, Prepared};
 use crate::db::{self, AuditEvent, Context, ProposalState};
 use crate::state::AppState;
 
@@ -306,4 +308,127 @@ pub async fn resolve(state: &AppState, number: u64) -> bool {
     });
     finish(state, number, to, error.as_deref(), detail).await;
     true
+}
+
+/// Asks the activator, in the background, to check the source of a
+/// proposal that awaits approval and to evaluate its toplevel, so that
+/// the final approval does not wait for either. Failures are only
+/// logged, because the activation runs every check again. A target that
+/// differs from the built one is recorded as the proposal's error and in
+/// the audit log, since the activator will refuse the certificate.
+pub fn spawn_prepare(
+    state: &AppState,
+    number: u64,
+    source: FetchedSource,
+    target: StorePath,
+) {
+    let state = state.clone();
+    tokio::spawn(async move {
+        prepare(&state, number, &source, &target).await;
+    });
+}
+
+async fn prepare(
+    state: &AppState,
+    number: u64,
+    source: &FetchedSource,
+    target: &StorePath,
+) {
+    tracing::info!(
+        proposal = number,
+        source = %source.store_path,
+        "asking the activator to prepare the proposal"
+    );
+    let result = activator::prepare(
+        &state.config.activator_socket,
+        &source.store_path,
+        &source.nar_hash,
+        &state.attribute,
+    )
+    .await;
+    match result {
+        Ok(Prepared::Evaluated {
+            target: Some(evaluated),
+        }) if &evaluated == target => {
+            tracing::info!(
+                proposal = number,
+                %target,
+                "the activator evaluates the source to the built target"
+            );
+        }
+        Ok(Prepared::Evaluated {
+            target: Some(evaluated),
+        }) => record_mismatch(state, number, target, &evaluated).await,
+        Ok(Prepared::Evaluated { target: None }) => tracing::info!(
+            proposal = number,
+            "the activator checked the source; its evaluation is off"
+        ),
+        Ok(Prepared::Refused { message }) => tracing::warn!(
+            proposal = number,
+            %message,
+            "the activator refused to prepare the proposal"
+        ),
+        Err(error) => tracing::warn!(
+            proposal = number,
+            %error,
+            "cannot ask the activator to prepare the proposal"
+        ),
+    }
+}
+
+async fn record_mismatch(
+    state: &AppState,
+    number: u64,
+    target: &StorePath,
+    evaluated: &StorePath,
+) {
+    tracing::warn!(
+        proposal = number,
+        %target,
+        %evaluated,
+        "the activator evaluates the source to another target"
+    );
+    let message = format!(
+        "the activator evaluates {} of the source to {evaluated}, not to \
+         the built target {target}, so it will refuse this proposal's \
+         certificate; give the server and the activator the same Nix \
+         settings, then propose again",
+        state.attribute
+    );
+    let detail = json!({
+        "target": target.as_str(),
+        "evaluated": evaluated.as_str(),
+    });
+    let result = state
+        .db
+        .run(move |connection| {
+            let tx = connection.transaction().context("begin")?;
+            // The state stays as it is; only a proposal that still awaits
+            // approval gets the warning as its error.
+            db::set_state(
+                &tx,
+                number,
+                ProposalState::AwaitingApproval,
+                ProposalState::AwaitingApproval,
+                Some(&message),
+            )?;
+            db::append_audit(
+                &tx,
+                AuditEvent {
+                    kind: "evaluation-mismatch",
+                    proposal: number,
+                    approver: None,
+                    detail,
+                },
+            )?;
+            tx.commit().context("commit")
+        })
+        .await;
+    if let Err(error) = result {
+        tracing::error!(
+            proposal = number,
+            %error,
+            "recording the activator's evaluation mismatch failed"
+        );
+    }
 }

@@ -14,6 +14,10 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 /// unreachable.
 pub const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a prepare request may take. The activator evaluates the
+/// host's toplevel, which for a large configuration can take minutes.
+pub const PREPARE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
 /// How long an activation may go without any event before the server
 /// stops waiting and asks the activator's status instead. The activator
 /// reports each step, so a long silence means it is stuck or gone.
@@ -35,6 +39,17 @@ pub struct Finished {
     pub outcome: Outcome,
     pub proposal: Option<u64>,
     pub message: String,
+}
+
+/// The result of a prepare request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prepared {
+    /// The source passed the activator's check, and the attribute
+    /// evaluates to `target`; `None` when the activator's configuration
+    /// turns evaluation off.
+    Evaluated { target: Option<StorePath> },
+    /// The activator refused the request.
+    Refused { message: String },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +193,48 @@ pub async fn status(socket: &Path) -> Result<ActivatorStatus, ActivatorError> {
             Err(ActivatorError::Timeout {
                 socket: socket.display().to_string(),
                 seconds: STATUS_TIMEOUT.as_secs(),
+            })
+        })
+}
+
+/// Asks the activator to check `source` against `nar_hash` and evaluate
+/// `attribute` of it ahead of an activation.
+pub async fn prepare(
+    socket: &Path,
+    source: &StorePath,
+    nar_hash: &str,
+    attribute: &str,
+) -> Result<Prepared, ActivatorError> {
+    let request = Request::Prepare {
+        source: source.clone(),
+        nar_hash: nar_hash.to_owned(),
+        attribute: attribute.to_owned(),
+    };
+    let exchange = async {
+        let mut connection = Connection::open(socket, &request).await?;
+        loop {
+            match connection.next_event().await? {
+                Some(Event::Prepared { target }) => {
+                    return Ok(Prepared::Evaluated { target });
+                }
+                Some(Event::Finished { message, .. }) => {
+                    return Ok(Prepared::Refused { message });
+                }
+                Some(_) => {}
+                None => {
+                    return Err(ActivatorError::Closed {
+                        socket: connection.socket,
+                    });
+                }
+            }
+        }
+    };
+    tokio::time::timeout(PREPARE_TIMEOUT, exchange)
+        .await
+        .unwrap_or_else(|_| {
+            Err(ActivatorError::Timeout {
+                socket: socket.display().to_string(),
+                seconds: PREPARE_TIMEOUT.as_secs(),
             })
         })
 }

@@ -17,6 +17,7 @@ use countersign_nix::diff::{DiffDocument, DiffInputs};
 use countersign_nix::{FetchedSource, git};
 use serde_json::json;
 
+use crate::activation;
 use crate::activator;
 use crate::api_error::ApiError;
 use crate::db::{self, AuditEvent, BuiltProposal, Context, ProposalState};
@@ -419,12 +420,16 @@ fn random_nonce() -> String {
     hex::encode(bytes)
 }
 
+/// Stores a successful build and, when the proposal now awaits approval,
+/// asks the activator to prepare it.
 async fn store_built(
     state: &AppState,
     number: u64,
     built: Built,
 ) -> Result<(), db::DbError> {
-    let superseded = state
+    let source = built.source.clone();
+    let target = built.target.clone();
+    let stored = state
         .db
         .run(move |connection| {
             let tx = connection.transaction().context("begin")?;
@@ -442,7 +447,7 @@ async fn store_built(
             if !db::store_built(&tx, number, &record)? {
                 // The proposal left `building` meanwhile, which only a
                 // restart's recovery does; its result is dropped.
-                return Ok(Vec::new());
+                return Ok(None);
             }
             db::append_audit(&tx, AuditEvent {
                 kind: "proposal-built",
@@ -470,10 +475,21 @@ async fn store_built(
                 }
             }
             tx.commit().context("commit")?;
-            Ok(superseded)
+            Ok(Some(superseded))
         })
         .await?;
+    let Some(superseded) = stored else {
+        return Ok(());
+    };
+    if superseded.contains(&number) {
+        tracing::info!(
+            proposal = number,
+            "proposal built, but a newer proposal supersedes it"
+        );
+        return Ok(());
+    }
     tracing::info!(proposal = number, ?superseded, "proposal awaits approval");
+    activation::spawn_prepare(state, number, source, target);
     Ok(())
 }
 

@@ -539,6 +539,20 @@ async fn quorum_sends_certificate_to_activator() {
             Request::Status | Request::Prepare { .. } => None,
         })
         .expect("the stub received an activation request");
+    let parsed = Statement::parse(&statement).unwrap();
+    let prepares: Vec<&Request> = requests
+        .iter()
+        .filter(|request| matches!(request, Request::Prepare { .. }))
+        .collect();
+    assert_eq!(
+        prepares,
+        [&Request::Prepare {
+            source: parsed.source.store_path.clone(),
+            nar_hash: parsed.source.nar_hash.clone(),
+            attribute: parsed.attribute.clone(),
+        }],
+        "the built proposal is prepared once, with its statement's source"
+    );
     let policy = countersign_core::Policy::from_toml(
         &fs::read(harness.policy_path()).unwrap(),
     )
@@ -573,6 +587,45 @@ async fn quorum_sends_certificate_to_activator() {
     );
     let (_, status) = harness.get("/status", &phone).await;
     assert_eq!(status["deployed_commit"], harness.head().as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_target_mismatch_is_recorded() {
+    let harness = Harness::start(Options::default()).await;
+    let stub = StubActivator::start(
+        &harness.socket_path(),
+        harness.policy_path(),
+        harness.base.clone(),
+    );
+    // The stand-in answers every prepare request with the base, which is
+    // never the target of a proposal.
+    stub.state.lock().unwrap().prepare_target = Some(harness.base.clone());
+    let phone = harness.login(&harness.phone).await;
+    let number = harness.propose(&phone, None).await;
+    let detail = harness
+        .wait_for(&phone, number, |detail| !detail["error"].is_null())
+        .await;
+    assert_eq!(detail["state"], "awaiting-approval", "{detail}");
+    let error = detail["error"].as_str().unwrap();
+    assert!(error.contains(harness.base.as_str()), "{error}");
+    assert!(error.contains("will refuse"), "{error}");
+
+    let statement =
+        Statement::parse(&harness.statement(&phone, number).await).unwrap();
+    let requests = stub.requests();
+    assert!(
+        requests.contains(&Request::Prepare {
+            source: statement.source.store_path.clone(),
+            nar_hash: statement.source.nar_hash.clone(),
+            attribute: statement.attribute.clone(),
+        }),
+        "{requests:?}"
+    );
+    assert_eq!(
+        harness.audit_kinds(number),
+        ["proposal-created", "proposal-built", "evaluation-mismatch"]
+    );
+    verify_audit(&harness.db_path(), None).expect("the audit log verifies");
 }
 
 /// A time inside the statement's validity.
