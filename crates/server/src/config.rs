@@ -283,16 +283,21 @@ impl ServerConfig {
     }
 }
 
-/// Returns whether `url` has a password in its user information, as in
-/// `https://user:token@host/repo.git`.
+/// Returns whether `url` may carry a credential in its user information:
+/// a password (`https://user:token@host/repo.git`), or any user name
+/// over HTTP, where forges accept a bare token as the user name
+/// (`https://TOKEN@host/repo.git`). An `ssh://git@host` user is allowed.
 fn url_has_password(url: &str) -> bool {
-    let Some((_, rest)) = url.split_once("://") else {
+    let Some((scheme, rest)) = url.split_once("://") else {
         return false;
     };
     let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
-    authority
-        .rfind('@')
-        .is_some_and(|at| authority[..at].contains(':'))
+    let Some(at) = authority.rfind('@') else {
+        return false;
+    };
+    let is_http = scheme.eq_ignore_ascii_case("http")
+        || scheme.eq_ignore_ascii_case("https");
+    is_http || authority[..at].contains(':')
 }
 
 /// Reads the trigger token: the file's content without surrounding
@@ -519,6 +524,11 @@ mod tests {
         let error = check_error(&config);
         assert!(error.contains("contains a password"), "{error}");
         assert!(!error.contains("hunter2"), "the password leaked: {error}");
+
+        config.repository.url = "https://ghp_secret@git.example/a.git".into();
+        let error = check_error(&config);
+        assert!(error.contains("contains a password"), "{error}");
+        assert!(!error.contains("ghp_secret"), "the token leaked: {error}");
 
         config.repository.url = "ssh://git@git.example:22/a.git".into();
         assert!(config.check().is_ok());
