@@ -16,6 +16,7 @@ pub fn verify(
     activator_config: Option<&Path>,
 ) -> Result<()> {
     let config = countersign_server::ServerConfig::load(server_config)?;
+    let database = config.state_dir.join(countersign_server::DB_FILE);
     let head = match activator_config {
         Some(path) => {
             let activator = countersign_activator::Config::load(path)?;
@@ -29,6 +30,7 @@ pub fn verify(
                  chain intact",
                 summary.entries, summary.last_proposal
             );
+            check_every_recorded_head(&activator.state_dir, &database)?;
             state.audit_head
         }
         None => activator_head(&config.activator_socket)?,
@@ -37,7 +39,6 @@ pub fn verify(
         seq: head.seq,
         hash: head.hash,
     });
-    let database = config.state_dir.join(countersign_server::DB_FILE);
     let summary = countersign_server::verify_audit(&database, anchor)
         .context("the audit log is invalid")?;
     match anchor {
@@ -51,6 +52,58 @@ pub fn verify(
              recorded no entry yet",
             summary.entries
         ),
+    }
+    Ok(())
+}
+
+/// Requires the server's log to contain the audit head recorded with
+/// every proposal the activator accepted, and those heads to increase,
+/// so that neither a cut tail nor a server that sent a lower or missing
+/// head hides an activation.
+// NOTE: entries written after the last accepted activation (its outcome,
+// later proposals and votes) are anchored nowhere yet, so a cut of only
+// those entries still verifies.
+fn check_every_recorded_head(state_dir: &Path, database: &Path) -> Result<()> {
+    let mut previous: Option<AuditHead> = None;
+    for entry in countersign_activator::read_history(state_dir)? {
+        let countersign_activator::HistoryRecord::Accepted {
+            proposal,
+            audit_head,
+            ..
+        } = entry.record
+        else {
+            continue;
+        };
+        let Some(head) = audit_head else {
+            bail!(
+                "the activator accepted proposal {proposal} without an audit \
+                 head, so the server's log cannot be checked against it"
+            );
+        };
+        if let Some(previous) = previous
+            && head.seq < previous.seq
+        {
+            bail!(
+                "the audit head recorded with proposal {proposal} (entry {}) \
+                 is older than an earlier one (entry {}); the server's log \
+                 was rewritten",
+                head.seq,
+                previous.seq
+            );
+        }
+        let anchor = Anchor {
+            seq: head.seq,
+            hash: head.hash,
+        };
+        countersign_server::verify_audit(database, Some(anchor))
+            .with_context(|| {
+                format!(
+                    "the audit log lacks entry {} recorded when proposal \
+                     {proposal} was accepted",
+                    head.seq
+                )
+            })?;
+        previous = Some(head);
     }
     Ok(())
 }
