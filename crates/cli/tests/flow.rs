@@ -287,7 +287,10 @@ fn audit_verify_detects_cut_tail() {
         .join(countersign_server::DB_FILE);
     let connection = rusqlite::Connection::open(&database).unwrap();
     let error = connection
-        .execute("DELETE FROM audit WHERE seq = (SELECT MAX(seq) FROM audit)", [])
+        .execute(
+            "DELETE FROM audit WHERE seq = (SELECT MAX(seq) FROM audit)",
+            [],
+        )
         .unwrap_err();
     assert!(error.to_string().contains("append-only"), "{error}");
     connection
@@ -300,7 +303,10 @@ fn audit_verify_detects_cut_tail() {
 
     let (ok, output) = audit_verify(&environment);
     assert!(!ok, "a cut log must fail verification: {output}");
-    assert!(output.contains("cut") || output.contains("truncat"), "{output}");
+    assert!(
+        output.contains("cut") || output.contains("truncat"),
+        "{output}"
+    );
 }
 
 #[test]
@@ -313,7 +319,8 @@ fn trigger_token_only_creates_proposals() {
         &environment.layout.path("secrets/trigger-token"),
     )
     .unwrap();
-    let read = trigger.get_json::<Value>(&format!("/api/v1/proposals/{number}"));
+    let read =
+        trigger.get_json::<Value>(&format!("/api/v1/proposals/{number}"));
     assert!(read.is_err(), "the trigger token cannot read proposals");
     let signature = sign::sign(
         &environment.layout.key("phone"),
