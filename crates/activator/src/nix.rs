@@ -134,6 +134,13 @@ impl NixTools {
     }
 
     /// Points `profile` at `path` as a new generation.
+    ///
+    /// NOTE: this stays a `nix-env --set` call rather than writing the
+    /// links here. Besides the `P-N-link` generation and the atomic swap
+    /// of `P`, Nix 2.8 registers an indirect GC root under
+    /// `/nix/var/nix/gcroots/auto`, holds the target as a temporary root
+    /// against a concurrent garbage collection, and reuses the last
+    /// generation when it already points at `path`.
     pub(crate) fn set_profile(
         &self,
         profile: &Path,
