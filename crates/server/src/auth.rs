@@ -246,12 +246,18 @@ impl FromRequestParts<AppState> for Principal {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let value = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
-            ApiError::unauthorized(
+        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+            // Without a bearer token, a browser session of the web pages
+            // may authenticate the request.
+            if let Some(approver) = crate::web::session_approver(state, parts)?
+            {
+                return Ok(Principal::Approver(approver));
+            }
+            return Err(ApiError::unauthorized(
                 "missing Authorization header; send `Authorization: Bearer \
                  <token>` with a token from POST /api/v1/auth/login",
-            )
-        })?;
+            ));
+        };
         let token = value
             .to_str()
             .ok()

@@ -45,6 +45,9 @@ pub struct ServerConfig {
     /// commit without authentication. Off by default.
     #[serde(default)]
     pub metrics: bool,
+    /// The optional web pages with passkey sign-in and approval.
+    #[serde(default)]
+    pub web: Option<crate::web::WebConfig>,
 }
 
 /// The settings of forge webhooks.
@@ -223,6 +226,9 @@ impl ServerConfig {
             Some(webhook) => Some(read_webhook_secret(&webhook.secret_file)?),
             None => None,
         };
+        if let Some(web) = &self.web {
+            web.check().map_err(ConfigError::Invalid)?;
+        }
         Ok(Checked {
             listen,
             policy,

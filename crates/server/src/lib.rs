@@ -20,6 +20,7 @@ mod metrics;
 mod pipeline;
 mod state;
 mod votes;
+mod web;
 mod webhooks;
 
 use std::net::SocketAddr;
@@ -40,6 +41,7 @@ pub use config::{
     WebhookConfig,
 };
 pub use db::DB_FILE;
+pub use web::{CONTENT_SECURITY_POLICY, WebConfig};
 
 use crate::db::{AuditEvent, Context, Db, ProposalState};
 use crate::state::{AppState, Inner, PolicySource};
@@ -185,6 +187,8 @@ pub async fn start(
         trigger = checked.trigger_token.is_some(),
         "configuration loaded"
     );
+    let web = web::WebState::new(config.web.as_ref())
+        .map_err(ConfigError::Invalid)?;
     let (builds, build_queue) = tokio::sync::mpsc::unbounded_channel();
     let state = AppState::new(Inner {
         attribute: config.attribute(),
@@ -200,6 +204,7 @@ pub async fn start(
         numbering: tokio::sync::Mutex::new(()),
         builds,
         activations: Mutex::new(Default::default()),
+        web,
     });
 
     recover(&state)
@@ -227,7 +232,9 @@ pub async fn start(
     let periodic = tokio::spawn(periodic(state.clone()));
     let background = vec![builder, periodic];
     let (stop, stopped) = oneshot::channel::<()>();
-    let app = api::router(state, checked.webhook_secret);
+    let app = api::router(state.clone(), checked.webhook_secret);
+    let app = web::with_pages(app, state)
+        .into_make_service_with_connect_info::<SocketAddr>();
     let http = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
