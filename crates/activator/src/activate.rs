@@ -104,7 +104,15 @@ impl Activator {
         let statement = &accepted.statement;
         let proposal = statement.proposal;
 
-        self.warn_if_audit_head_went_back(audit_head);
+        if let Err(reason) = self.check_audit_head(audit_head) {
+            let refusal = Refusal {
+                proposal: Some(proposal),
+                statement_sha256: Some(accepted.statement_sha256),
+                reason,
+            };
+            self.refuse_locked(&mut history, refusal, events);
+            return;
+        }
         let record = HistoryRecord::Accepted {
             time: now(),
             proposal,
@@ -528,20 +536,41 @@ impl Activator {
     /// the last accepted proposal. The activation goes on, because a
     /// restored backup has the same effect; the audit verification of
     /// the server's log reports the cut.
-    fn warn_if_audit_head_went_back(&self, audit_head: Option<AuditHead>) {
-        let Ok(state) = state::read_state(&self.config.state_dir) else {
-            return;
+    /// Requires the server's audit head to be at or after the one
+    /// recorded at the last accepted proposal. A missing, older or
+    /// different head means the server's log was cut or rewritten, and
+    /// accepting it would let `audit verify` pass on the shorter log.
+    fn check_audit_head(
+        &self,
+        audit_head: Option<AuditHead>,
+    ) -> Result<(), String> {
+        let state = state::read_state(&self.config.state_dir)
+            .map_err(|error| error.to_string())?;
+        let Some(recorded) = state.audit_head else {
+            return Ok(());
         };
-        if let Some(recorded) = state.audit_head
-            && audit_head.is_none_or(|head| head.seq < recorded.seq)
-        {
-            tracing::warn!(
-                recorded_seq = recorded.seq,
-                sent_seq = audit_head.map(|head| head.seq),
-                "the server's audit log is shorter than at the last \
-                 accepted proposal"
-            );
+        let went_back = match audit_head {
+            None => true,
+            Some(head) => {
+                head.seq < recorded.seq
+                    || (head.seq == recorded.seq && head.hash != recorded.hash)
+            }
+        };
+        if went_back {
+            return Err(format!(
+                "the server's audit log (entry {}) is behind or differs from \
+                 entry {} recorded at the last accepted proposal, so it was \
+                 cut or rewritten; restore the log, or, to accept the \
+                 shorter log on purpose, remove audit_head from {} as root",
+                audit_head.map_or_else(
+                    || "none".to_owned(),
+                    |head| { head.seq.to_string() }
+                ),
+                recorded.seq,
+                self.config.state_dir.join(state::STATE_FILE).display()
+            ));
         }
+        Ok(())
     }
 
     /// Builds the reply to a status request.

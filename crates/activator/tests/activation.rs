@@ -339,3 +339,48 @@ fn prepare_fills_caches_for_activation() {
         [format!("switch {}", world.target)]
     );
 }
+
+#[test]
+fn audit_head_going_back_is_refused() {
+    let world = World::build(WorldOptions::default());
+    let activator = Activator::start(&world, "");
+    let head = AuditHead {
+        seq: 7,
+        hash: Sha256Digest::of(b"server audit entry 7"),
+    };
+    let first = approved(&world.statement(&policy_text(), 1));
+    let (outcome, _, message) =
+        finished(&activator.activate_with_head(&first, Some(head)));
+    assert_eq!(outcome, Outcome::Activated, "{message}");
+
+    // The base runs again, as after a rollback on the console, so only
+    // the audit head decides.
+    set_profile(&activator.profile, &world.base);
+    let second = approved(&world.statement(&policy_text(), 2));
+    let rewritten = AuditHead {
+        seq: 7,
+        hash: Sha256Digest::of(b"another entry 7"),
+    };
+    let older = AuditHead {
+        seq: 3,
+        hash: Sha256Digest::of(b"server audit entry 3"),
+    };
+    for sent in [None, Some(older), Some(rewritten)] {
+        let (outcome, _, message) =
+            finished(&activator.activate_with_head(&second, sent));
+        assert_eq!(outcome, Outcome::Refused, "{sent:?}: {message}");
+        assert!(message.contains("audit log"), "{message}");
+        assert_eq!(activator.profile_target(), world.base.as_path());
+    }
+    let state = read_state(&activator.state_dir).unwrap();
+    assert_eq!(state.audit_head, Some(head));
+    assert_eq!(state.last_proposal, 1);
+
+    let newer = AuditHead {
+        seq: 9,
+        hash: Sha256Digest::of(b"server audit entry 9"),
+    };
+    let (outcome, _, message) =
+        finished(&activator.activate_with_head(&second, Some(newer)));
+    assert_eq!(outcome, Outcome::Activated, "{message}");
+}
