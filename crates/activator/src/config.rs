@@ -54,6 +54,13 @@ pub struct Config {
     /// writable by that user.
     #[serde(default)]
     pub evaluator_user: Option<String>,
+    /// Whether a `prepare` request may evaluate an unapproved source as
+    /// the activator's own user when `evaluator_user` is unset. Off by
+    /// default, because nothing from a proposal may run as root before it
+    /// is approved; single-user Nix set-ups without a daemon (the demo)
+    /// turn it on to keep the last approval fast.
+    #[serde(default)]
+    pub prepare_as_root: bool,
     #[serde(default)]
     pub nix: NixSettings,
 }

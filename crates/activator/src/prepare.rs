@@ -95,6 +95,15 @@ impl Activator {
         if !self.config.verify_evaluation {
             return Ok(None);
         }
+        if self.config.evaluator_user.is_none() && !self.config.prepare_as_root
+        {
+            tracing::info!(
+                source = %source,
+                "evaluation deferred until a quorum approves: no \
+                 evaluator_user is set"
+            );
+            return Ok(None);
+        }
         self.evaluate(source, nar_hash, attribute, events).map(Some)
     }
 }

@@ -253,7 +253,8 @@ fn progress_messages(events: &[Event], step: Step) -> Vec<String> {
 #[test]
 fn prepare_fills_caches_for_activation() {
     let world = World::build(WorldOptions::default());
-    let activator = Activator::start_recording_nix(&world);
+    let activator =
+        Activator::start_recording_nix(&world, "prepare_as_root = true");
     let source = &world.source;
     let events = activator.prepare(
         &source.store_path,
@@ -383,4 +384,35 @@ fn audit_head_going_back_is_refused() {
     let (outcome, _, message) =
         finished(&activator.activate_with_head(&second, Some(newer)));
     assert_eq!(outcome, Outcome::Activated, "{message}");
+}
+
+#[test]
+fn prepare_defers_evaluation_without_evaluator() {
+    let world = World::build(WorldOptions::default());
+    let activator = Activator::start_recording_nix(&world, "");
+    let source = &world.source;
+    let events = activator.prepare(
+        &source.store_path,
+        &source.nar_hash,
+        &world.attribute,
+    );
+
+    assert_eq!(
+        events.last(),
+        Some(&Event::Prepared { target: None }),
+        "{events:?}\n{}",
+        activator.log()
+    );
+    let calls = activator.nix_calls();
+    let evaluations = calls.iter().filter(|call| call.contains(" eval "));
+    assert_eq!(evaluations.count(), 0, "{calls:?}");
+
+    // The approved certificate is still evaluated before the switch.
+    let statement = world.statement(&policy_text(), 1);
+    let (outcome, _, message) =
+        finished(&activator.activate(&approved(&statement)));
+    assert_eq!(outcome, Outcome::Activated, "{message}");
+    let calls = activator.nix_calls();
+    let evaluations = calls.iter().filter(|call| call.contains(" eval "));
+    assert_eq!(evaluations.count(), 1, "{calls:?}");
 }

@@ -411,7 +411,10 @@ fn assert_prepare_refused(
 
 #[test]
 fn prepare_with_wrong_nar_hash_is_refused() {
-    let activator = Activator::start_recording_nix(&shared_world().world);
+    let activator = Activator::start_recording_nix(
+        &shared_world().world,
+        "prepare_as_root = true",
+    );
     let world = &shared_world().world;
     let events = activator.prepare(
         &world.source.store_path,
@@ -448,7 +451,10 @@ fn prepare_of_missing_source_is_refused() {
 
 #[test]
 fn prepare_checks_values_before_nix() {
-    let activator = Activator::start_recording_nix(&shared_world().world);
+    let activator = Activator::start_recording_nix(
+        &shared_world().world,
+        "prepare_as_root = true",
+    );
     let world = &shared_world().world;
     let source = &world.source;
     let cases = [
@@ -466,7 +472,8 @@ fn prepare_checks_values_before_nix() {
 
 #[test]
 fn input_addressed_source_is_not_recorded() {
-    let activator = start();
+    let activator =
+        Activator::start(&shared_world().world, "prepare_as_root = true");
     let world = &shared_world().world;
     // A built system is input-addressed: the store path is valid and has
     // this NAR hash, but its name does not bind its content.

@@ -224,7 +224,8 @@ pub async fn detail(state: &AppState, number: u64) -> Result<Value, ApiError> {
             })
         })
         .collect();
-    Ok(json!({
+    let forge_fields = crate::integrations::detail_fields(state, &row).await?;
+    let mut detail = json!({
         "number": row.number,
         "state": row.state,
         "host": state.config.host,
@@ -244,7 +245,11 @@ pub async fn detail(state: &AppState, number: u64) -> Result<Value, ApiError> {
         "quorum": quorum,
         "error": row.error,
         "activation": events,
-    }))
+    });
+    if let Value::Object(map) = &mut detail {
+        map.extend(forge_fields);
+    }
+    Ok(detail)
 }
 
 /// Reads one column of a proposal that exists only once it was built.

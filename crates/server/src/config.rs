@@ -45,6 +45,22 @@ pub struct ServerConfig {
     /// commit without authentication. Off by default.
     #[serde(default)]
     pub metrics: bool,
+    /// The address of a proposal's page, with `{number}` for its number,
+    /// linked from commit statuses and notifications.
+    #[serde(default)]
+    pub proposal_url: Option<String>,
+    /// The optional CI gate: checks that must succeed first.
+    #[serde(default)]
+    pub ci: Option<crate::ci_gate::CiConfig>,
+    /// The optional commit statuses posted back to the forge.
+    #[serde(default)]
+    pub commit_status: Option<crate::forge_status::CommitStatusConfig>,
+    /// The optional requirement that proposed commits are signed.
+    #[serde(default)]
+    pub signed_commits: Option<crate::signed_commits::SignedCommitsConfig>,
+    /// The optional notifications through ntfy and a JSON webhook.
+    #[serde(default)]
+    pub notify: Option<crate::notify::NotifyConfig>,
     /// The optional web pages with passkey sign-in and approval.
     #[serde(default)]
     pub web: Option<crate::web::WebConfig>,
@@ -137,6 +153,7 @@ pub(crate) struct Checked {
     pub(crate) policy_bytes: Vec<u8>,
     pub(crate) trigger_token: Option<String>,
     pub(crate) webhook_secret: Option<Vec<u8>>,
+    pub(crate) integrations: crate::integrations::Integrations,
 }
 
 impl ServerConfig {
@@ -229,12 +246,15 @@ impl ServerConfig {
         if let Some(web) = &self.web {
             web.check().map_err(ConfigError::Invalid)?;
         }
+        let integrations = crate::integrations::Integrations::load(self)
+            .map_err(ConfigError::Invalid)?;
         Ok(Checked {
             listen,
             policy,
             policy_bytes,
             trigger_token,
             webhook_secret,
+            integrations,
         })
     }
 

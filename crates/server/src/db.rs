@@ -239,6 +239,9 @@ pub struct BuiltProposal<'a> {
 /// The shared database connection.
 pub struct Db {
     connection: Mutex<Connection>,
+    /// Counts the calls that changed rows, so that tasks following the
+    /// audit log wake without polling.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Db {
@@ -265,6 +268,7 @@ impl Db {
         migrate(&mut connection)?;
         Ok(Arc::new(Self {
             connection: Mutex::new(connection),
+            changes: tokio::sync::watch::Sender::new(0),
         }))
     }
 
@@ -292,7 +296,21 @@ impl Db {
             .connection
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        work(&mut connection)
+        let before = connection.total_changes();
+        let result = work(&mut connection);
+        let changed = connection.total_changes() != before;
+        drop(connection);
+        if changed {
+            self.changes
+                .send_modify(|count| *count = count.wrapping_add(1));
+        }
+        result
+    }
+
+    /// Returns a receiver that sees a new value after each call that
+    /// changed rows, committed or not.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 }
 

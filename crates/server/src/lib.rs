@@ -14,10 +14,16 @@ mod api;
 mod api_error;
 mod audit;
 mod auth;
+mod ci_gate;
 mod config;
 mod db;
+mod forge_status;
+mod integrations;
 mod metrics;
+mod notify;
+mod outbound;
 mod pipeline;
+mod signed_commits;
 mod state;
 mod votes;
 mod web;
@@ -36,11 +42,15 @@ pub use api::REQUEST_TIMEOUT;
 pub use api_error::MAX_BODY_BYTES;
 pub use audit::{AuditSummary, AuditVerifyError, verify_audit};
 pub use auth::{CHALLENGE_LIFETIME_SECS, TOKEN_LIFETIME_SECS};
+pub use ci_gate::CiConfig;
 pub use config::{
     ConfigError, NixConfig, RepositoryConfig, ServerConfig, TriggerConfig,
     WebhookConfig,
 };
 pub use db::DB_FILE;
+pub use forge_status::{CommitStatusConfig, ForgeApi};
+pub use notify::{NotifyConfig, NotifyEvent, NotifyWebhookConfig, NtfyConfig};
+pub use signed_commits::SignedCommitsConfig;
 pub use web::{CONTENT_SECURITY_POLICY, WebConfig};
 
 use crate::db::{AuditEvent, Context, Db, ProposalState};
@@ -204,6 +214,7 @@ pub async fn start(
         numbering: tokio::sync::Mutex::new(()),
         builds,
         activations: Mutex::new(Default::default()),
+        integrations: checked.integrations,
         web,
     });
 
@@ -230,7 +241,23 @@ pub async fn start(
 
     let builder = tokio::spawn(pipeline::worker(state.clone(), build_queue));
     let periodic = tokio::spawn(periodic(state.clone()));
-    let background = vec![builder, periodic];
+    let mut background = vec![builder, periodic];
+    match integrations::start(&state).await {
+        Ok(tasks) => background.extend(tasks),
+        Err(source) => {
+            for task in &background {
+                task.abort();
+            }
+            return Err(ServerError::Database {
+                path: state
+                    .state_dir()
+                    .join(db::DB_FILE)
+                    .display()
+                    .to_string(),
+                source,
+            });
+        }
+    }
     let (stop, stopped) = oneshot::channel::<()>();
     let app = api::router(state.clone(), checked.webhook_secret);
     let app = web::with_pages(app, state)

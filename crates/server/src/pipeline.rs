@@ -253,6 +253,12 @@ fn build_steps(
             .map_err(|error| error.to_string())?;
     }
 
+    if let Some(signer) =
+        crate::signed_commits::check_proposal(state, number, &mirror, &commit)?
+    {
+        log.step(&format!("commit {commit} is signed by {signer}"));
+    }
+
     let git_done = Instant::now();
     log.step("copying the commit into the Nix store");
     let source = countersign_nix::fetch_source(&state.nix, &mirror, &commit)

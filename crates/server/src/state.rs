@@ -29,6 +29,8 @@ pub struct Inner {
     pub builds: tokio::sync::mpsc::UnboundedSender<crate::pipeline::BuildJob>,
     /// Proposals whose activation request is in flight in this process.
     pub activations: Mutex<HashSet<u64>>,
+    /// The CI gate, commit statuses, signed commits and notifications.
+    pub integrations: crate::integrations::Integrations,
     /// Browser sessions, passkey challenges and rate limits.
     pub web: crate::web::WebState,
 }

@@ -44,6 +44,10 @@ pub async fn vote(
         .await?
         .ok_or_else(|| ApiError::proposal_not_found(number))?;
     check_open(state, number, row.state, row.expires).await?;
+    if verdict == Verdict::Approve {
+        crate::ci_gate::check_approval(state, number, row.commit.as_deref())
+            .await?;
+    }
     let statement_bytes = row.statement.unwrap_or_default();
     let statement = Statement::parse(&statement_bytes).map_err(|error| {
         ApiError::internal("reading the stored statement", &error)
@@ -78,6 +82,7 @@ pub async fn vote(
         },
     )?;
 
+    let ci = state.integrations.ci.clone();
     let job = state
         .db
         .run(move |connection| {
@@ -91,6 +96,7 @@ pub async fn vote(
                 reason.as_deref(),
                 &uploaded_by,
                 statement_bytes,
+                ci.as_deref(),
             )?;
             if result.is_ok() {
                 tx.commit().context("commit")?;
@@ -185,6 +191,7 @@ fn record(
     reason: Option<&str>,
     uploaded_by: &str,
     statement: Vec<u8>,
+    ci: Option<&crate::ci_gate::CiConfig>,
 ) -> Result<Result<Option<ActivationJob>, ApiError>, DbError> {
     // The state may have changed while the signature was checked.
     let Some(row) = db::proposal(tx, number)? else {
@@ -257,6 +264,10 @@ fn record(
     let votes = db::votes(tx, number)?;
     let (approvers, approvals) = counted_approvals(policy, &votes);
     if policy.check_quorum(&approvers).is_err() {
+        return Ok(Ok(None));
+    }
+    // A required check that has not succeeded holds the certificate back.
+    if crate::ci_gate::hold(tx, ci, number, row.commit.as_deref())? {
         return Ok(Ok(None));
     }
     db::set_state(

@@ -211,6 +211,10 @@ async fn handle(
     if forge == Forge::GitHub && event == "ping" {
         return Ok((StatusCode::OK, json!({ "status": "pong" })));
     }
+    if crate::ci_gate::is_status_event(forge.name(), event) {
+        return crate::ci_gate::receive(state, forge.name(), event, body)
+            .await;
+    }
     if !forge.is_push(event) {
         return Ok(ignored(format!(
             "event {:?} is not a push; only push events start proposals",

@@ -449,8 +449,8 @@ impl Activator {
     /// Starts an activator whose `nix` is a wrapper that appends its
     /// arguments to [`Activator::nix_calls`] and runs the real `nix`,
     /// so that a test can see which queries and evaluations ran.
-    pub fn start_recording_nix(world: &World) -> Self {
-        let mut activator = Self::start(world, "");
+    pub fn start_recording_nix(world: &World, extra_config: &str) -> Self {
+        let mut activator = Self::start(world, extra_config);
         activator.stop();
         let bin = activator.dir.path().join("bin");
         fs::create_dir(&bin).unwrap();

@@ -566,7 +566,10 @@ fn write_configs(
          socket = \"{socket}\"\n\
          profile = \"{profile}\"\n\
          current_system = \"{profile}\"\n\
-         verify_evaluation = true\n\n\
+         verify_evaluation = true\n\
+         # Single-user Nix without a daemon has no other user to evaluate\n\
+         # as, so proposals are evaluated as root before approval.\n\
+         prepare_as_root = true\n\n\
          [nix]\n\
          options = {{ {nix_table} }}\n",
         policy = layout.path("policy.toml").display(),
