@@ -638,6 +638,52 @@ mod tests {
         }
     }
 
+    /// Uncomments the forge sections of the example configuration and
+    /// the `proposal_url` line.
+    fn example_with_forge_sections() -> String {
+        let example = include_str!("../../../examples/server.toml");
+        let mut inside = false;
+        let mut lines = Vec::new();
+        for line in example.lines() {
+            if line.starts_with("# [ci]") {
+                inside = true;
+            }
+            if line.starts_with("[nix]") {
+                inside = false;
+            }
+            let setting = line.strip_prefix("# ").filter(|rest| {
+                rest.starts_with('[')
+                    || rest.split_once(" = ").is_some_and(|(key, _)| {
+                        key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    })
+            });
+            match setting {
+                Some(rest) if inside || rest.starts_with("proposal_url") => {
+                    lines.push(rest)
+                }
+                _ => lines.push(line),
+            }
+        }
+        lines.join("\n")
+    }
+
+    #[test]
+    fn example_forge_sections_parse() {
+        let config = ServerConfig::parse(&example_with_forge_sections())
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(config.ci.unwrap().required, ["ci/build"]);
+        let status = config.commit_status.unwrap();
+        assert_eq!(status.forge, crate::forge_status::ForgeApi::GitHub);
+        assert!(
+            config.signed_commits.unwrap().check().is_err(),
+            "the files do not exist here"
+        );
+        let notify = config.notify.unwrap();
+        assert!(notify.ntfy.is_some());
+        assert!(notify.webhook.is_some());
+        assert!(config.proposal_url.unwrap().contains(NUMBER_PLACEHOLDER));
+    }
+
     #[test]
     fn blocked_failure_keeps_its_reason() {
         let reaction = reaction(
