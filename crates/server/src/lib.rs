@@ -51,6 +51,8 @@ pub use db::DB_FILE;
 pub use forge_status::{CommitStatusConfig, ForgeApi};
 pub use notify::{NotifyConfig, NotifyEvent, NotifyWebhookConfig, NtfyConfig};
 pub use signed_commits::SignedCommitsConfig;
+#[doc(hidden)]
+pub use web::bench_proposal_page;
 pub use web::{CONTENT_SECURITY_POLICY, WebConfig};
 
 use crate::db::{AuditEvent, Context, Db, ProposalState};

@@ -183,3 +183,13 @@ pub fn session_approver(
     }
     Ok(Some(approver))
 }
+
+/// Renders the proposal page of a diff document for a made-up
+/// proposal, without a database or a session. For the benchmark of
+/// page generation only; not a stable interface.
+#[doc(hidden)]
+pub fn bench_proposal_page(
+    document: &countersign_nix::diff::DiffDocument,
+) -> String {
+    pages::render_detached(document)
+}

@@ -1056,3 +1056,49 @@ mod tests {
         );
     }
 }
+
+/// Renders the proposal page of `document` for a made-up proposal,
+/// without a database or a session: what a page request costs beyond
+/// reading its row.
+pub fn render_detached(
+    document: &countersign_nix::diff::DiffDocument,
+) -> String {
+    let view = ProposalView {
+        number: 1,
+        state: "awaiting-approval".into(),
+        live: true,
+        host: "bench".into(),
+        commit: "0".repeat(40),
+        subject: "A large change".into(),
+        requested_by: "trigger".into(),
+        created_utc: utc_text(0),
+        created_age: age_text(0, 0),
+        expires_utc: Some(utc_text(3600)),
+        base: None,
+        target: None,
+        statement_sha256: Some("0".repeat(64)),
+        error: String::new(),
+        have: 0,
+        threshold: 2,
+        missing_required: String::new(),
+        votes: Vec::new(),
+        can_vote: true,
+        viewer: "phone".into(),
+        vote_note: String::new(),
+        activation: Vec::new(),
+        activation_after: 0,
+        log: String::new(),
+        log_lines: 0,
+        log_offset: 0,
+    };
+    let page = ProposalPage {
+        layout: Layout {
+            title: "Proposal #1".into(),
+            host: "bench".into(),
+            approver: Some("phone".into()),
+        },
+        p: view,
+        diff: Some(DiffView::new(document)),
+    };
+    page.render().unwrap_or_default()
+}
