@@ -14,15 +14,19 @@ pub mod protocol;
 pub mod sshsig;
 pub mod statement;
 pub mod store_path;
+pub mod webauthn;
 
 #[cfg(test)]
 mod test_keys;
 
 pub use certificate::{
-    Certificate, CertificateError, Verdict, VerifiedCertificate, Vote,
-    VoteSignature, verify_certificate, verify_vote,
+    Certificate, CertificateError, SignCounter, Verdict, VerifiedCertificate,
+    VerifiedVote, Vote, VoteSignature, verify_certificate, verify_vote,
+    verify_vote_detailed,
 };
 pub use digest::Sha256Digest;
-pub use policy::{Approver, ApproverKey, ApproverName, Policy, PolicyError};
+pub use policy::{
+    Approver, ApproverKey, ApproverName, Policy, PolicyError, WebAuthnSettings,
+};
 pub use statement::{Action, STATEMENT_FORMAT, Source, Statement};
 pub use store_path::{StorePath, StorePathError};
