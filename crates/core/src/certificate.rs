@@ -59,7 +59,7 @@ impl VoteSignature {
         }
     }
 
-    /// The kind of signature, as the `kind` field names it.
+    /// Names the kind of signature as the `kind` field does.
     pub fn kind(&self) -> &'static str {
         match self {
             VoteSignature::Ssh { .. } => "ssh",
@@ -151,7 +151,7 @@ impl VerifiedCertificate {
         &self.approvers
     }
 
-    /// The signature counters of the WebAuthn approvals, one per
+    /// Returns the signature counters of the WebAuthn approvals, one per
     /// approval, in certificate order.
     pub fn webauthn_counters(&self) -> &[SignCounter] {
         &self.counters
@@ -620,7 +620,7 @@ mod tests {
             )
         }
 
-        /// A policy of one SSH approver (laptop) and two WebAuthn
+        /// Builds a policy of one SSH approver (laptop) and two WebAuthn
         /// approvers: a passkey and a security key that must verify the
         /// user.
         fn fixture(threshold: usize) -> Fixture {

@@ -69,7 +69,7 @@ pub enum ApproverKey {
 }
 
 impl ApproverKey {
-    /// The kind of key, as votes name it: `ssh` or `webauthn`.
+    /// Names the kind of key as votes do: `ssh` or `webauthn`.
     pub fn kind(&self) -> &'static str {
         match self {
             ApproverKey::Ssh(_) => "ssh",
@@ -90,7 +90,7 @@ pub struct WebAuthnSettings {
 }
 
 impl WebAuthnSettings {
-    /// What an assertion over `challenge` must contain.
+    /// Returns the values an assertion over `challenge` must contain.
     pub fn expected_assertion(
         &self,
         challenge: [u8; 32],
@@ -104,7 +104,8 @@ impl WebAuthnSettings {
         }
     }
 
-    /// What a registration response over `challenge` must contain.
+    /// Returns the values a registration response over `challenge` must
+    /// contain.
     pub fn expected_registration(
         &self,
         challenge: [u8; 32],

@@ -2,9 +2,9 @@
 //!
 //! # How a WebAuthn approval works
 //!
-//! An approver enrols once: the browser asks an authenticator (a phone's
-//! passkey store, a YubiKey, a laptop's platform authenticator) to create
-//! a key pair for this relying party. The public key and the credential
+//! An approver enrols once: the browser requests that an authenticator
+//! (a phone's passkey store, a YubiKey, a laptop's platform
+//! authenticator) create a key pair for this relying party. The public key and the credential
 //! id come back in an attestation object; [`parse_registration`] checks
 //! it and [`RegisteredCredential::to_policy_toml`] prints the policy
 //! entry that an administrator pastes into the root-owned policy file.
@@ -157,15 +157,30 @@ impl WebAuthnCredential {
         })
     }
 
-    /// The credential id as base64url without padding, as the policy and
-    /// the browser's `PublicKeyCredential.id` write it.
+    /// Encodes the credential id as base64url without padding, as the
+    /// policy and the browser's `PublicKeyCredential.id` write it.
     pub fn credential_id_base64url(&self) -> String {
         URL_SAFE_NO_PAD.encode(&self.credential_id)
     }
+
+    /// Describes the credential in one line for people comparing
+    /// policies: the algorithm, the start of the credential id and the
+    /// SHA-256 fingerprint of the raw public key, written like OpenSSH's.
+    pub fn summary(&self) -> String {
+        let id = self.credential_id_base64url();
+        let shown: String = id.chars().take(16).collect();
+        let ellipsis = if shown.len() < id.len() { "…" } else { "" };
+        let fingerprint = base64::engine::general_purpose::STANDARD_NO_PAD
+            .encode(Sha256::digest(self.public_key.key_bytes()));
+        format!(
+            "webauthn {} credential {shown}{ellipsis} SHA256:{fingerprint}",
+            self.algorithm
+        )
+    }
 }
 
-/// What a valid assertion must contain, all from configuration and the
-/// statement, never from the request being judged.
+/// The values a valid assertion must contain, all taken from the
+/// configuration and the statement, never from the request being judged.
 #[derive(Debug, Clone, Copy)]
 pub struct ExpectedAssertion<'a> {
     /// The relying party id, a domain such as `countersign.example.org`.
@@ -213,7 +228,7 @@ impl Assertion {
     }
 }
 
-/// What a verified assertion reported.
+/// The counter and flags of a verified assertion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AssertionInfo {
     /// The signature counter; pass it to [`check_counter`] with the
@@ -333,6 +348,7 @@ pub fn verify_assertion(
         MAX_AUTHENTICATOR_DATA_BYTES,
     )?;
     check_size("signature", assertion.signature.len(), MAX_SIGNATURE_BYTES)?;
+
     if assertion.credential_id != credential.credential_id {
         return Err(WebAuthnError::WrongCredential {
             found: URL_SAFE_NO_PAD.encode(&assertion.credential_id),
@@ -345,6 +361,7 @@ pub fn verify_assertion(
         &expected.challenge,
         expected.origins,
     )?;
+
     let data = AuthenticatorData::parse(&assertion.authenticator_data)?;
     data.check_rp_id(expected.rp_id)?;
     data.check_user(expected.require_user_verification)?;
@@ -364,6 +381,7 @@ pub fn verify_assertion(
                 .into(),
         ));
     }
+
     let message = signed_message(
         &assertion.authenticator_data,
         &assertion.client_data_json,
@@ -378,8 +396,8 @@ pub fn verify_assertion(
 }
 
 /// Checks a new signature counter against the stored one. Both zero
-/// means the authenticator does not count and passes; otherwise the new
-/// value must be greater, so it never goes back, not even to zero.
+/// means that the authenticator does not count, which passes. Otherwise
+/// the new value must be greater, so it never goes back, even to zero.
 pub fn check_counter(stored: u32, new: u32) -> Result<(), WebAuthnError> {
     if (stored == 0 && new == 0) || new > stored {
         Ok(())
@@ -421,7 +439,8 @@ pub fn decode_base64url(
         .map_err(|_| WebAuthnError::Encoding { field })
 }
 
-/// The bytes a WebAuthn signature covers.
+/// Concatenates the bytes a WebAuthn signature covers:
+/// `authenticatorData || SHA-256(clientDataJSON)`.
 fn signed_message(
     authenticator_data: &[u8],
     client_data_json: &[u8],

@@ -38,8 +38,8 @@ struct CollectedClientData {
     top_origin: Member,
 }
 
-/// A member that may be absent. Unlike `Option`, it tells an absent
-/// member from one whose value is `null`.
+/// A member that may be absent. Unlike `Option`, it distinguishes an
+/// absent member from one whose value is `null`.
 #[derive(Default)]
 struct Member(Option<serde_json::Value>);
 

@@ -116,12 +116,12 @@ impl CredentialPublicKey {
         })
     }
 
-    /// The COSE_Key bytes as registered.
+    /// Returns the COSE_Key bytes as registered.
     pub fn cose_bytes(&self) -> &[u8] {
         &self.cose
     }
 
-    /// The algorithm this key verifies.
+    /// Returns the algorithm this key verifies.
     pub fn algorithm(&self) -> Algorithm {
         match self.key {
             VerifyingKey::P256(_) => Algorithm::Es256,
@@ -129,8 +129,8 @@ impl CredentialPublicKey {
         }
     }
 
-    /// The raw public key: the uncompressed SEC1 point for P-256, the 32
-    /// key bytes for Ed25519. Two credentials with equal raw keys are the
+    /// Returns the raw public key: the uncompressed SEC1 point for P-256,
+    /// the 32 key bytes for Ed25519. Two credentials with equal raw keys are the
     /// same key whatever their COSE encoding.
     pub fn key_bytes(&self) -> Vec<u8> {
         match &self.key {
@@ -207,8 +207,8 @@ fn strict_der_signature(
     Ok(signature)
 }
 
-/// The key-type parameters of a COSE_Key (negative labels), each at most
-/// once, which coset already guarantees.
+/// The key-type parameters of a COSE_Key (negative labels). Each label
+/// appears at most once because coset rejects repeated map keys.
 struct Params<'a> {
     crv: Option<&'a Value>,
     x: Option<&'a Value>,

@@ -23,7 +23,7 @@ use crate::policy::ApproverName;
 /// takes a few kilobytes.
 pub const MAX_ATTESTATION_OBJECT_BYTES: usize = 64 * 1024;
 
-/// What a valid registration response must contain.
+/// The values a valid registration response must contain.
 #[derive(Debug, Clone, Copy)]
 pub struct ExpectedRegistration<'a> {
     pub rp_id: &'a str,
@@ -83,7 +83,7 @@ impl RegisteredCredential {
         text
     }
 
-    /// The credential as a policy would hold it.
+    /// Builds the credential as a policy would contain it.
     pub fn credential(&self) -> Result<WebAuthnCredential, WebAuthnError> {
         Ok(WebAuthnCredential {
             credential_id: self.credential_id.clone(),
@@ -112,7 +112,8 @@ impl RegisteredCredential {
 /// verified with the credential's own key.
 // NOTE: a packed attestation with a certificate chain (x5c) is accepted
 // without verifying the chain or its signature, exactly as if it were
-// "none"; countersign does not trust authenticator vendors' roots.
+// "none", because countersign does not trust authenticator vendors'
+// roots.
 pub fn parse_registration(
     attestation_object: &[u8],
     client_data_json: &[u8],
@@ -134,6 +135,7 @@ pub fn parse_registration(
         &expected.challenge,
         expected.origins,
     )?;
+
     let object = AttestationObject::parse(attestation_object)?;
     let data = AuthenticatorData::parse(&object.auth_data)?;
     data.check_rp_id(expected.rp_id)?;
@@ -145,6 +147,7 @@ pub fn parse_registration(
                 .into(),
         )
     })?;
+
     let algorithm =
         Algorithm::from_cose(cose_algorithm(attested.public_key)?)?;
     let public_key =

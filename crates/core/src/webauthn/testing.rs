@@ -77,7 +77,7 @@ impl TestAuthenticator {
         }
     }
 
-    /// The public key as COSE_Key bytes, encoded like authenticators do:
+    /// Encodes the public key as COSE_Key bytes like authenticators do:
     /// kty, alg, crv, x and (for EC2) y.
     pub fn cose_public_key(&self) -> Vec<u8> {
         let key = match &self.key {
@@ -109,8 +109,8 @@ impl TestAuthenticator {
         key.to_vec().expect("a COSE key encodes")
     }
 
-    /// The credential as a policy holds it, without a recorded backup
-    /// eligibility.
+    /// Builds the credential as a policy contains it, without a recorded
+    /// backup eligibility.
     pub fn credential(&self) -> WebAuthnCredential {
         let algorithm = self.algorithm();
         WebAuthnCredential {
@@ -125,7 +125,7 @@ impl TestAuthenticator {
         }
     }
 
-    /// The inline TOML table of this credential for a policy's
+    /// Writes the inline TOML table of this credential for a policy's
     /// `webauthn = ...` line.
     pub fn policy_entry(&self) -> String {
         format!(

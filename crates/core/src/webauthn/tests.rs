@@ -970,6 +970,22 @@ fn policy_fields_build_credential() {
     assert_eq!(error, WebAuthnError::CredentialIdLength(0));
 }
 
+#[test]
+fn summary_names_algorithm_and_fingerprint() {
+    let device = authenticator(Algorithm::EdDsa);
+    let summary = device.credential().summary();
+    let id = encode_base64url(&device.credential_id);
+    assert!(
+        summary.starts_with("webauthn EdDSA credential "),
+        "{summary}"
+    );
+    assert!(summary.contains(&id[..16]), "{summary}");
+    assert!(summary.contains(" SHA256:"), "{summary}");
+    let other =
+        TestAuthenticator::new(Algorithm::EdDsa, b"tablet", RP_ID, ORIGIN);
+    assert_ne!(other.credential().summary(), summary);
+}
+
 // Registration.
 
 /// A predicate that tells whether an error is the expected one.
