@@ -6,9 +6,10 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use countersign_core::protocol::{AuditHead, Event, Outcome, Step};
+use countersign_core::webauthn::{self, encode_base64url};
 use countersign_core::{
-    Action, Certificate, Policy, Sha256Digest, Statement, StorePath,
-    verify_certificate,
+    Action, Certificate, Policy, Sha256Digest, SignCounter, Statement,
+    StorePath, verify_certificate,
 };
 
 use crate::config::Config;
@@ -16,7 +17,7 @@ use crate::evaluation::{self, Provenance};
 use crate::history::{History, HistoryRecord};
 use crate::nix::NixTools;
 use crate::source_check::{self, SourceCheck};
-use crate::state;
+use crate::state::{self, ActivatorState};
 use crate::system::{self, SWITCH_SCRIPT};
 
 /// Where the events of one request go. Sending never fails: a client
@@ -48,6 +49,9 @@ struct Accepted {
     statement: Statement,
     statement_sha256: Sha256Digest,
     approvers: Vec<String>,
+    /// The signature counters of the WebAuthn approvals, stored with the
+    /// acceptance.
+    counters: Vec<SignCounter>,
 }
 
 /// The privileged side of the socket: its configuration, the history
@@ -126,6 +130,7 @@ impl Activator {
         let recorded = history.record(&record, |state| {
             state.last_proposal = proposal;
             state.audit_head = audit_head;
+            store_counters(state, &accepted.counters);
         });
         if let Err(error) = recorded {
             let refusal = Refusal {
@@ -288,6 +293,8 @@ impl Activator {
                 statement.proposal, state.last_proposal
             )));
         }
+        let counters = verified.webauthn_counters().to_vec();
+        check_counters(&state, &counters).map_err(refuse)?;
 
         let source = &statement.source;
         self.check_source(
@@ -304,6 +311,7 @@ impl Activator {
             statement,
             statement_sha256,
             approvers,
+            counters,
         })
     }
 
@@ -591,6 +599,43 @@ impl Activator {
             last_proposal: state.last_proposal,
             audit_head: state.audit_head,
         })
+    }
+}
+
+/// Rejects a WebAuthn approval whose signature counter did not grow past
+/// the one stored for its credential, which suggests a cloned
+/// authenticator.
+// NOTE: an approval made before a later-numbered one that was accepted
+// first carries a smaller counter and is rejected here, so its approver
+// must approve again.
+fn check_counters(
+    state: &ActivatorState,
+    counters: &[SignCounter],
+) -> Result<(), String> {
+    for counter in counters {
+        let id = encode_base64url(&counter.credential_id);
+        let stored = state.webauthn_counters.get(&id).copied().unwrap_or(0);
+        if let Err(error) = webauthn::check_counter(stored, counter.sign_count)
+        {
+            return Err(format!(
+                "the WebAuthn approval of approver {} (credential {id}) is \
+                 rejected: {error}; approve again with the same device, and \
+                 if its counter still does not grow, replace the credential \
+                 in the policy",
+                counter.approver
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Stores the counters of an accepted certificate. A stored counter only
+/// grows, even if a caller passes a smaller one.
+fn store_counters(state: &mut ActivatorState, counters: &[SignCounter]) {
+    for counter in counters {
+        let id = encode_base64url(&counter.credential_id);
+        let stored = state.webauthn_counters.entry(id).or_insert(0);
+        *stored = (*stored).max(counter.sign_count);
     }
 }
 

@@ -41,7 +41,9 @@
 //!    approvers.
 //! 3. The statement's base is the running system (the resolved
 //!    `current_system` link).
-//! 4. The proposal number is above the last accepted one.
+//! 4. The proposal number is above the last accepted one, and each
+//!    WebAuthn approval's signature counter is above the counter stored
+//!    for its credential, unless both are zero.
 //! 5. The source store path is valid and has the stated NAR hash. A
 //!    content-addressed source checked before, whose path still exists,
 //!    is taken from the cache of verified sources.
@@ -53,8 +55,8 @@
 //!    `bin/switch-to-configuration` that resolves inside the store.
 //!
 //! Before anything changes, the proposal number (used once, whatever the
-//! outcome), the server's audit head and an `accepted` history entry are
-//! written durably. For `switch` and `boot` the profile is then set to
+//! outcome), the server's audit head, the WebAuthn signature counters
+//! and an `accepted` history entry are written durably. For `switch` and `boot` the profile is then set to
 //! the target; every action then runs the target's
 //! `switch-to-configuration` with a cleared environment. Any non-zero
 //! exit status is a failure, including 4 ("some units failed"): the

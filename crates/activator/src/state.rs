@@ -1,11 +1,12 @@
 //! The activator's durable state: the last accepted proposal number, the
-//! server's audit head recorded with it, and the head of the activator's
-//! own history.
+//! server's audit head recorded with it, the head of the activator's own
+//! history, and the signature counter of each WebAuthn credential.
 //!
 //! The file is replaced atomically (write a temporary file, fsync it,
 //! rename it over the old one, fsync the directory), so a crash leaves
 //! either the old or the new state, never a mix.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -28,6 +29,12 @@ pub struct ActivatorState {
     /// The number and hash of the newest entry of the activator's own
     /// history, so that a history whose tail was cut fails verification.
     pub history_head: Option<AuditHead>,
+    /// The signature counter of the last accepted approval of each
+    /// WebAuthn credential, by credential id in base64url without
+    /// padding. A later approval must report a greater counter unless
+    /// both are zero, so a cloned authenticator shows.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub webauthn_counters: BTreeMap<String, u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +148,7 @@ mod tests {
                 seq: 3,
                 hash: Sha256Digest::of(b"history"),
             }),
+            webauthn_counters: BTreeMap::from([("AAEC".to_owned(), 17)]),
         };
         write_state(directory.path(), &state).unwrap();
         assert_eq!(read_state(directory.path()).unwrap(), state);
@@ -149,6 +157,21 @@ mod tests {
             .map(|entry| entry.unwrap().file_name())
             .collect();
         assert_eq!(names, [STATE_FILE]);
+    }
+
+    #[test]
+    fn state_without_counters_reads() {
+        // A state file written before WebAuthn counters existed.
+        let directory = tempfile::tempdir().unwrap();
+        fs::write(
+            directory.path().join(STATE_FILE),
+            b"{\"last_proposal\": 4, \"audit_head\": null, \
+              \"history_head\": null}",
+        )
+        .unwrap();
+        let state = read_state(directory.path()).unwrap();
+        assert_eq!(state.last_proposal, 4);
+        assert!(state.webauthn_counters.is_empty());
     }
 
     #[test]

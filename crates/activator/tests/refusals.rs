@@ -103,7 +103,10 @@ fn flipped_signature_byte_is_refused() {
     let world = &shared_world().world;
     let statement = world.statement(&policy_text(), 1);
     let mut forged = approved(&statement);
-    let VoteSignature::Ssh { signature } = &mut forged.approvals[0].signature;
+    let VoteSignature::Ssh { signature } = &mut forged.approvals[0].signature
+    else {
+        panic!("the phone's approval is an SSH signature");
+    };
     let mut lines: Vec<String> =
         signature.lines().map(str::to_owned).collect();
     // The last line of the armored body ends with the signature bytes.
