@@ -343,6 +343,10 @@ pub fn run(options: DemoOptions) -> Result<()> {
     }
     let viewer = environment.client("phone")?;
     let reviewed = vote::review(&viewer, number)?;
+    println!(
+        "  page      {}/proposals/{number}",
+        environment.server_url.replace("127.0.0.1", "localhost")
+    );
     println!();
     vote::print_summary(&reviewed, false);
     println!();
@@ -550,6 +554,8 @@ fn write_configs(
          branch = \"main\"\n\n\
          [trigger]\n\
          token_file = \"{token}\"\n\n\
+         [web]\n\
+         public_origin = \"http://localhost:{port}\"\n\n\
          [nix]\n\
          options = {{ {nix_table} }}\n",
         state = layout.path("server-state").display(),

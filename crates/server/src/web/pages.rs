@@ -91,8 +91,9 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Refuses state-changing requests to the pages' endpoints unless the
-/// browser says they come from the configured public origin.
+/// Rejects state-changing requests to the pages' endpoints unless the
+/// browser's `Origin` (or `Sec-Fetch-Site`) header shows that they come
+/// from the configured public origin.
 async fn require_same_origin(
     State(state): State<AppState>,
     request: Request,
@@ -826,7 +827,7 @@ async fn sign_in(
         &request.assertion,
     )
     .map_err(|error| {
-        tracing::warn!(approver, %error, "passkey sign-in refused");
+        tracing::warn!(approver, %error, "passkey sign-in rejected");
         refused(format!(
             "the passkey sign-in of {approver} was refused: {error}"
         ))
@@ -964,8 +965,8 @@ async fn enrol(
         &request.client_data_json,
     )
     .map_err(|error| {
-        tracing::warn!(approver = name, %error, "passkey enrolment refused");
-        ApiError::bad_request(format!("the new passkey was refused: {error}"))
+        tracing::warn!(approver = name, %error, "passkey enrolment rejected");
+        ApiError::bad_request(format!("the new passkey was rejected: {error}"))
             .into_response()
     })?;
     let snippet = registered.snippet(&name);

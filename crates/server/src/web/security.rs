@@ -254,10 +254,10 @@ pub async fn security_headers(
     response
 }
 
-/// Whether a request that a session cookie authenticates comes from the
-/// server's own pages. Safe methods always pass. Otherwise the browser's
-/// `Origin` must equal the configured public origin exactly; a browser
-/// that sends no `Origin` must at least say `Sec-Fetch-Site:
+/// Checks that a request that a session cookie authenticates comes from
+/// the server's own pages. Safe methods always pass. Otherwise the
+/// browser's `Origin` must equal the configured public origin exactly. A
+/// browser that sends no `Origin` must at least send `Sec-Fetch-Site:
 /// same-origin`. Cookies alone never authorise a state change.
 pub fn same_origin(
     method: &Method,
