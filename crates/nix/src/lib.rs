@@ -12,6 +12,7 @@
 //! Reading a built system goes through [`store_read`], which follows
 //! symbolic links one hop at a time and never leaves `/nix/store`.
 
+pub mod closure;
 pub mod diff;
 mod drv_name;
 mod error;

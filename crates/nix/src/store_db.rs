@@ -2,37 +2,39 @@
 //! fallback.
 //!
 //! `nix path-info --json --recursive` starts Nix, opens the store and
-//! serialises every path of the closure as JSON, which takes about as
-//! long as the rest of the diff together. The same facts are in Nix's
-//! SQLite database, and one recursive query reads a closure of
-//! thousands of paths in milliseconds. The database is opened read-only
-//! with `query_only` set, so this process can never change it. Whenever
-//! it cannot be used (another store is configured, the file cannot be
-//! opened, a system is not in it, the schema differs), the closures come
-//! from `nix path-info` instead, which gives the same answer.
+//! serialises every path of the closure as JSON, one call per system.
+//! The same facts are in Nix's SQLite database, and one recursive query
+//! reads the union of both closures, thousands of paths, in a few
+//! milliseconds. The database is opened read-only with `query_only` set,
+//! so this process can never change it. Whenever it cannot be used
+//! (another store is configured, the file cannot be opened, a system is
+//! not in it, the schema differs), the closures come from `nix
+//! path-info` instead, which gives the same answer.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use base64::Engine as _;
 use countersign_core::StorePath;
 use rusqlite::{Connection, OpenFlags};
 
+use crate::closure::{ClosurePair, Side, is_store_path};
 use crate::error::{Error, Result};
-use crate::nix::{Nix, PathInfo, path_info};
+use crate::nix::{Nix, path_info};
 
 /// Where Nix keeps its database for the default store.
 pub const DEFAULT_DB: &str = "/nix/var/nix/db/db.sqlite";
 
-/// Returns the closure of each root, from the database when possible.
-pub fn closures(
+/// Reads the closures of `old` (none for a first deployment) and `new`,
+/// from the database when possible.
+pub fn closure_pair(
     nix: &Nix,
-    roots: &[&StorePath],
-) -> Result<Vec<Vec<PathInfo>>> {
+    old: Option<&StorePath>,
+    new: &StorePath,
+) -> Result<ClosurePair> {
     if nix.uses_default_store() && Path::new(DEFAULT_DB).exists() {
-        match read_closures(Path::new(DEFAULT_DB), roots) {
-            Ok(Some(closures)) => return Ok(closures),
+        match read_pair(Path::new(DEFAULT_DB), old, new) {
+            Ok(Some(pair)) => return Ok(pair),
             Ok(None) => tracing::debug!(
                 "a system is not in the Nix database; asking nix path-info"
             ),
@@ -42,18 +44,21 @@ pub fn closures(
             ),
         }
     }
-    roots
-        .iter()
-        .map(|root| path_info(nix, &[root], true))
-        .collect()
+    let old_closure = match old {
+        Some(old) => path_info(nix, &[old], true)?,
+        None => Vec::new(),
+    };
+    let new_closure = path_info(nix, &[new], true)?;
+    Ok(ClosurePair::from_path_infos(&old_closure, &new_closure))
 }
 
-/// Reads the closure of each root from the Nix database at `db`.
-/// Returns `None` when a root is not a valid path there.
-pub fn read_closures(
+/// Reads both closures from the Nix database at `db`. Returns `None`
+/// when a system is not a valid path there.
+pub fn read_pair(
     db: &Path,
-    roots: &[&StorePath],
-) -> Result<Option<Vec<Vec<PathInfo>>>> {
+    old: Option<&StorePath>,
+    new: &StorePath,
+) -> Result<Option<ClosurePair>> {
     let sql_error = |error: rusqlite::Error| {
         Error::invalid(
             "Nix database",
@@ -72,122 +77,119 @@ pub fn read_closures(
     connection
         .pragma_update(None, "query_only", true)
         .map_err(sql_error)?;
-    let mut closures = Vec::with_capacity(roots.len());
-    for root in roots {
-        match read_closure(&connection, root).map_err(sql_error)? {
-            Some(closure) => closures.push(closure),
-            None => return Ok(None),
-        }
-    }
-    Ok(Some(closures))
+    read_union(&connection, old, new).map_err(sql_error)
 }
 
-const CLOSURE_CTE: &str = "WITH RECURSIVE closure(id) AS ( \
-       SELECT id FROM ValidPaths WHERE path = ?1 \
-       UNION SELECT Refs.reference FROM Refs \
-       JOIN closure ON Refs.referrer = closure.id)";
-
-fn read_closure(
+/// Reads the union of both closures with one recursive query, since
+/// they overlap almost entirely, then walks each system's closure in
+/// memory to find its side.
+fn read_union(
     connection: &Connection,
-    root: &StorePath,
-) -> rusqlite::Result<Option<Vec<PathInfo>>> {
-    // One read transaction, so that both queries see the same state.
-    let transaction = connection.unchecked_transaction()?;
-    let mut rows: BTreeMap<i64, (String, String, Option<i64>)> =
-        BTreeMap::new();
+    old: Option<&StorePath>,
+    new: &StorePath,
+) -> rusqlite::Result<Option<ClosurePair>> {
+    let roots: Vec<&str> = old
+        .into_iter()
+        .chain([new])
+        .map(StorePath::as_str)
+        .collect();
+    let placeholders = vec!["?"; roots.len()].join(", ");
+    let sql = format!(
+        "WITH RECURSIVE closure(id) AS ( \
+           SELECT id FROM ValidPaths WHERE path IN ({placeholders}) \
+           UNION SELECT Refs.reference FROM Refs \
+           JOIN closure ON Refs.referrer = closure.id) \
+         SELECT ValidPaths.id, path, narSize, Refs.reference \
+         FROM closure JOIN ValidPaths ON ValidPaths.id = closure.id \
+         LEFT JOIN Refs ON Refs.referrer = closure.id"
+    );
+    let invalid = |path: &str, reason: &str| {
+        rusqlite::Error::InvalidColumnType(
+            1,
+            format!("{path}: {reason}"),
+            rusqlite::types::Type::Text,
+        )
+    };
+    let mut pair = ClosurePair::default();
+    // One row per reference, or one for a path without references;
+    // `index` maps database ids to positions in `pair`.
+    let mut index: HashMap<i64, u32> = HashMap::new();
+    let mut references: Vec<Vec<i64>> = Vec::new();
     {
-        let mut statement = transaction.prepare_cached(&format!(
-            "{CLOSURE_CTE} SELECT ValidPaths.id, path, hash, narSize \
-             FROM ValidPaths JOIN closure ON ValidPaths.id = closure.id"
-        ))?;
-        let mut query = statement.query([root.as_str()])?;
-        while let Some(row) = query.next()? {
-            rows.insert(row.get(0)?, (row.get(1)?, row.get(2)?, row.get(3)?));
+        let mut statement = connection.prepare(&sql)?;
+        let mut rows = statement.query(rusqlite::params_from_iter(&roots))?;
+        while let Some(row) = rows.next()? {
+            let id: i64 = row.get(0)?;
+            let at = match index.get(&id) {
+                Some(&at) => at as usize,
+                None => {
+                    let path: String = row.get(1)?;
+                    if !is_store_path(&path) {
+                        return Err(invalid(&path, "not a store path"));
+                    }
+                    let size: Option<i64> = row.get(2)?;
+                    index.insert(id, pair.paths.len() as u32);
+                    pair.paths.push(path);
+                    pair.sizes.push(
+                        size.and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
+                    );
+                    references.push(Vec::new());
+                    pair.paths.len() - 1
+                }
+            };
+            if let Some(reference) = row.get::<_, Option<i64>>(3)? {
+                references[at].push(reference);
+            }
         }
     }
-    if rows.is_empty() {
+    for (at, refs) in references.iter().enumerate() {
+        let mut resolved = Vec::with_capacity(refs.len());
+        for reference in refs {
+            let position = *index.get(reference).ok_or_else(|| {
+                invalid(
+                    &pair.paths[at],
+                    "references a path not in the database",
+                )
+            })?;
+            resolved.push(position);
+        }
+        pair.references.push(resolved);
+    }
+
+    let reachable = |root: &str| -> Option<Vec<bool>> {
+        let start = pair.paths.iter().position(|path| path == root)?;
+        let mut seen = vec![false; pair.paths.len()];
+        let mut stack = vec![start];
+        seen[start] = true;
+        while let Some(at) = stack.pop() {
+            for &next in &pair.references[at] {
+                let next = next as usize;
+                if !seen[next] {
+                    seen[next] = true;
+                    stack.push(next);
+                }
+            }
+        }
+        Some(seen)
+    };
+    let Some(in_new) = reachable(new.as_str()) else {
         return Ok(None);
-    }
-    let mut references: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
-    {
-        let mut statement = transaction.prepare_cached(&format!(
-            "{CLOSURE_CTE} SELECT referrer, reference FROM Refs \
-             JOIN closure ON Refs.referrer = closure.id"
-        ))?;
-        let mut query = statement.query([root.as_str()])?;
-        while let Some(row) = query.next()? {
-            references.entry(row.get(0)?).or_default().push(row.get(1)?);
-        }
-    }
-    transaction.finish()?;
-    let mut infos = Vec::with_capacity(rows.len());
-    for (id, (path, hash, size)) in &rows {
-        let invalid = |reason: &str| {
-            rusqlite::Error::InvalidColumnType(
-                0,
-                format!("{path}: {reason}"),
-                rusqlite::types::Type::Text,
-            )
-        };
-        let path =
-            StorePath::parse(path).map_err(|_| invalid("not a store path"))?;
-        let nar_hash =
-            sri_from_db(hash).ok_or_else(|| invalid("unknown hash format"))?;
-        let mut refs = Vec::new();
-        for reference in references.get(id).map_or(&[][..], |r| &r[..]) {
-            let (text, _, _) = rows
-                .get(reference)
-                .ok_or_else(|| invalid("dangling reference"))?;
-            refs.push(
-                StorePath::parse(text)
-                    .map_err(|_| invalid("reference is not a store path"))?,
-            );
-        }
-        refs.sort();
-        infos.push(PathInfo {
-            path,
-            nar_hash,
-            nar_size: size.and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
-            references: refs,
-        });
-    }
-    infos.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(Some(infos))
-}
-
-/// Converts the database's `sha256:<64 hex digits>` to SRI form.
-fn sri_from_db(hash: &str) -> Option<String> {
-    let hex = hash.strip_prefix("sha256:")?;
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut bytes = [0u8; 32];
-    for (index, byte) in bytes.iter_mut().enumerate() {
-        *byte =
-            u8::from_str_radix(hex.get(index * 2..index * 2 + 2)?, 16).ok()?;
-    }
-    Some(format!(
-        "sha256-{}",
-        base64::engine::general_purpose::STANDARD.encode(bytes)
-    ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn database_hash_becomes_sri() {
-        // The same hash as in the nix module's base32 test.
-        assert_eq!(
-            sri_from_db(
-                "sha256:cd26130236a34e3dc39d3283f2bb1b40b2824bac3f2385f3d84c718856\
-                 2633ec"
-            )
-            .as_deref(),
-            Some("sha256-zSYTAjajTj3DnTKD8rsbQLKCS6w/I4Xz2ExxiFYmM+w=")
-        );
-        assert_eq!(sri_from_db("sha256:abc"), None);
-        assert_eq!(sri_from_db("md5:00"), None);
-    }
+    };
+    let in_old = match old {
+        Some(old) => match reachable(old.as_str()) {
+            Some(seen) => seen,
+            None => return Ok(None),
+        },
+        None => vec![false; pair.paths.len()],
+    };
+    pair.sides = in_old
+        .iter()
+        .zip(&in_new)
+        .map(|(&a, &b)| match (a, b) {
+            (true, true) => Side::Both,
+            (true, false) => Side::Old,
+            _ => Side::New,
+        })
+        .collect();
+    Ok(Some(pair))
 }

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 pub use alerts::{Alert, AlertKind, Severity, sort_alerts, system_alerts};
 pub use packages::{
     Duplicate, OUTPUT_NAMES, PackageDiff, PackageVersions, Rebuild,
-    SizeChange, VersionChange, compare_versions, diff_closures,
+    SizeChange, VersionChange, compare_versions, diff_closures, diff_pair,
     package_alerts, package_diff, package_name, split_name,
 };
 pub use redact::{REDACTED, redact_secrets};
@@ -93,9 +93,10 @@ impl DiffDocument {
                 system_diff(old, inputs.new_system)?,
             ),
             None => {
-                let closures = store_db::closures(nix, &[inputs.new_system])?;
+                let pair =
+                    store_db::closure_pair(nix, None, inputs.new_system)?;
                 (
-                    diff_closures(&[], &closures[0]),
+                    diff_pair(&pair),
                     system_diff_from_nothing(inputs.new_system)?,
                 )
             }

@@ -7,12 +7,13 @@
 //! rules of `builtins.compareVersions`, which marks downgrades.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use countersign_core::StorePath;
 use serde::{Deserialize, Serialize};
 
 use super::alerts::{Alert, AlertKind, Severity};
+use crate::closure::{ClosurePair, Side};
 use crate::drv_name::parse_drv_name;
 use crate::error::Result;
 use crate::nix::{Nix, PathInfo};
@@ -127,21 +128,18 @@ pub fn package_diff(
     old: &StorePath,
     new: &StorePath,
 ) -> Result<PackageDiff> {
-    let closures = store_db::closures(nix, &[old, new])?;
-    let [old_closure, new_closure] = <[Vec<PathInfo>; 2]>::try_from(closures)
-        .expect("one closure per system");
-    Ok(diff_closures(&old_closure, &new_closure))
+    Ok(diff_pair(&store_db::closure_pair(nix, Some(old), new)?))
 }
 
 /// One package's paths in one closure: version, then output, then the
-/// store paths with that version and output.
+/// indices of the paths with that version and output.
 #[derive(Default)]
-struct Group<'a> {
-    paths: BTreeMap<String, BTreeMap<String, BTreeSet<&'a StorePath>>>,
+struct Group {
+    paths: BTreeMap<String, BTreeMap<String, BTreeSet<usize>>>,
     size: u64,
 }
 
-impl Group<'_> {
+impl Group {
     fn versions(&self) -> Vec<String> {
         let mut versions: Vec<String> = self.paths.keys().cloned().collect();
         versions.sort_by(|a, b| compare_versions(a, b));
@@ -154,15 +152,6 @@ impl Group<'_> {
         outputs.into_iter().cloned().collect()
     }
 
-    fn all_paths(&self) -> BTreeSet<&StorePath> {
-        self.paths
-            .values()
-            .flat_map(BTreeMap::values)
-            .flatten()
-            .copied()
-            .collect()
-    }
-
     fn describe(&self, name: &str) -> PackageVersions {
         PackageVersions {
             name: name.to_owned(),
@@ -171,86 +160,125 @@ impl Group<'_> {
             size: self.size,
         }
     }
-}
 
-fn group(closure: &[PathInfo]) -> BTreeMap<String, Group<'_>> {
-    let mut groups: BTreeMap<String, Group<'_>> = BTreeMap::new();
-    for info in closure {
-        let (name, version, output) = split_name(info.path.name());
-        let group = groups.entry(name.to_owned()).or_default();
-        group
-            .paths
+    fn add(&mut self, version: &str, output: &str, at: usize, size: u64) {
+        self.paths
             .entry(version.to_owned())
             .or_default()
-            .entry(output.unwrap_or("out").to_owned())
+            .entry(output.to_owned())
             .or_default()
-            .insert(&info.path);
-        group.size += info.nar_size;
+            .insert(at);
+        self.size += size;
     }
-    groups
 }
 
 /// Compares two closures that were already queried. An empty `old`
 /// makes every package added.
 pub fn diff_closures(old: &[PathInfo], new: &[PathInfo]) -> PackageDiff {
-    let old_groups = group(old);
-    let new_groups = group(new);
-    let old_closure_size: u64 = old.iter().map(|info| info.nar_size).sum();
-    let new_closure_size: u64 = new.iter().map(|info| info.nar_size).sum();
-    let old_refs: BTreeMap<&StorePath, &Vec<StorePath>> =
-        old.iter().map(|i| (&i.path, &i.references)).collect();
-    let new_refs: BTreeMap<&StorePath, &Vec<StorePath>> =
-        new.iter().map(|i| (&i.path, &i.references)).collect();
+    diff_pair(&ClosurePair::from_path_infos(old, new))
+}
+
+/// Compares the two closures of a pair.
+///
+/// Only packages with a store path in one closure and not the other
+/// can have changed, and in a system update those are a small part of
+/// the closure, so only their names are grouped and compared.
+pub fn diff_pair(pair: &ClosurePair) -> PackageDiff {
+    let mut changed_names: BTreeSet<&str> = BTreeSet::new();
+    let mut old_closure_size = 0u64;
+    let mut new_closure_size = 0u64;
+    let (mut old_path_count, mut new_path_count) = (0usize, 0usize);
+    for (at, side) in pair.sides.iter().enumerate() {
+        if side.in_old() {
+            old_closure_size += pair.sizes[at];
+            old_path_count += 1;
+        }
+        if side.in_new() {
+            new_closure_size += pair.sizes[at];
+            new_path_count += 1;
+        }
+        if *side != Side::Both {
+            changed_names.insert(split_name(pair.name(at)).0);
+        }
+    }
+    let mut old_groups: BTreeMap<&str, Group> = BTreeMap::new();
+    let mut new_groups: BTreeMap<&str, Group> = BTreeMap::new();
+    let mut counts: HashMap<(&str, &str, &str), (usize, usize)> =
+        HashMap::new();
+    for (at, side) in pair.sides.iter().enumerate() {
+        let (name, version, output) = split_name(pair.name(at));
+        let output = output.unwrap_or("out");
+        let count = counts.entry((name, version, output)).or_default();
+        if side.in_old() {
+            count.0 += 1;
+        }
+        if side.in_new() {
+            count.1 += 1;
+        }
+        if !changed_names.contains(name) {
+            continue;
+        }
+        if side.in_old() {
+            old_groups.entry(name).or_default().add(
+                version,
+                output,
+                at,
+                pair.sizes[at],
+            );
+        }
+        if side.in_new() {
+            new_groups.entry(name).or_default().add(
+                version,
+                output,
+                at,
+                pair.sizes[at],
+            );
+        }
+    }
+    let mut duplicated: Vec<Duplicate> = counts
+        .into_iter()
+        .filter(|(_, (_, new))| *new > 1)
+        .map(|((name, version, output), (old, new))| Duplicate {
+            name: name.to_owned(),
+            version: version.to_owned(),
+            output: output.to_owned(),
+            old_paths: old,
+            new_paths: new,
+        })
+        .collect();
+    duplicated.sort_by(|a, b| {
+        (&a.name, &a.version, &a.output).cmp(&(&b.name, &b.version, &b.output))
+    });
     let mut diff = PackageDiff {
         old_closure_size,
         new_closure_size,
         closure_size_delta: delta(old_closure_size, new_closure_size),
-        old_path_count: old.len(),
-        new_path_count: new.len(),
+        old_path_count,
+        new_path_count,
         added: Vec::new(),
         removed: Vec::new(),
         version_changes: Vec::new(),
         rebuilt: Vec::new(),
-        duplicated: Vec::new(),
+        duplicated,
         regenerated: Vec::new(),
         largest_size_changes: Vec::new(),
     };
     let mut size_changes = Vec::new();
-    let names: BTreeSet<&String> =
-        old_groups.keys().chain(new_groups.keys()).collect();
-    for name in names {
+    for name in &changed_names {
         let before = old_groups.get(name);
         let after = new_groups.get(name);
         let size_delta =
             delta(before.map_or(0, |g| g.size), after.map_or(0, |g| g.size));
         if size_delta != 0 {
             size_changes.push(SizeChange {
-                name: name.clone(),
+                name: (*name).to_owned(),
                 size_delta,
             });
         }
-        if let Some(after) = after {
-            for (version, outputs) in &after.paths {
-                for (output, paths) in outputs {
-                    let old_count = before
-                        .and_then(|g| g.paths.get(version))
-                        .and_then(|o| o.get(output))
-                        .map_or(0, BTreeSet::len);
-                    if paths.len() > 1 {
-                        diff.duplicated.push(Duplicate {
-                            name: name.clone(),
-                            version: version.clone(),
-                            output: output.clone(),
-                            old_paths: old_count,
-                            new_paths: paths.len(),
-                        });
-                    }
-                }
-            }
-        }
+        let name = (*name).to_owned();
         match (before, after) {
-            (None, Some(group)) => diff.added.push(group.describe(name)),
-            (Some(group), None) => diff.removed.push(group.describe(name)),
+            (None, Some(group)) => diff.added.push(group.describe(&name)),
+            (Some(group), None) => diff.removed.push(group.describe(&name)),
             (Some(before), Some(after)) => {
                 let old_versions = before.versions();
                 let new_versions = after.versions();
@@ -263,7 +291,7 @@ pub fn diff_closures(old: &[PathInfo], new: &[PathInfo]) -> PackageDiff {
                             _ => false,
                         };
                     diff.version_changes.push(VersionChange {
-                        name: name.clone(),
+                        name,
                         old_versions,
                         new_versions,
                         downgrade,
@@ -271,20 +299,16 @@ pub fn diff_closures(old: &[PathInfo], new: &[PathInfo]) -> PackageDiff {
                         new_size: after.size,
                         size_delta,
                     });
-                } else if before.all_paths() != after.all_paths() {
-                    if old_versions.iter().all(String::is_empty) {
-                        diff.regenerated.push(name.clone());
-                    } else {
-                        let unexplained = same_references(
-                            before, after, &old_refs, &new_refs,
-                        );
-                        diff.rebuilt.push(Rebuild {
-                            name: name.clone(),
-                            versions: new_versions,
-                            size_delta,
-                            unexplained,
-                        });
-                    }
+                } else if old_versions.iter().all(String::is_empty) {
+                    diff.regenerated.push(name);
+                } else {
+                    let unexplained = same_references(pair, before, after);
+                    diff.rebuilt.push(Rebuild {
+                        name,
+                        versions: new_versions,
+                        size_delta,
+                        unexplained,
+                    });
                 }
             }
             (None, None) => {}
@@ -301,36 +325,25 @@ pub fn diff_closures(old: &[PathInfo], new: &[PathInfo]) -> PackageDiff {
     diff
 }
 
-/// Tells whether the rebuilt package's paths, matched by store name,
-/// reference the same store paths (apart from each other) before and
-/// after.
-fn same_references(
-    before: &Group<'_>,
-    after: &Group<'_>,
-    old_refs: &BTreeMap<&StorePath, &Vec<StorePath>>,
-    new_refs: &BTreeMap<&StorePath, &Vec<StorePath>>,
-) -> bool {
-    let own_old = before.all_paths();
-    let own_new = after.all_paths();
-    outside_references(&own_old, old_refs)
-        == outside_references(&own_new, new_refs)
-}
-
-/// The store paths that `paths` reference, apart from `paths`
-/// themselves.
-fn outside_references<'a>(
-    paths: &BTreeSet<&'a StorePath>,
-    refs: &BTreeMap<&'a StorePath, &'a Vec<StorePath>>,
-) -> BTreeSet<&'a StorePath> {
-    let mut found = BTreeSet::new();
-    for path in paths {
-        for reference in refs.get(path).map_or(&[][..], |r| &r[..]) {
-            if !paths.contains(reference) {
-                found.insert(reference);
-            }
-        }
-    }
-    found
+/// Tells whether a rebuilt package's paths reference the same store
+/// paths (apart from each other) before and after.
+fn same_references(pair: &ClosurePair, before: &Group, after: &Group) -> bool {
+    let outside = |group: &Group| -> BTreeSet<&str> {
+        let own: BTreeSet<usize> = group
+            .paths
+            .values()
+            .flat_map(BTreeMap::values)
+            .flatten()
+            .copied()
+            .collect();
+        own.iter()
+            .flat_map(|&at| &pair.references[at])
+            .map(|&r| r as usize)
+            .filter(|r| !own.contains(r))
+            .map(|r| pair.paths[r].as_str())
+            .collect()
+    };
+    outside(before) == outside(after)
 }
 
 /// Splits a store name into package name, version and output: the

@@ -15,7 +15,8 @@ mod users;
 
 use std::collections::BTreeMap;
 
-use countersign_core::{Policy, StorePath};
+use countersign_core::{ApproverKey, Policy, StorePath};
+use sha2::Digest as _;
 
 use super::alerts::{Alert, AlertKind, Severity};
 use super::reduce::reduce_store_paths;
@@ -195,10 +196,21 @@ fn policy_differences(old: &Policy, new: &Policy) -> Vec<String> {
     }
     let key_text = |policy: &Policy, name| {
         policy.approvers.get(name).map(|approver| {
-            let countersign_core::policy::ApproverKey::Ssh(key) =
-                &approver.key;
-            let text = key.to_openssh().unwrap_or_default();
-            (access::key_summary(&text), approver.user_verification)
+            let key = match &approver.key {
+                ApproverKey::Ssh(key) => {
+                    access::key_summary(&key.to_openssh().unwrap_or_default())
+                }
+                ApproverKey::WebAuthn(credential) => {
+                    let digest =
+                        sha2::Sha256::digest(&credential.credential_id);
+                    let id: String = digest[..8]
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect();
+                    format!("webauthn credential {id}…")
+                }
+            };
+            (key, approver.user_verification)
         })
     };
     let all: std::collections::BTreeSet<_> =
