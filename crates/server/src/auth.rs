@@ -127,7 +127,13 @@ impl Auth {
             }
         }
         let approver = approver_for_signature(policy, armored)?;
-        let countersign_core::ApproverKey::Ssh(key) = &approver.key;
+        let countersign_core::ApproverKey::Ssh(key) = &approver.key else {
+            return Err(ApiError::unauthorized(format!(
+                "approver {} signs with a passkey; sign in on the web \
+                 pages instead",
+                approver.name
+            )));
+        };
         sshsig::verify(
             key,
             Namespace::Login,
