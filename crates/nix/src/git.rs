@@ -297,9 +297,9 @@ fn rev_parse(mirror: &Path, rev: &str) -> Result<String> {
 
 /// Runs `git log` with `args` and parses one [`CommitInfo`] per commit.
 fn log(mirror: &Path, args: &[&str]) -> Result<Vec<CommitInfo>> {
-    let mut command = git(mirror);
+    let mut command = git_read(mirror);
     command
-        .args(["log", "--no-show-signature", "--no-color"])
+        .args(["log", "--no-show-signature", "--no-color", "--no-mailmap"])
         .arg("--format=%H%x00%s%x00%an <%ae>%x00%aI%x00")
         .args(args)
         .arg("--");
@@ -325,6 +325,44 @@ pub(crate) fn git(mirror: &Path) -> Command {
     let mut command = Command::new("git");
     configure(&mut command);
     command.arg("--git-dir").arg(mirror);
+    command
+}
+
+/// Starts a git command that only reads the mirror, for the source
+/// diff and commit details. Besides [`git`]'s settings it ignores the
+/// system and global configuration and any configuration passed in the
+/// environment, and switches off everything configuration could make
+/// git run or rewrite while reading: hooks, external diff drivers, text
+/// conversion, the file system monitor, attribute files and mail maps.
+/// Reading never checks files out, so no filter runs either.
+pub(crate) fn git_read(mirror: &Path) -> Command {
+    let mut command = Command::new("git");
+    configure(&mut command);
+    command
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_ATTR_NOSYSTEM", "1")
+        .env("GIT_OPTIONAL_LOCKS", "0")
+        .env_remove("GIT_CONFIG_PARAMETERS")
+        .env_remove("GIT_CONFIG_COUNT")
+        .env_remove("GIT_EXTERNAL_DIFF")
+        .env_remove("GIT_DIFF_OPTS")
+        .args([
+            "-c",
+            "core.fsmonitor=false",
+            "-c",
+            "core.attributesFile=/dev/null",
+            "-c",
+            "diff.external=",
+            "-c",
+            "log.mailmap=false",
+            "-c",
+            "log.showSignature=false",
+            "-c",
+            "core.pager=cat",
+        ])
+        .arg("--git-dir")
+        .arg(mirror);
     command
 }
 

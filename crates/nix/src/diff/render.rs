@@ -145,6 +145,14 @@ fn render_file(out: &mut String, file: &FileDiff) {
             "too large to show, {}",
             size_change(file.old_size, file.new_size)
         )),
+        FileContent::Symlink {
+            old_target,
+            new_target,
+        } => facts.push(format!(
+            "symbolic link {} -> {}",
+            old_target.as_deref().map_or("none".into(), escape),
+            new_target.as_deref().map_or("none".into(), escape)
+        )),
         FileContent::Submodule {
             old_commit,
             new_commit,

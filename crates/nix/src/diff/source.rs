@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::text::{Hunk, as_text, diff_lines};
 use crate::error::{Error, Result};
-use crate::git::{self, CommitInfo, git};
+use crate::git::{self, CommitInfo, git_read as git};
 use crate::process::{self, unexpected};
 
 /// Maximum commits listed between the two commits.
@@ -85,6 +85,11 @@ pub enum FileContent {
     Binary,
     /// Larger than [`MAX_TEXT_BYTES`] on either side.
     TooLarge,
+    /// A symbolic link, shown by its target text on each side.
+    Symlink {
+        old_target: Option<String>,
+        new_target: Option<String>,
+    },
     /// A git submodule, shown by its commit ids.
     Submodule {
         old_commit: Option<String>,
@@ -156,10 +161,21 @@ struct RawChange {
 }
 
 fn raw_changes(mirror: &Path, old: &str, new: &str) -> Result<Vec<RawChange>> {
-    // diff-tree is plumbing: user settings such as an external diff
-    // driver or text conversion do not apply to it.
+    // diff-tree is plumbing, so user settings such as an external diff
+    // driver or text conversion do not apply to it; the flags say so
+    // all the same.
     let mut command = git(mirror);
-    command.args(["diff-tree", "-r", "-z", "-M", "--no-abbrev", old, new]);
+    command.args([
+        "diff-tree",
+        "-r",
+        "-z",
+        "-M",
+        "--no-abbrev",
+        "--no-ext-diff",
+        "--no-textconv",
+        old,
+        new,
+    ]);
     let stdout = process::run(&mut command)?;
     parse_raw(&stdout)
         .ok_or_else(|| unexpected(&command, "invalid --raw output", &stdout))
@@ -169,29 +185,29 @@ fn raw_changes(mirror: &Path, old: &str, new: &str) -> Result<Vec<RawChange>> {
 /// <status>`, NUL, the path, NUL, and for renames and copies the new
 /// path and NUL.
 fn parse_raw(bytes: &[u8]) -> Option<Vec<RawChange>> {
-    let mut fields = bytes.split(|&b| b == 0).map(String::from_utf8_lossy);
+    let mut fields = bytes.split(|&b| b == 0);
     let mut changes = Vec::new();
     while let Some(header) = fields.next() {
         if header.is_empty() {
             break;
         }
-        let header = header.strip_prefix(':')?;
+        let header = std::str::from_utf8(header).ok()?.strip_prefix(':')?;
         let parts: Vec<&str> = header.split(' ').collect();
         let [old_mode, new_mode, old_id, new_id, status] = parts[..] else {
             return None;
         };
-        let first = fields.next()?.into_owned();
+        let first = path_text(fields.next()?);
         let letter = status.chars().next()?;
         let (status, old_path, path) = match letter {
             'A' => (FileStatus::Added, None, first),
             'D' => (FileStatus::Removed, None, first),
             'M' | 'T' => (FileStatus::Modified, None, first),
             'R' => {
-                let second = fields.next()?.into_owned();
+                let second = path_text(fields.next()?);
                 (FileStatus::Renamed, Some(first), second)
             }
             'C' => {
-                let second = fields.next()?.into_owned();
+                let second = path_text(fields.next()?);
                 (FileStatus::Added, None, second)
             }
             _ => return None,
@@ -207,6 +223,20 @@ fn parse_raw(bytes: &[u8]) -> Option<Vec<RawChange>> {
         });
     }
     Some(changes)
+}
+
+/// A file name as text: UTF-8 where it is valid, each other byte as
+/// `\xNN`, and a backslash doubled so that the two cannot be confused.
+/// Git allows any bytes but NUL and `/` in names.
+pub fn path_text(bytes: &[u8]) -> String {
+    let mut text = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        text.push_str(&chunk.valid().replace('\\', "\\\\"));
+        for byte in chunk.invalid() {
+            text.push_str(&format!("\\x{byte:02x}"));
+        }
+    }
+    text
 }
 
 fn describe_changes(
@@ -243,7 +273,29 @@ fn describe_changes(
         };
         let is_submodule =
             change.old_mode == "160000" || change.new_mode == "160000";
-        if is_submodule {
+        let is_link =
+            change.old_mode == "120000" || change.new_mode == "120000";
+        if is_link && !is_submodule {
+            let target = |present: bool, mode: &str, id: &str| {
+                if !present || mode != "120000" {
+                    return Ok(None);
+                }
+                read_blob_or_empty(mirror, id)
+                    .map(|bytes| Some(path_text(&bytes)))
+            };
+            file.content = FileContent::Symlink {
+                old_target: target(
+                    old_present,
+                    &change.old_mode,
+                    &change.old_id,
+                )?,
+                new_target: target(
+                    new_present,
+                    &change.new_mode,
+                    &change.new_id,
+                )?,
+            };
+        } else if is_submodule {
             file.content = FileContent::Submodule {
                 old_commit: old_present.then(|| change.old_id.clone()),
                 new_commit: new_present.then(|| change.new_id.clone()),
@@ -290,20 +342,22 @@ fn list_tree(mirror: &Path, commit: &str) -> Result<(Vec<FileDiff>, usize)> {
             continue;
         }
         // `<mode> <type> <id> <size>\t<path>`, size `-` for submodules.
-        let record = String::from_utf8_lossy(record);
-        let (meta, path) = record.split_once('\t').ok_or_else(|| {
-            unexpected(&command, "invalid ls-tree record", record.as_bytes())
-        })?;
+        let tab =
+            record.iter().position(|&b| b == b'\t').ok_or_else(|| {
+                unexpected(&command, "invalid ls-tree record", record)
+            })?;
+        let meta = String::from_utf8_lossy(&record[..tab]);
+        let path = path_text(&record[tab + 1..]);
         let meta: Vec<&str> = meta.split_whitespace().collect();
         let [mode, _, _, size] = meta[..] else {
             return Err(unexpected(
                 &command,
                 "invalid ls-tree record",
-                record.as_bytes(),
+                record,
             ));
         };
         files.push(FileDiff {
-            path: path.to_owned(),
+            path,
             old_path: None,
             status: FileStatus::Added,
             old_mode: None,
@@ -404,6 +458,13 @@ mod tests {
         assert_eq!(changes[2].status, FileStatus::Renamed);
         assert_eq!(changes[2].old_path.as_deref(), Some("old name"));
         assert_eq!(changes[2].path, "new name");
+    }
+
+    #[test]
+    fn non_utf8_names_are_escaped() {
+        assert_eq!(path_text(b"caf\xc3\xa9"), "caf\u{e9}");
+        assert_eq!(path_text(b"bad\xff\xfename"), "bad\\xff\\xfename");
+        assert_eq!(path_text(b"back\\slash"), "back\\\\slash");
     }
 
     #[test]
