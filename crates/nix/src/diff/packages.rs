@@ -7,7 +7,7 @@
 //! rules of `builtins.compareVersions`, which marks downgrades.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 use countersign_core::StorePath;
 use serde::{Deserialize, Serialize};
@@ -131,25 +131,28 @@ pub fn package_diff(
     Ok(diff_pair(&store_db::closure_pair(nix, Some(old), new)?))
 }
 
-/// One package's paths in one closure: version, then output, then the
-/// indices of the paths with that version and output.
+/// One package's paths in one closure: version, output and index of
+/// each path, and their total size.
 #[derive(Default)]
-struct Group {
-    paths: BTreeMap<String, BTreeMap<String, BTreeSet<usize>>>,
+struct Group<'a> {
+    paths: Vec<(&'a str, &'a str, usize)>,
     size: u64,
 }
 
-impl Group {
+impl Group<'_> {
     fn versions(&self) -> Vec<String> {
-        let mut versions: Vec<String> = self.paths.keys().cloned().collect();
+        let unique: BTreeSet<&str> =
+            self.paths.iter().map(|(version, _, _)| *version).collect();
+        let mut versions: Vec<String> =
+            unique.into_iter().map(str::to_owned).collect();
         versions.sort_by(|a, b| compare_versions(a, b));
         versions
     }
 
     fn outputs(&self) -> Vec<String> {
-        let outputs: BTreeSet<&String> =
-            self.paths.values().flat_map(BTreeMap::keys).collect();
-        outputs.into_iter().cloned().collect()
+        let unique: BTreeSet<&str> =
+            self.paths.iter().map(|(_, output, _)| *output).collect();
+        unique.into_iter().map(str::to_owned).collect()
     }
 
     fn describe(&self, name: &str) -> PackageVersions {
@@ -159,16 +162,6 @@ impl Group {
             outputs: self.outputs(),
             size: self.size,
         }
-    }
-
-    fn add(&mut self, version: &str, output: &str, at: usize, size: u64) {
-        self.paths
-            .entry(version.to_owned())
-            .or_default()
-            .entry(output.to_owned())
-            .or_default()
-            .insert(at);
-        self.size += size;
     }
 }
 
@@ -201,8 +194,8 @@ pub fn diff_pair(pair: &ClosurePair) -> PackageDiff {
             changed_names.insert(split_name(pair.name(at)).0);
         }
     }
-    let mut old_groups: BTreeMap<&str, Group> = BTreeMap::new();
-    let mut new_groups: BTreeMap<&str, Group> = BTreeMap::new();
+    let mut old_groups: HashMap<&str, Group<'_>> = HashMap::new();
+    let mut new_groups: HashMap<&str, Group<'_>> = HashMap::new();
     let mut counts: HashMap<(&str, &str, &str), (usize, usize)> =
         HashMap::new();
     for (at, side) in pair.sides.iter().enumerate() {
@@ -218,21 +211,15 @@ pub fn diff_pair(pair: &ClosurePair) -> PackageDiff {
         if !changed_names.contains(name) {
             continue;
         }
-        if side.in_old() {
-            old_groups.entry(name).or_default().add(
-                version,
-                output,
-                at,
-                pair.sizes[at],
-            );
-        }
-        if side.in_new() {
-            new_groups.entry(name).or_default().add(
-                version,
-                output,
-                at,
-                pair.sizes[at],
-            );
+        for (present, groups) in [
+            (side.in_old(), &mut old_groups),
+            (side.in_new(), &mut new_groups),
+        ] {
+            if present {
+                let group = groups.entry(name).or_default();
+                group.paths.push((version, output, at));
+                group.size += pair.sizes[at];
+            }
         }
     }
     let mut duplicated: Vec<Duplicate> = counts
@@ -326,21 +313,19 @@ pub fn diff_pair(pair: &ClosurePair) -> PackageDiff {
 }
 
 /// Tells whether a rebuilt package's paths reference the same store
-/// paths (apart from each other) before and after.
-fn same_references(pair: &ClosurePair, before: &Group, after: &Group) -> bool {
-    let outside = |group: &Group| -> BTreeSet<&str> {
-        let own: BTreeSet<usize> = group
-            .paths
-            .values()
-            .flat_map(BTreeMap::values)
-            .flatten()
-            .copied()
-            .collect();
+/// paths (apart from each other) before and after. Both closures index
+/// one list of paths, so equal indices are equal paths.
+fn same_references(
+    pair: &ClosurePair,
+    before: &Group<'_>,
+    after: &Group<'_>,
+) -> bool {
+    let outside = |group: &Group<'_>| -> BTreeSet<u32> {
+        let own: Vec<usize> = group.paths.iter().map(|p| p.2).collect();
         own.iter()
             .flat_map(|&at| &pair.references[at])
-            .map(|&r| r as usize)
-            .filter(|r| !own.contains(r))
-            .map(|r| pair.paths[r].as_str())
+            .copied()
+            .filter(|&r| !own.contains(&(r as usize)))
             .collect()
     };
     outside(before) == outside(after)
