@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use crate::nix::PathInfo;
 
-/// Which closure a path is in.
+/// The closure that a path is in, or both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
     Old,
@@ -87,20 +87,20 @@ impl ClosurePair {
         self.paths.is_empty()
     }
 
-    /// The store name of path `at`: the part after the hash.
+    /// Returns the store name of path `at`: the part after the hash.
     pub fn name(&self, at: usize) -> &str {
         store_name(&self.paths[at])
     }
 }
 
-/// The part of a store path after `/nix/store/<hash>-`; the whole text
-/// if it is shorter.
+/// Returns the part of a store path after `/nix/store/<hash>-`, or the
+/// whole text if it is shorter.
 pub fn store_name(path: &str) -> &str {
     const PREFIX: usize = "/nix/store/".len() + 32 + 1;
     path.get(PREFIX..).unwrap_or(path)
 }
 
-/// Whether `text` has the form of a store path: `/nix/store/`, 32
+/// Tells whether `text` has the form of a store path: `/nix/store/`, 32
 /// characters of Nix base32, `-`, and a name of the allowed characters.
 /// The package diff checks paths read from the Nix database with this
 /// instead of a full parse, since it reads thousands of them.

@@ -329,10 +329,10 @@ pub(crate) fn git(mirror: &Path) -> Command {
 }
 
 /// Starts a git command that only reads the mirror, for the source
-/// diff and commit details. Besides [`git`]'s settings it ignores the
+/// diff and commit details. Besides [`git`]'s settings, it ignores the
 /// system and global configuration and any configuration passed in the
-/// environment, and switches off everything configuration could make
-/// git run or rewrite while reading: hooks, external diff drivers, text
+/// environment. It also switches off what configuration could make git
+/// run or rewrite while reading: hooks, external diff drivers, text
 /// conversion, the file system monitor, attribute files and mail maps.
 /// Reading never checks files out, so no filter runs either.
 pub(crate) fn git_read(mirror: &Path) -> Command {

@@ -10,7 +10,10 @@
 //! `std::process`, with no async runtime and no network stack.
 //!
 //! Reading a built system goes through [`store_read`], which follows
-//! symbolic links one hop at a time and never leaves `/nix/store`.
+//! symbolic links one hop at a time and never leaves `/nix/store`. The
+//! package diff reads both closures into a [`closure::ClosurePair`],
+//! from the Nix database through [`store_db`] when it can be read, and
+//! from `nix path-info` otherwise.
 
 pub mod closure;
 pub mod diff;

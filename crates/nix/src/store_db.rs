@@ -9,7 +9,7 @@
 //! so this process can never change it. Whenever it cannot be used
 //! (another store is configured, the file cannot be opened, a system is
 //! not in it, the schema differs), the closures come from `nix
-//! path-info` instead, which gives the same answer.
+//! path-info` instead, which returns the same closures.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -22,7 +22,7 @@ use crate::closure::{ClosurePair, Side, is_store_path};
 use crate::error::{Error, Result};
 use crate::nix::{Nix, path_info};
 
-/// Where Nix keeps its database for the default store.
+/// Path of Nix's database for the default store.
 pub const DEFAULT_DB: &str = "/nix/var/nix/db/db.sqlite";
 
 /// Reads the closures of `old` (none for a first deployment) and `new`,

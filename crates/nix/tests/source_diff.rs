@@ -1,6 +1,6 @@
 //! Source diffs of awkward repositories: names that are not UTF-8,
 //! symbolic links, submodules, large and binary files, renames, and a
-//! mirror whose configuration asks git to run programs.
+//! mirror whose configuration tells git to run programs.
 
 mod common;
 

@@ -356,11 +356,10 @@ pub fn package_name(store_name: &str) -> (&str, &str) {
 
 /// Orders two versions the way `builtins.compareVersions` does. Both
 /// are split into components at `.` and `-` and between runs of digits
-/// and of other characters. Components compare as numbers when both
-/// are numbers; otherwise an empty component is lowest against a
-/// number, `pre` is lower than anything else, a number is higher than
-/// a word, and words compare as strings. A missing component counts as
-/// empty.
+/// and of other characters. Two numbers compare as numbers. Otherwise
+/// an empty component is lower than a number, `pre` is lower than
+/// anything else, a number is higher than a word, and two words compare
+/// as strings. A missing component counts as empty.
 pub fn compare_versions(a: &str, b: &str) -> Ordering {
     let mut left = Components::new(a);
     let mut right = Components::new(b);

@@ -162,8 +162,8 @@ struct RawChange {
 
 fn raw_changes(mirror: &Path, old: &str, new: &str) -> Result<Vec<RawChange>> {
     // diff-tree is plumbing, so user settings such as an external diff
-    // driver or text conversion do not apply to it; the flags say so
-    // all the same.
+    // driver or text conversion do not apply to it. The flags turn them
+    // off explicitly as well.
     let mut command = git(mirror);
     command.args([
         "diff-tree",
@@ -225,7 +225,7 @@ fn parse_raw(bytes: &[u8]) -> Option<Vec<RawChange>> {
     Some(changes)
 }
 
-/// A file name as text: UTF-8 where it is valid, each other byte as
+/// Formats a file name as text: UTF-8 where it is valid, each other byte as
 /// `\xNN`, and a backslash doubled so that the two cannot be confused.
 /// Git allows any bytes but NUL and `/` in names.
 pub fn path_text(bytes: &[u8]) -> String {

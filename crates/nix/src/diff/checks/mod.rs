@@ -87,8 +87,8 @@ impl Ctx<'_> {
             .push(Alert::new(kind, severity, subject, detail));
     }
 
-    /// The `/etc` paths under `prefix` that changed in meaning: added,
-    /// removed, or changed in more than store paths.
+    /// Lists the `/etc` paths under `prefix` that changed in meaning:
+    /// added, removed, or changed in more than store paths.
     pub fn etc_changed_under(&self, prefix: &str) -> Vec<String> {
         self.diff
             .etc
@@ -111,9 +111,9 @@ impl Ctx<'_> {
     }
 }
 
-/// The countersign policy: approvers, threshold and the other rules of
-/// quorum. Every change is critical, since it changes who can change
-/// the system.
+/// Checks the countersign policy: approvers, threshold and the other
+/// rules of quorum. Every change is critical, since it changes who can
+/// change the system.
 fn policy(ctx: &mut Ctx<'_>) -> Result<()> {
     for path in ctx.etc_changed_under("countersign/") {
         let subject = format!("/etc/{path}");
@@ -236,7 +236,7 @@ fn policy_differences(old: &Policy, new: &Policy) -> Vec<String> {
     details
 }
 
-/// The `.mode`, `.uid` and `.gid` sidecars of `/etc` entries.
+/// Checks the `.mode`, `.uid` and `.gid` sidecars of `/etc` entries.
 fn sidecars(ctx: &mut Ctx<'_>) -> Result<()> {
     let changes: Vec<EntryChange> = ctx
         .diff
@@ -287,8 +287,8 @@ fn sidecars(ctx: &mut Ctx<'_>) -> Result<()> {
     Ok(())
 }
 
-/// Whether an octal mode sets setuid, setgid or write access for group
-/// or others.
+/// Tells whether an octal mode sets setuid, setgid or write access for
+/// group or others.
 fn mode_is_risky(mode: &str) -> bool {
     match u32::from_str_radix(mode, 8) {
         Ok(bits) => bits & 0o6000 != 0 || bits & 0o022 != 0,
@@ -452,8 +452,8 @@ const COVERED_UNITS: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// Whether a unit changed only in the script that a check of its own
-/// compares: same text with store paths reduced, and no changed file
+/// Tells whether a unit changed only in the script that a check of its
+/// own compares: same text with store paths reduced, and no changed file
 /// other than that script and the files the check reads with it.
 fn covered_elsewhere(change: &EntryChange, old: &str, new: &str) -> bool {
     let Some((_, script, nested)) = COVERED_UNITS
@@ -500,7 +500,7 @@ fn outside_links(ctx: &mut Ctx<'_>) {
     ctx.alerts.extend(found);
 }
 
-/// One line describing an entry's change.
+/// Describes an entry's change in one line.
 pub(super) fn status_text(change: &EntryChange) -> String {
     let mut text = match (change.lines_added, change.lines_removed) {
         (Some(added), Some(removed))
@@ -568,7 +568,7 @@ pub(super) fn line_changes(
     (added, removed)
 }
 
-/// The comparable form of a configuration line: store paths reduced,
+/// Returns the comparable form of a configuration line: store paths reduced,
 /// spaces trimmed, comments (from `comment` on) and blank lines dropped.
 pub(super) fn config_line(line: &str, comment: char) -> Option<String> {
     let line = match line.find(comment) {
@@ -616,7 +616,7 @@ pub(super) fn added_removed(added: &[String], removed: &[String]) -> String {
     parts.join("; ")
 }
 
-/// The first store path in `text` whose name satisfies `wanted`.
+/// Finds the first store path in `text` whose name satisfies `wanted`.
 pub(super) fn find_reference(
     text: &str,
     wanted: impl Fn(&str) -> bool,
@@ -626,7 +626,7 @@ pub(super) fn find_reference(
         .find(|path| wanted(path.name()))
 }
 
-/// The snippets of an `activate` script, by name, split on the
+/// Splits an `activate` script into its snippets, by name, on the
 /// `#### Activation script snippet <name>:` headers. Text before the
 /// first header is under the name `(frame)`.
 pub(super) fn activation_snippets(text: &str) -> BTreeMap<String, String> {
