@@ -17,6 +17,10 @@
 //!
 //! A status can only hold back an activation, never cause one that a
 //! quorum did not approve.
+//!
+//! NOTE: statuses are only received, never polled from the forge's API,
+//! so a delivery the forge loses leaves the proposal waiting until the
+//! forge delivers the status again.
 
 use axum::http::StatusCode;
 use countersign_core::{ApproverName, Policy, Statement};

@@ -136,6 +136,11 @@ impl StatusPoster {
         })
     }
 
+    /// Returns the name of the posted status.
+    pub fn context(&self) -> &str {
+        &self.context
+    }
+
     /// Queues a status; the background task sends it.
     pub fn post(&self, update: StatusUpdate) {
         lock(&self.queue).push_back(update);

@@ -80,6 +80,16 @@ impl Integrations {
             })
             .transpose()?
             .map(Arc::new);
+        if let (Some(ci), Some(status)) = (&ci, &status)
+            && ci.required.iter().any(|name| name == status.context())
+        {
+            return Err(format!(
+                "ci.required names {:?}, the commit status this server \
+                 posts itself; it succeeds only after the deployment, so \
+                 remove it from ci.required",
+                status.context()
+            ));
+        }
         let notifier = config
             .notify
             .as_ref()
@@ -682,6 +692,74 @@ mod tests {
         assert!(notify.ntfy.is_some());
         assert!(notify.webhook.is_some());
         assert!(config.proposal_url.unwrap().contains(NUMBER_PLACEHOLDER));
+    }
+
+    #[test]
+    fn load_rejects_inconsistent_sections() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "t0ken\n").unwrap();
+        let base = format!(
+            "host = \"demo\"\nlisten = \"127.0.0.1:0\"\n\
+             state_dir = \"/tmp/x\"\npolicy = \"/tmp/p\"\n\
+             activator_socket = \"/tmp/s\"\n\
+             [repository]\nurl = \"/srv/infra.git\"\n\
+             [commit_status]\nforge = \"gitea\"\n\
+             api_url = \"https://git.invalid/api/v1\"\n\
+             repository = \"ops/infra\"\ntoken_file = \"{}\"\n",
+            token.display()
+        );
+        let load = |extra: &str| {
+            let config =
+                ServerConfig::parse(&format!("{base}{extra}")).unwrap();
+            Integrations::load(&config).map(|_| ())
+        };
+        assert!(load("").is_ok());
+
+        let error = load("[ci]\nrequired = [\"build\"]\n").unwrap_err();
+        assert!(error.contains("needs a [webhook] section"), "{error}");
+
+        let webhook = "[webhook]\nsecret_file = \"/run/keys/hook\"\n";
+        assert!(
+            load(&format!("{webhook}[ci]\nrequired = [\"build\"]\n")).is_ok()
+        );
+        let error = load(&format!(
+            "{webhook}[ci]\nrequired = [\"countersign/demo\"]\n"
+        ))
+        .unwrap_err();
+        assert!(error.contains("posts itself"), "{error}");
+
+        let error = load("[notify]\nevents = [\"deployed\"]\n").unwrap_err();
+        assert!(error.contains("neither [notify.ntfy]"), "{error}");
+
+        std::fs::write(&token, "\n").unwrap();
+        let error = load("").unwrap_err();
+        assert!(error.contains("commit_status.token_file"), "{error}");
+    }
+
+    #[test]
+    fn proposal_url_needs_the_number() {
+        let config = |url: &str| {
+            ServerConfig::parse(&format!(
+                "host = \"demo\"\nlisten = \"127.0.0.1:0\"\n\
+                 state_dir = \"/tmp/x\"\npolicy = \"/tmp/p\"\n\
+                 activator_socket = \"/tmp/s\"\nproposal_url = \"{url}\"\n\
+                 [repository]\nurl = \"/srv/infra.git\"\n"
+            ))
+            .unwrap()
+        };
+        let loaded =
+            Integrations::load(&config("https://d.invalid/p/{number}"))
+                .unwrap();
+        assert_eq!(
+            loaded.proposal_link(12).as_deref(),
+            Some("https://d.invalid/p/12")
+        );
+        let error = Integrations::load(&config("https://d.invalid/p/"))
+            .err()
+            .unwrap();
+        assert!(error.contains("{number}"), "{error}");
+        assert!(Integrations::load(&config("d.invalid/{number}")).is_err());
     }
 
     #[test]
