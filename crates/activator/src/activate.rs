@@ -8,13 +8,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use countersign_core::protocol::{AuditHead, Event, Outcome, Step};
 use countersign_core::webauthn::{self, encode_base64url};
 use countersign_core::{
-    Action, Certificate, Policy, Sha256Digest, SignCounter, Statement,
-    StorePath, verify_certificate,
+    Certificate, Policy, Sha256Digest, SignCounter, Statement, StorePath,
+    verify_certificate,
 };
 
 use crate::config::Config;
+use crate::confirm::Confirmations;
 use crate::evaluation::{self, Provenance};
 use crate::history::{History, HistoryRecord};
+use crate::intent::{Intent, IntentStep};
 use crate::nix::NixTools;
 use crate::source_check::{self, SourceCheck};
 use crate::state::{self, ActivatorState};
@@ -55,8 +57,8 @@ struct Accepted {
 }
 
 /// The privileged side of the socket: its configuration, the history
-/// whose lock serializes every activation, and the lock that serializes
-/// every evaluation.
+/// whose lock serializes every activation, the lock that serializes
+/// every evaluation, and the confirmation window.
 pub(crate) struct Activator {
     pub(crate) config: Config,
     pub(crate) nix: NixTools,
@@ -64,6 +66,7 @@ pub(crate) struct Activator {
     pub(crate) evaluation_lock: Mutex<()>,
     /// Prepare requests running or waiting for the evaluation lock.
     pub(crate) prepares: AtomicUsize,
+    pub(crate) confirmations: Confirmations,
 }
 
 impl Activator {
@@ -78,10 +81,11 @@ impl Activator {
             history: Mutex::new(history),
             evaluation_lock: Mutex::new(()),
             prepares: AtomicUsize::new(0),
+            confirmations: Confirmations::default(),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, History> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, History> {
         // A panic in another request leaves the history as consistent as
         // the file on disk, which every record re-reads.
         self.history
@@ -117,6 +121,16 @@ impl Activator {
             self.refuse_locked(&mut history, refusal, events);
             return;
         }
+        let mut intent = Intent {
+            proposal,
+            action: statement.action,
+            base: statement.base.clone(),
+            target: statement.target.clone(),
+            base_generation: self.base_generation(&statement.base),
+            step: IntentStep::PreSwitch,
+            switch_started: false,
+            since: now(),
+        };
         let record = HistoryRecord::Accepted {
             time: now(),
             proposal,
@@ -127,9 +141,12 @@ impl Activator {
             approvers: accepted.approvers.clone(),
             audit_head,
         };
+        // The number, the audit head and the first intent are written in
+        // one state update, so a crash after it always finds the intent.
         let recorded = history.record(&record, |state| {
             state.last_proposal = proposal;
             state.audit_head = audit_head;
+            state.intent = Some(intent.clone());
             store_counters(state, &accepted.counters);
         });
         if let Err(error) = recorded {
@@ -149,18 +166,21 @@ impl Activator {
             action = %statement.action,
             base = %statement.base,
             target = %statement.target,
+            base_generation = intent.base_generation,
             approvers = ?accepted.approvers,
             "certificate accepted"
         );
 
-        let (outcome, message) = self.switch(statement, events);
+        let (outcome, message) = self.run_steps(&mut intent, events);
         let record = HistoryRecord::Finished {
             time: now(),
             proposal,
             outcome,
             message: message.clone(),
         };
-        let message = match history.record(&record, |_| {}) {
+        let message = match history.record(&record, |state| {
+            state.intent = None;
+        }) {
             Ok(()) => message,
             Err(error) => {
                 tracing::error!(
@@ -440,110 +460,6 @@ impl Activator {
         Ok(())
     }
 
-    /// Activates an accepted statement and rolls back on failure.
-    fn switch(
-        &self,
-        statement: &Statement,
-        events: &mut dyn EventSink,
-    ) -> (Outcome, String) {
-        let action = statement.action;
-        let target = &statement.target;
-        let profile = &self.config.profile;
-        if action != Action::Test {
-            progress(
-                events,
-                Step::SetProfile,
-                format!(
-                    "setting the profile {} to {target}",
-                    profile.display()
-                ),
-            );
-            if let Err(error) = self.nix.set_profile(profile, target) {
-                let failure = format!(
-                    "setting the profile {} to {target} failed: {error}",
-                    profile.display()
-                );
-                return self.roll_back(statement, failure, false, events);
-            }
-        }
-        progress(
-            events,
-            Step::Switch,
-            format!("running {target}/{SWITCH_SCRIPT} {action}"),
-        );
-        match run_switch_logged(target, action, events) {
-            Ok(()) => (
-                Outcome::Activated,
-                format!(
-                    "proposal {}: {target} activated with `{action}`",
-                    statement.proposal
-                ),
-            ),
-            Err(error) => self.roll_back(statement, error, true, events),
-        }
-    }
-
-    /// Points the profile back at the base and, when the target's switch
-    /// script ran, runs the base's switch script with the same action.
-    fn roll_back(
-        &self,
-        statement: &Statement,
-        failure: String,
-        switched: bool,
-        events: &mut dyn EventSink,
-    ) -> (Outcome, String) {
-        let action = statement.action;
-        let base = &statement.base;
-        let profile = &self.config.profile;
-        tracing::error!(
-            proposal = statement.proposal,
-            error = %failure,
-            "activation failed; rolling back"
-        );
-        progress(
-            events,
-            Step::RollBack,
-            format!("{failure}; rolling back to {base}"),
-        );
-        let mut errors = Vec::new();
-        if action != Action::Test
-            && let Err(error) = self.nix.set_profile(profile, base)
-        {
-            errors.push(format!(
-                "setting the profile {} back to {base} failed: {error}",
-                profile.display()
-            ));
-        }
-        if switched && let Err(error) = run_switch_logged(base, action, events)
-        {
-            errors.push(error);
-        }
-        if errors.is_empty() {
-            (
-                Outcome::RolledBack,
-                format!(
-                    "proposal {}: {failure}; rolled back to {base}",
-                    statement.proposal
-                ),
-            )
-        } else {
-            (
-                Outcome::Failed,
-                format!(
-                    "proposal {}: {failure}; rolling back to {base} failed \
-                     too: {}; the machine needs an administrator, who can \
-                     run `nixos-rebuild` on the console",
-                    statement.proposal,
-                    errors.join("; ")
-                ),
-            )
-        }
-    }
-
-    /// Warns when the server's audit log has fewer entries than it had at
-    /// the last accepted proposal. The activation goes on, because a
-    /// restored backup has the same effect; the audit verification of
-    /// the server's log reports the cut.
     /// Requires the server's audit head to be at or after the one
     /// recorded at the last accepted proposal. A missing, older or
     /// different head means the server's log was cut or rewritten, and
@@ -598,7 +514,28 @@ impl Activator {
             current_system,
             last_proposal: state.last_proposal,
             audit_head: state.audit_head,
+            activating: state.intent.map(|intent| intent.proposal),
+            awaiting_confirmation: self.confirmations.awaiting(),
         })
+    }
+
+    /// Answers a `confirm` request: keeps the activation of `proposal`
+    /// if it is in its confirmation window.
+    pub(crate) fn confirm(&self, proposal: u64, events: &mut dyn EventSink) {
+        match self.confirmations.confirm(proposal) {
+            Ok(()) => {
+                tracing::info!(proposal, "activation confirmed");
+                events.send(&Event::Confirmed { proposal });
+            }
+            Err(reason) => {
+                tracing::warn!(proposal, %reason, "confirmation refused");
+                events.send(&Event::Finished {
+                    outcome: Outcome::Refused,
+                    proposal: Some(proposal),
+                    message: reason,
+                });
+            }
+        }
     }
 }
 
@@ -639,19 +576,6 @@ fn store_counters(state: &mut ActivatorState, counters: &[SignCounter]) {
     }
 }
 
-fn run_switch_logged(
-    toplevel: &StorePath,
-    action: Action,
-    events: &mut dyn EventSink,
-) -> Result<(), String> {
-    system::run_switch(toplevel, action, &mut |line| {
-        tracing::info!(toplevel = %toplevel, line, "switch-to-configuration");
-        events.send(&Event::Log {
-            line: line.to_owned(),
-        });
-    })
-}
-
 pub(crate) fn progress(
     events: &mut dyn EventSink,
     step: Step,
@@ -661,7 +585,7 @@ pub(crate) fn progress(
     events.send(&Event::Progress { step, message });
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |duration| duration.as_secs())

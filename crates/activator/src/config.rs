@@ -61,8 +61,86 @@ pub struct Config {
     /// turn it on to keep the last approval fast.
     #[serde(default)]
     pub prepare_as_root: bool,
+    /// Seconds within which the server of a newly activated system must
+    /// send a `confirm` request, or the activator rolls the activation
+    /// back; 0 turns the confirmation window off.
+    #[serde(default)]
+    pub confirm_timeout_secs: u64,
+    /// Commands that run, in order, before the profile or the running
+    /// system changes; one that fails aborts the activation.
+    #[serde(default)]
+    pub pre_switch: Vec<PreSwitchCommand>,
+    /// Checks that must pass after the switch, or the activator rolls
+    /// back to the certificate's base.
+    #[serde(default)]
+    pub health: HealthConfig,
     #[serde(default)]
     pub nix: NixSettings,
+}
+
+/// Default seconds one health check may take.
+pub const DEFAULT_HEALTH_TIMEOUT_SECS: u64 = 60;
+/// Default seconds one pre-switch command may take; longer than a health
+/// check, because a snapshot of a large file system can take minutes.
+pub const DEFAULT_PRE_SWITCH_TIMEOUT_SECS: u64 = 300;
+
+/// One command of `[[pre_switch]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreSwitchCommand {
+    /// The program and its arguments, run without a shell.
+    pub command: Vec<String>,
+    #[serde(default = "default_pre_switch_timeout")]
+    pub timeout_secs: u64,
+}
+
+/// The `[health]` table: what must work after a switch.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    #[serde(default)]
+    pub units: Vec<UnitCheck>,
+    #[serde(default)]
+    pub commands: Vec<CommandCheck>,
+    #[serde(default)]
+    pub http: Vec<HttpCheck>,
+}
+
+impl HealthConfig {
+    /// Returns whether no check is configured.
+    pub fn is_empty(&self) -> bool {
+        self.units.is_empty()
+            && self.commands.is_empty()
+            && self.http.is_empty()
+    }
+}
+
+/// A systemd unit that `systemctl is-active` must report as active.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnitCheck {
+    pub unit: String,
+    #[serde(default = "default_health_timeout")]
+    pub timeout_secs: u64,
+}
+
+/// A command that must exit with status 0.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandCheck {
+    /// The program and its arguments, run without a shell.
+    pub command: Vec<String>,
+    #[serde(default = "default_health_timeout")]
+    pub timeout_secs: u64,
+}
+
+/// A loopback `http://` URL whose GET response must have a 2xx status.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpCheck {
+    pub url: String,
+    #[serde(default = "default_health_timeout")]
+    pub timeout_secs: u64,
 }
 
 /// Settings passed to every Nix command.
@@ -161,6 +239,7 @@ impl Config {
                 ));
             }
         }
+        self.validate_checks()?;
         for name in self.nix.options.keys() {
             let valid = !name.is_empty()
                 && !name.starts_with('-')
@@ -176,6 +255,81 @@ impl Config {
         }
         Ok(())
     }
+}
+
+impl Config {
+    fn validate_checks(&self) -> Result<(), String> {
+        for (index, entry) in self.pre_switch.iter().enumerate() {
+            let key = format!("pre_switch[{index}]");
+            validate_command(&key, &entry.command)?;
+            validate_timeout(&key, entry.timeout_secs)?;
+        }
+        for (index, check) in self.health.units.iter().enumerate() {
+            let key = format!("health.units[{index}]");
+            validate_unit_name(&key, &check.unit)?;
+            validate_timeout(&key, check.timeout_secs)?;
+        }
+        for (index, check) in self.health.commands.iter().enumerate() {
+            let key = format!("health.commands[{index}]");
+            validate_command(&key, &check.command)?;
+            validate_timeout(&key, check.timeout_secs)?;
+        }
+        for (index, check) in self.health.http.iter().enumerate() {
+            let key = format!("health.http[{index}]");
+            crate::health::HttpUrl::parse(&check.url)
+                .map_err(|error| format!("`{key}.url`: {error}"))?;
+            validate_timeout(&key, check.timeout_secs)?;
+        }
+        Ok(())
+    }
+}
+
+fn validate_command(key: &str, command: &[String]) -> Result<(), String> {
+    match command.first() {
+        None => Err(format!(
+            "`{key}.command` is empty; give the program and its arguments, \
+             such as [\"/run/current-system/sw/bin/true\"]"
+        )),
+        Some(program) if program.is_empty() => Err(format!(
+            "`{key}.command` starts with an empty program name; give the \
+             program's name or absolute path first"
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+fn validate_timeout(key: &str, seconds: u64) -> Result<(), String> {
+    if seconds == 0 {
+        return Err(format!(
+            "`{key}.timeout_secs` is 0; give the seconds the step may take, \
+             or leave the key out for the default"
+        ));
+    }
+    Ok(())
+}
+
+/// Accepts unit names as systemd writes them: no option-like leading
+/// `-`, no white space or control characters.
+fn validate_unit_name(key: &str, unit: &str) -> Result<(), String> {
+    let valid = !unit.is_empty()
+        && !unit.starts_with('-')
+        && unit.len() <= 256
+        && !unit.chars().any(|c| c.is_whitespace() || c.is_control());
+    if !valid {
+        return Err(format!(
+            "`{key}.unit` is {unit:?}, which is not a systemd unit name; \
+             give a name such as \"sshd.service\""
+        ));
+    }
+    Ok(())
+}
+
+fn default_health_timeout() -> u64 {
+    DEFAULT_HEALTH_TIMEOUT_SECS
+}
+
+fn default_pre_switch_timeout() -> u64 {
+    DEFAULT_PRE_SWITCH_TIMEOUT_SECS
 }
 
 fn default_socket_mode() -> SocketMode {
@@ -291,6 +445,69 @@ mod tests {
         let error = Config::parse(&format!("{MINIMAL}socket_mode = 660\n"))
             .unwrap_err();
         assert!(error.contains("socket_mode"), "{error}");
+    }
+
+    #[test]
+    fn checks_parse_with_defaults() {
+        let text = format!(
+            "{MINIMAL}confirm_timeout_secs = 120\n\
+             [[pre_switch]]\ncommand = [\"zfs\", \"snapshot\", \"rpool/root@x\"]\n\
+             [[health.units]]\nunit = \"sshd.service\"\n\
+             [[health.commands]]\ncommand = [\"/bin/true\"]\ntimeout_secs = 5\n\
+             [[health.http]]\nurl = \"http://127.0.0.1:8470/api/v1/health\"\n"
+        );
+        let config = Config::parse(&text).unwrap();
+        assert_eq!(config.confirm_timeout_secs, 120);
+        assert_eq!(
+            config.pre_switch[0].timeout_secs,
+            DEFAULT_PRE_SWITCH_TIMEOUT_SECS
+        );
+        assert_eq!(config.health.units[0].unit, "sshd.service");
+        assert_eq!(
+            config.health.units[0].timeout_secs,
+            DEFAULT_HEALTH_TIMEOUT_SECS
+        );
+        assert_eq!(config.health.commands[0].timeout_secs, 5);
+        assert_eq!(config.health.http.len(), 1);
+
+        let minimal = Config::parse(MINIMAL).unwrap();
+        assert_eq!(minimal.confirm_timeout_secs, 0);
+        assert!(minimal.pre_switch.is_empty());
+        assert!(minimal.health.is_empty());
+    }
+
+    #[test]
+    fn invalid_checks_name_key() {
+        let cases = [
+            ("[[pre_switch]]\ncommand = []\n", "pre_switch[0].command"),
+            (
+                "[[health.commands]]\ncommand = [\"\"]\n",
+                "health.commands[0].command",
+            ),
+            (
+                "[[health.commands]]\ncommand = [\"/bin/true\"]\n\
+                 timeout_secs = 0\n",
+                "health.commands[0].timeout_secs",
+            ),
+            (
+                "[[health.units]]\nunit = \"--all\"\n",
+                "health.units[0].unit",
+            ),
+            (
+                "[[health.http]]\nurl = \"http://192.0.2.1/\"\n",
+                "health.http[0].url",
+            ),
+            (
+                "[[health.http]]\nurl = \"https://127.0.0.1/\"\n",
+                "health.http[0].url",
+            ),
+            ("[[health.disks]]\npath = \"/\"\n", "disks"),
+        ];
+        for (extra, key) in cases {
+            let error =
+                Config::parse(&format!("{MINIMAL}{extra}")).expect_err(extra);
+            assert!(error.contains(key), "{extra}: {error}");
+        }
     }
 
     #[test]

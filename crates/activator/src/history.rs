@@ -17,6 +17,7 @@ use countersign_core::{Action, Sha256Digest, StorePath};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::intent::IntentStep;
 use crate::state::{self, ActivatorState, StateError};
 
 /// Name of the history file inside the state directory.
@@ -50,6 +51,16 @@ pub enum HistoryRecord {
     Finished {
         time: u64,
         proposal: u64,
+        outcome: Outcome,
+        message: String,
+    },
+    /// The activator started and found that the activation of
+    /// `proposal` had not finished, and restored the base.
+    Recovered {
+        time: u64,
+        proposal: u64,
+        /// The step the activation had begun when it stopped.
+        step: IntentStep,
         outcome: Outcome,
         message: String,
     },

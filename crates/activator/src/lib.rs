@@ -18,10 +18,12 @@
 //! Each connection carries one JSON request line of at most
 //! [`MAX_REQUEST_BYTES`](countersign_core::protocol::MAX_REQUEST_BYTES)
 //! bytes (see [`countersign_core::protocol`]). The activator replies with
-//! events, one JSON line each, and ends with `finished`, `status` or
-//! `prepared`. Longer or malformed lines are refused with a `finished`
-//! event whose outcome is `refused`. Activations are serialized by one
-//! lock, and evaluations by another.
+//! events, one JSON line each, and ends with `finished`, `status`,
+//! `prepared` or `confirmed`. Longer or malformed lines are refused with a
+//! `finished` event whose outcome is `refused`. Activations are
+//! serialized by one lock, and evaluations by another. A `confirm`
+//! request takes neither, so it reaches an activation that waits in its
+//! confirmation window.
 //!
 //! A `prepare` request, which the server sends once a proposal is built,
 //! runs checks 5 and 6 below for a source, NAR hash and attribute ahead
@@ -55,19 +57,50 @@
 //!    `bin/switch-to-configuration` that resolves inside the store.
 //!
 //! Before anything changes, the proposal number (used once, whatever the
-//! outcome), the server's audit head, the WebAuthn signature counters
-//! and an `accepted` history entry are written durably. For `switch` and `boot` the profile is then set to
-//! the target; every action then runs the target's
-//! `switch-to-configuration` with a cleared environment. Any non-zero
-//! exit status is a failure, including 4 ("some units failed"): the
-//! profile is set back to the base and the base's script runs with the
-//! same action, giving `rolled-back`, or `failed` when that fails too.
-//! The outcome is written to the history before it is sent.
+//! outcome), the server's audit head, the WebAuthn signature counters,
+//! the first intent record and an `accepted` history entry are written
+//! durably.
+//!
+//! # Activation steps
+//!
+//! Before each step the activator writes its intent (proposal, action,
+//! step, base, target, the base's profile generation) to the state file
+//! durably; see [`intent`] for the rule by which a restarted activator
+//! restores the base when an activation did not finish. The steps:
+//!
+//! 1. `[[pre_switch]]` commands from the activator's configuration, such
+//!    as a file system snapshot. One that fails or runs out of time
+//!    aborts the activation with outcome `refused` before anything
+//!    changed.
+//! 2. For `switch` and `boot`, `nix-env --set` points the profile at the
+//!    target, as `nixos-rebuild` does; `test` leaves the profile alone.
+//! 3. The target's `switch-to-configuration ACTION` runs with a cleared
+//!    environment. Any non-zero exit status is a failure, including 4
+//!    ("some units failed").
+//! 4. For `switch` and `test`, the `[health]` checks of the activator's
+//!    configuration: units that `systemctl is-active` reports active,
+//!    commands that exit 0, and loopback URLs that answer 2xx, each
+//!    retried until its timeout. `boot` changes nothing that runs before
+//!    the next boot, so it skips steps 4 and 5.
+//! 5. With `confirm_timeout_secs` above 0, the activator sends
+//!    `awaiting-confirmation` and waits that long for a `confirm` request
+//!    from the server of the new system.
+//!
+//! A failure in steps 2 to 5 rolls back to the certificate's base: the
+//! profile goes back to the base's generation and the base's
+//! `switch-to-configuration` runs with the same action, giving
+//! `rolled-back`, or `failed` when that fails too. The outcome is written
+//! to the history, and the intent cleared, before it is sent.
 
 mod activate;
+mod command;
 pub mod config;
+mod confirm;
+mod deploy;
 mod evaluation;
+mod health;
 pub mod history;
+pub mod intent;
 mod nix;
 mod prepare;
 mod server;
@@ -84,6 +117,7 @@ pub use history::{
     HISTORY_FILE, HistoryEntry, HistoryError, HistoryRecord, HistorySummary,
     read_history, verify_history,
 };
+pub use intent::{Intent, IntentStep};
 pub use server::{Daemon, bind, run};
 pub use source_check::VERIFIED_SOURCES_DIR;
 pub use state::{ActivatorState, STATE_FILE, StateError, read_state};

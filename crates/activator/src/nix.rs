@@ -154,6 +154,23 @@ impl NixTools {
         command.arg("--set").arg(path.as_str());
         run(&mut command)
     }
+
+    /// Points `profile` at its existing generation `generation`.
+    pub(crate) fn switch_generation(
+        &self,
+        profile: &Path,
+        generation: u64,
+    ) -> Result<(), String> {
+        let mut command = Command::new("nix-env");
+        for (name, value) in &self.options {
+            command.arg("--option").arg(name).arg(value);
+        }
+        command.arg("--profile").arg(profile);
+        command
+            .arg("--switch-generation")
+            .arg(generation.to_string());
+        run(&mut command)
+    }
 }
 
 /// What the Nix database records about one valid store path.

@@ -61,7 +61,12 @@ pub fn bind(config: Config) -> Result<Daemon, Error> {
     let nix = NixTools::new(&config.nix.options, evaluator.as_ref())
         .map_err(Error::NixSettings)?;
     let history = History::open(&config.state_dir)?;
-    let listener = bind_socket(&config, group)?;
+    let activator = Activator::new(config, nix, history);
+    // An activation that a crash interrupted is finished before any new
+    // request can arrive.
+    activator.recover();
+    let config = &activator.config;
+    let listener = bind_socket(config, group)?;
     tracing::info!(
         socket = %config.socket.display(),
         state_dir = %config.state_dir.display(),
@@ -69,11 +74,16 @@ pub fn bind(config: Config) -> Result<Daemon, Error> {
         profile = %config.profile.display(),
         verify_evaluation = config.verify_evaluation,
         evaluator_user = config.evaluator_user.as_deref(),
+        pre_switch_commands = config.pre_switch.len(),
+        health_checks = config.health.units.len()
+            + config.health.commands.len()
+            + config.health.http.len(),
+        confirm_timeout_secs = config.confirm_timeout_secs,
         "activator started"
     );
     Ok(Daemon {
         listener,
-        activator: Arc::new(Activator::new(config, nix, history)),
+        activator: Arc::new(activator),
     })
 }
 
@@ -205,6 +215,10 @@ fn serve_connection(activator: &Activator, stream: UnixStream) {
                 "prepare request"
             );
             activator.prepare(&source, &nar_hash, &attribute, &mut sink);
+        }
+        Request::Confirm { proposal } => {
+            tracing::info!(proposal, "confirm request");
+            activator.confirm(proposal, &mut sink);
         }
         Request::Status => {
             tracing::info!("status request");

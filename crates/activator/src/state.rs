@@ -1,6 +1,7 @@
 //! The activator's durable state: the last accepted proposal number, the
 //! server's audit head recorded with it, the head of the activator's own
-//! history, and the signature counter of each WebAuthn credential.
+//! history, the intent of an activation in progress, and the signature
+//! counter of each WebAuthn credential.
 //!
 //! The file is replaced atomically (write a temporary file, fsync it,
 //! rename it over the old one, fsync the directory), so a crash leaves
@@ -13,6 +14,8 @@ use std::path::{Path, PathBuf};
 
 use countersign_core::protocol::AuditHead;
 use serde::{Deserialize, Serialize};
+
+use crate::intent::Intent;
 
 /// Name of the state file inside the state directory.
 pub const STATE_FILE: &str = "state.json";
@@ -29,6 +32,10 @@ pub struct ActivatorState {
     /// The number and hash of the newest entry of the activator's own
     /// history, so that a history whose tail was cut fails verification.
     pub history_head: Option<AuditHead>,
+    /// The activation in progress and the step it has begun; `None`
+    /// between activations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent: Option<Intent>,
     /// The signature counter of the last accepted approval of each
     /// WebAuthn credential, by credential id in base64url without
     /// padding. A later approval must report a greater counter unless
@@ -148,6 +155,7 @@ mod tests {
                 seq: 3,
                 hash: Sha256Digest::of(b"history"),
             }),
+            intent: None,
             webauthn_counters: BTreeMap::from([("AAEC".to_owned(), 17)]),
         };
         write_state(directory.path(), &state).unwrap();

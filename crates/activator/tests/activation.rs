@@ -5,33 +5,13 @@ mod support;
 
 use std::process::Command;
 
-use countersign_activator::{
-    HistoryRecord, read_history, read_state, verify_history,
-};
+use countersign_activator::{read_state, verify_history};
 use countersign_core::protocol::{AuditHead, Event, Outcome, Step};
 use countersign_core::{Action, Sha256Digest};
 use support::{
     Activator, World, WorldOptions, approved, finished, log_lines,
     policy_text, set_profile, steps,
 };
-
-fn record_kinds(activator: &Activator) -> Vec<String> {
-    read_history(&activator.state_dir)
-        .unwrap()
-        .into_iter()
-        .map(|entry| match entry.record {
-            HistoryRecord::Accepted { proposal, .. } => {
-                format!("accepted {proposal}")
-            }
-            HistoryRecord::Refused { proposal, .. } => {
-                format!("refused {proposal:?}")
-            }
-            HistoryRecord::Finished {
-                proposal, outcome, ..
-            } => format!("finished {proposal} {outcome:?}"),
-        })
-        .collect()
-}
 
 #[test]
 fn two_of_two_activates_target() {
@@ -73,7 +53,7 @@ fn two_of_two_activates_target() {
     assert_eq!(state.last_proposal, 1);
     assert_eq!(state.audit_head, Some(head));
     assert_eq!(
-        record_kinds(&activator),
+        activator.record_kinds(),
         ["accepted 1", "finished 1 Activated"]
     );
     let summary = verify_history(&activator.state_dir).unwrap();
@@ -87,6 +67,8 @@ fn two_of_two_activates_target() {
             current_system: Some(world.target.clone()),
             last_proposal: 1,
             audit_head: Some(head),
+            activating: None,
+            awaiting_confirmation: None,
         }]
     );
 }
@@ -147,7 +129,10 @@ fn used_certificate_is_refused() {
 
 #[test]
 fn failing_switch_rolls_back() {
-    let world = World::build(WorldOptions { fail_switch: true });
+    let world = World::build(WorldOptions {
+        fail_switch: true,
+        ..WorldOptions::default()
+    });
     let activator = Activator::start(&world, "");
     let certificate = approved(&world.statement(&policy_text(), 1));
     let events = activator.activate(&certificate);
@@ -181,7 +166,7 @@ fn failing_switch_rolls_back() {
         ]
     );
     assert_eq!(
-        record_kinds(&activator),
+        activator.record_kinds(),
         ["accepted 1", "finished 1 RolledBack"]
     );
 
@@ -287,7 +272,7 @@ fn prepare_fills_caches_for_activation() {
     assert_eq!(activator.profile_target(), world.base.as_path());
     assert_eq!(world.switch_log_lines(), Vec::<String>::new());
     assert_eq!(read_state(&activator.state_dir).unwrap().last_proposal, 0);
-    assert_eq!(record_kinds(&activator), Vec::<String>::new());
+    assert_eq!(activator.record_kinds(), Vec::<String>::new());
     assert_eq!(
         activator
             .state_files(countersign_activator::EVALUATION_CACHE_DIR)

@@ -375,6 +375,8 @@ fn default_socket_mode_and_status() {
             current_system: Some(base),
             last_proposal: 0,
             audit_head: None,
+            activating: None,
+            awaiting_confirmation: None,
         }]
     );
 }

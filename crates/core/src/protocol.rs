@@ -1,8 +1,8 @@
 //! The messages between the server and the activator on the activator's
 //! Unix socket: one JSON request per connection, on one line, answered by
 //! a stream of JSON events, one per line. The last event is `finished`,
-//! or `status` for a status request and `prepared` for a successful
-//! prepare request.
+//! or `status` for a status request, `prepared` for a successful prepare
+//! request and `confirmed` for a confirm request that arrived in time.
 //!
 //! The activator treats every request as untrusted input: it re-derives
 //! every decision from its own policy file, state and the Nix store.
@@ -39,6 +39,11 @@ pub enum Request {
         /// The flake output attribute of the host's toplevel.
         attribute: String,
     },
+    /// Confirm that the system activated for `proposal` runs well enough
+    /// for its server to reach the activator. When the activator has a
+    /// confirmation window, it rolls back an activation that is not
+    /// confirmed in time.
+    Confirm { proposal: u64 },
 }
 
 /// The number and hash of an audit log entry.
@@ -59,6 +64,12 @@ pub enum Step {
     SetProfile,
     Switch,
     RollBack,
+    /// The administrator's commands that run before the switch.
+    PreSwitch,
+    /// The checks that run after the switch.
+    HealthCheck,
+    /// The wait for the server of the new system to confirm.
+    AwaitConfirmation,
 }
 
 /// How an activation request ended.
@@ -91,6 +102,12 @@ pub enum Event {
         current_system: Option<StorePath>,
         last_proposal: u64,
         audit_head: Option<AuditHead>,
+        /// The proposal whose activation has begun and not finished.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        activating: Option<u64>,
+        /// The proposal whose activation waits for a `confirm` request.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        awaiting_confirmation: Option<u64>,
     },
     Finished {
         outcome: Outcome,
@@ -103,6 +120,13 @@ pub enum Event {
         /// when the activator's configuration turns evaluation off.
         target: Option<StorePath>,
     },
+    /// The activation of `proposal` has switched and passed its health
+    /// checks, and is rolled back unless a `confirm` request for it
+    /// arrives before `deadline` (Unix time, seconds).
+    AwaitingConfirmation { proposal: u64, deadline: u64 },
+    /// The reply to a `confirm` request that arrived in time: the
+    /// activation of `proposal` is kept.
+    Confirmed { proposal: u64 },
 }
 
 #[cfg(test)]
@@ -143,6 +167,44 @@ mod tests {
         let line = "{\"request\":\"prepare\",\"source\":\"/etc\",\
                     \"nar_hash\":\"sha256-x\",\"attribute\":\"a\"}";
         assert!(serde_json::from_str::<Request>(line).is_err());
+    }
+
+    #[test]
+    fn confirmation_messages_round_trip() {
+        let request = Request::Confirm { proposal: 4 };
+        let line = serde_json::to_string(&request).unwrap();
+        assert_eq!(line, "{\"request\":\"confirm\",\"proposal\":4}");
+        assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), request);
+
+        let waiting = Event::AwaitingConfirmation {
+            proposal: 4,
+            deadline: 1_700_000_000,
+        };
+        let line = serde_json::to_string(&waiting).unwrap();
+        assert_eq!(
+            line,
+            "{\"event\":\"awaiting-confirmation\",\"proposal\":4,\
+             \"deadline\":1700000000}"
+        );
+        assert_eq!(serde_json::from_str::<Event>(&line).unwrap(), waiting);
+    }
+
+    #[test]
+    fn status_without_confirmation_keeps_its_form() {
+        let line = "{\"event\":\"status\",\"current_system\":null,\
+                    \"last_proposal\":2,\"audit_head\":null}";
+        let status: Event = serde_json::from_str(line).unwrap();
+        assert_eq!(
+            status,
+            Event::Status {
+                current_system: None,
+                last_proposal: 2,
+                audit_head: None,
+                activating: None,
+                awaiting_confirmation: None,
+            }
+        );
+        assert_eq!(serde_json::to_string(&status).unwrap(), line);
     }
 
     #[test]

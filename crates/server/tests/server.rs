@@ -536,7 +536,9 @@ async fn quorum_sends_certificate_to_activator() {
                 certificate,
                 audit_head,
             } => Some((certificate.clone(), *audit_head)),
-            Request::Status | Request::Prepare { .. } => None,
+            Request::Status
+            | Request::Prepare { .. }
+            | Request::Confirm { .. } => None,
         })
         .expect("the stub received an activation request");
     let parsed = Statement::parse(&statement).unwrap();

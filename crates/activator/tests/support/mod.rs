@@ -14,11 +14,13 @@ use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use countersign_activator::{HistoryRecord, read_history};
 use countersign_core::protocol::{AuditHead, Event, Outcome, Request, Step};
 use countersign_core::{
     Action, Certificate, Policy, STATEMENT_FORMAT, Sha256Digest, Source,
@@ -179,6 +181,9 @@ pub struct World {
 pub struct WorldOptions {
     /// The target's `switch-to-configuration` exits with status 1.
     pub fail_switch: bool,
+    /// Seconds the target's `switch-to-configuration` sleeps after it
+    /// logs its action.
+    pub switch_delay_secs: u32,
 }
 
 impl World {
@@ -189,6 +194,7 @@ impl World {
         let base_spec = SystemSpec::demo(HOST, &switch_log);
         let mut target_spec = base_spec.demo_update();
         target_spec.fail_switch = options.fail_switch;
+        target_spec.switch_delay_secs = options.switch_delay_secs;
         let (_, base_source, base) =
             commit_and_build(dir.path(), &repo, &base_spec, "Base system");
         let (commit, source, target) =
@@ -408,6 +414,50 @@ impl Activator {
     /// Starts an activator with the default policy and `extra_config`
     /// appended to its configuration.
     pub fn start(world: &World, extra_config: &str) -> Self {
+        let mut activator = Self::configure(world, extra_config);
+        activator.spawn();
+        activator
+    }
+
+    /// Starts an activator whose `PATH` begins with a directory that
+    /// holds `programs`: file names and shell scripts, such as a
+    /// `nix-env` wrapper.
+    pub fn start_with_programs(
+        world: &World,
+        extra_config: &str,
+        programs: &[(&str, String)],
+    ) -> Self {
+        let mut activator = Self::configure(world, extra_config);
+        let bin = activator.dir.path().join("bin");
+        fs::create_dir(&bin).unwrap();
+        for (name, script) in programs {
+            let path = bin.join(name);
+            fs::write(&path, script).unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
+                .unwrap();
+        }
+        activator.extra_path = Some(bin);
+        activator.spawn();
+        activator
+    }
+
+    /// Starts an activator whose configuration ends with the tables that
+    /// `tables` returns for it, so that they can name its paths.
+    pub fn start_with_tables(
+        world: &World,
+        tables: impl FnOnce(&Self) -> String,
+    ) -> Self {
+        let mut activator = Self::configure(world, "");
+        let mut config = fs::read_to_string(&activator.config_path).unwrap();
+        config.push_str(&tables(&activator));
+        fs::write(&activator.config_path, config).unwrap();
+        activator.spawn();
+        activator
+    }
+
+    /// Writes the configuration, policy and profile of an activator
+    /// without starting it.
+    fn configure(world: &World, extra_config: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_owned();
         let profile = root.join("profile");
@@ -431,7 +481,7 @@ impl Activator {
             nix_env().registry.display(),
         );
         fs::write(&config_path, config).unwrap();
-        let mut activator = Self {
+        Self {
             log_path: root.join("activator.log"),
             dir,
             config_path,
@@ -441,9 +491,7 @@ impl Activator {
             profile,
             extra_path: None,
             child: None,
-        };
-        activator.spawn();
-        activator
+        }
     }
 
     /// Starts an activator whose `nix` is a wrapper that appends its
@@ -511,6 +559,10 @@ exec '{}' \"$@\"
             let path = std::env::var("PATH").unwrap_or_default();
             command.env("PATH", format!("{}:{path}", extra.display()));
         }
+        // A process group of its own lets a test kill the activator and
+        // its children at once, as systemd stops a service's control
+        // group and as a power loss stops everything.
+        command.process_group(0);
         let child = command
             .arg("--config")
             .arg(&self.config_path)
@@ -566,6 +618,17 @@ exec '{}' \"$@\"
         self.spawn();
     }
 
+    /// Kills the activator and every process of its group with SIGKILL,
+    /// without waiting; [`Activator::restart`] reaps it.
+    pub fn kill_group(&self) {
+        let pid = self.child.as_ref().expect("the activator runs").id();
+        let status = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pid}")])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -KILL -{pid} failed");
+    }
+
     /// The activator's log output so far.
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log_path).unwrap_or_default()
@@ -590,6 +653,34 @@ exec '{}' \"$@\"
             events.push(event);
         }
         Ok(events)
+    }
+
+    /// Sends a request and passes each event to `on_event` as it
+    /// arrives; returns every event. A connection that breaks, as when
+    /// the activator is killed, ends the reply early, as does a line cut
+    /// off in the middle.
+    pub fn request_streaming(
+        &self,
+        request: &Request,
+        on_event: &mut dyn FnMut(&Event),
+    ) -> Vec<Event> {
+        let mut line = serde_json::to_vec(request).unwrap();
+        line.push(b'\n');
+        let mut stream =
+            UnixStream::connect(&self.socket).unwrap_or_else(|error| {
+                panic!("cannot connect to the activator: {error}")
+            });
+        stream.write_all(&line).unwrap();
+        let mut events = Vec::new();
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            let Ok(event) = serde_json::from_str::<Event>(&line) else {
+                break;
+            };
+            on_event(&event);
+            events.push(event);
+        }
+        events
     }
 
     /// Sends raw bytes as a request and returns every event of the reply.
@@ -648,10 +739,81 @@ exec '{}' \"$@\"
         self.request(&line)
     }
 
+    /// Sends a confirm request and returns every event of the reply.
+    pub fn confirm(&self, proposal: u64) -> Vec<Event> {
+        let mut line =
+            serde_json::to_vec(&Request::Confirm { proposal }).unwrap();
+        line.push(b'\n');
+        self.request(&line)
+    }
+
     /// The store path the profile resolves to.
     pub fn profile_target(&self) -> PathBuf {
         fs::canonicalize(&self.profile).unwrap()
     }
+
+    /// Each history entry in short form, such as `accepted 1` or
+    /// `finished 1 RolledBack`.
+    pub fn record_kinds(&self) -> Vec<String> {
+        read_history(&self.state_dir)
+            .unwrap()
+            .into_iter()
+            .map(|entry| match entry.record {
+                HistoryRecord::Accepted { proposal, .. } => {
+                    format!("accepted {proposal}")
+                }
+                HistoryRecord::Refused { proposal, .. } => {
+                    format!("refused {proposal:?}")
+                }
+                HistoryRecord::Finished {
+                    proposal, outcome, ..
+                } => format!("finished {proposal} {outcome:?}"),
+                HistoryRecord::Recovered {
+                    proposal,
+                    step,
+                    outcome,
+                    ..
+                } => format!("recovered {proposal} {step} {outcome:?}"),
+            })
+            .collect()
+    }
+
+    /// The message of the newest history entry that has one.
+    pub fn last_message(&self) -> String {
+        read_history(&self.state_dir)
+            .unwrap()
+            .into_iter()
+            .rev()
+            .find_map(|entry| match entry.record {
+                HistoryRecord::Finished { message, .. }
+                | HistoryRecord::Recovered { message, .. } => Some(message),
+                HistoryRecord::Refused { reason, .. } => Some(reason),
+                HistoryRecord::Accepted { .. } => None,
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Waits up to a minute for `condition`, checking every 20 ms.
+pub fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !condition() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Returns the absolute path of `program` on the test's `PATH`.
+pub fn real_program(program: &str) -> String {
+    let output = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .expect("run sh");
+    assert!(output.status.success(), "{program} is not on PATH");
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
 }
 
 impl Drop for Activator {

@@ -90,6 +90,13 @@ fn answer(
             current_system: state.current_system.clone(),
             last_proposal: state.last_proposal,
             audit_head: state.audit_head,
+            activating: None,
+            awaiting_confirmation: None,
+        }],
+        Request::Confirm { proposal } => vec![Event::Finished {
+            outcome: Outcome::Refused,
+            proposal: Some(proposal),
+            message: "the stand-in has no confirmation window".into(),
         }],
         Request::Prepare { .. } => vec![
             Event::Progress {

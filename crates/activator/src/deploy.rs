@@ -1,0 +1,420 @@
+//! The steps of an accepted activation (pre-switch commands, profile,
+//! switch, health checks, confirmation window), the rollback to the
+//! certificate's base, and the recovery of an activation that a crash
+//! or a power loss interrupted.
+
+use std::time::{Duration, Instant};
+
+use countersign_core::protocol::{Event, Outcome, Step};
+use countersign_core::{Action, StorePath};
+
+use crate::activate::{Activator, EventSink, now, progress};
+use crate::health::{self, ActivationInfo};
+use crate::history::HistoryRecord;
+use crate::intent::{self, Intent, IntentStep};
+use crate::system::{self, SWITCH_SCRIPT};
+
+impl Activator {
+    /// Returns the profile generation that points at `base`, when the
+    /// profile's current generation does.
+    pub(crate) fn base_generation(&self, base: &StorePath) -> Option<u64> {
+        let profile = &self.config.profile;
+        let generation = intent::profile_generation(profile)?;
+        let link = intent::generation_link(profile, generation);
+        (intent::resolve_link(&link).as_ref() == Some(base))
+            .then_some(generation)
+    }
+
+    /// Runs the steps of an accepted activation, writing the intent
+    /// before each, and rolls back on failure.
+    pub(crate) fn run_steps(
+        &self,
+        intent: &mut Intent,
+        events: &mut dyn EventSink,
+    ) -> (Outcome, String) {
+        let proposal = intent.proposal;
+        let action = intent.action;
+        let target = intent.target.clone();
+        let base = intent.base.clone();
+        let info = ActivationInfo {
+            proposal,
+            action,
+            base: &base,
+            target: &target,
+        };
+
+        if !self.config.pre_switch.is_empty() {
+            let ran =
+                self.begin(intent, IntentStep::PreSwitch).and_then(|()| {
+                    health::run_pre_switch(
+                        &self.config.pre_switch,
+                        &info,
+                        events,
+                    )
+                });
+            if let Err(error) = ran {
+                return (
+                    Outcome::Refused,
+                    format!(
+                        "proposal {proposal}: {error}; the activation was \
+                         aborted before the profile or the running system \
+                         changed"
+                    ),
+                );
+            }
+        }
+
+        let profile = &self.config.profile;
+        if action != Action::Test {
+            if let Err(error) = self.begin(intent, IntentStep::SetProfile) {
+                return self.roll_back(intent, error, events);
+            }
+            progress(
+                events,
+                Step::SetProfile,
+                format!(
+                    "setting the profile {} to {target}",
+                    profile.display()
+                ),
+            );
+            if let Err(error) = self.nix.set_profile(profile, &target) {
+                let failure = format!(
+                    "setting the profile {} to {target} failed: {error}",
+                    profile.display()
+                );
+                return self.roll_back(intent, failure, events);
+            }
+        }
+
+        if let Err(error) = self.begin(intent, IntentStep::Switch) {
+            return self.roll_back(intent, error, events);
+        }
+        progress(
+            events,
+            Step::Switch,
+            format!("running {target}/{SWITCH_SCRIPT} {action}"),
+        );
+        if let Err(error) = run_switch_logged(&target, action, events) {
+            return self.roll_back(intent, error, events);
+        }
+
+        if action == Action::Boot {
+            // `boot` changes nothing that runs before the next boot, so
+            // there is nothing to check or confirm now.
+            return (
+                Outcome::Activated,
+                format!(
+                    "proposal {proposal}: {target} is the boot default after \
+                     `boot`; it runs after the next reboot"
+                ),
+            );
+        }
+
+        if !self.config.health.is_empty() {
+            let checked =
+                self.begin(intent, IntentStep::HealthCheck).and_then(|()| {
+                    health::run_health_checks(
+                        &self.config.health,
+                        &info,
+                        events,
+                    )
+                });
+            if let Err(error) = checked {
+                return self.roll_back(intent, error, events);
+            }
+        }
+
+        let window = self.config.confirm_timeout_secs;
+        if window > 0 {
+            if let Err(error) =
+                self.begin(intent, IntentStep::AwaitConfirmation)
+            {
+                return self.roll_back(intent, error, events);
+            }
+            if !self.await_confirmation(proposal, window, events) {
+                let failure = format!(
+                    "the server of the new system did not confirm proposal \
+                     {proposal} within {window} s"
+                );
+                return self.roll_back(intent, failure, events);
+            }
+        }
+
+        (
+            Outcome::Activated,
+            format!("proposal {proposal}: {target} activated with `{action}`"),
+        )
+    }
+
+    /// Writes the intent for `step`. An error means that the step did
+    /// not begin.
+    fn begin(
+        &self,
+        intent: &mut Intent,
+        step: IntentStep,
+    ) -> Result<(), String> {
+        intent
+            .begin(&self.config.state_dir, step, now())
+            .map_err(|error| {
+                format!(
+                    "cannot record the step {step} durably, so it did not \
+                     begin: {error}"
+                )
+            })
+    }
+
+    /// Opens the confirmation window, reports it and waits; returns
+    /// whether the confirmation arrived in time.
+    fn await_confirmation(
+        &self,
+        proposal: u64,
+        window: u64,
+        events: &mut dyn EventSink,
+    ) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(window);
+        self.confirmations.open(proposal);
+        progress(
+            events,
+            Step::AwaitConfirmation,
+            format!(
+                "waiting up to {window} s for the server of the new system \
+                 to confirm proposal {proposal}"
+            ),
+        );
+        events.send(&Event::AwaitingConfirmation {
+            proposal,
+            deadline: now() + window,
+        });
+        let confirmed = self.confirmations.wait(deadline);
+        if confirmed {
+            progress(
+                events,
+                Step::AwaitConfirmation,
+                format!("proposal {proposal} confirmed"),
+            );
+        }
+        confirmed
+    }
+
+    /// Restores the certificate's base after `failure`.
+    fn roll_back(
+        &self,
+        intent: &mut Intent,
+        failure: String,
+        events: &mut dyn EventSink,
+    ) -> (Outcome, String) {
+        let proposal = intent.proposal;
+        let base = intent.base.clone();
+        tracing::error!(
+            proposal,
+            error = %failure,
+            "activation failed; rolling back"
+        );
+        if let Err(error) = self.begin(intent, IntentStep::RollBack) {
+            // The intent of the step that failed stays in the state file,
+            // and a restart after a crash rolls back from there.
+            tracing::error!(proposal, %error, "rolling back without an intent");
+        }
+        progress(
+            events,
+            Step::RollBack,
+            format!("{failure}; rolling back to {base}"),
+        );
+        match self.restore_base(intent, events) {
+            Ok(_) => (
+                Outcome::RolledBack,
+                format!(
+                    "proposal {proposal}: {failure}; rolled back to {base}"
+                ),
+            ),
+            Err(errors) => (
+                Outcome::Failed,
+                format!(
+                    "proposal {proposal}: {failure}; rolling back to {base} \
+                     failed too: {errors}; the machine needs an \
+                     administrator, who can run `nixos-rebuild` on the \
+                     console"
+                ),
+            ),
+        }
+    }
+
+    /// Applies the recovery rule: puts the profile back at the base once
+    /// its step began, and runs the base's switch script with the same
+    /// action once the target's was started. Returns what it did.
+    fn restore_base(
+        &self,
+        intent: &Intent,
+        events: &mut dyn EventSink,
+    ) -> Result<Vec<String>, String> {
+        let mut done = Vec::new();
+        let mut errors = Vec::new();
+        if intent.action != Action::Test
+            && intent.step >= IntentStep::SetProfile
+        {
+            match self.restore_profile(intent) {
+                Ok(what) => done.push(what),
+                Err(error) => errors.push(error),
+            }
+        }
+        if intent.switch_started {
+            match run_switch_logged(&intent.base, intent.action, events) {
+                Ok(()) => done.push(format!(
+                    "the base's switch-to-configuration {} ran",
+                    intent.action
+                )),
+                Err(error) => errors.push(error),
+            }
+        }
+        if errors.is_empty() {
+            Ok(done)
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    /// Points the profile at the base: at the base's recorded generation
+    /// while that still resolves to the base, otherwise at a new
+    /// generation of the base. Returns what it did.
+    fn restore_profile(&self, intent: &Intent) -> Result<String, String> {
+        let profile = &self.config.profile;
+        let base = &intent.base;
+        if intent::resolve_link(profile).as_ref() == Some(base) {
+            return Ok(format!(
+                "the profile {} still pointed at the base",
+                profile.display()
+            ));
+        }
+        let generation = intent.base_generation.filter(|generation| {
+            let link = intent::generation_link(profile, *generation);
+            intent::resolve_link(&link).as_ref() == Some(base)
+        });
+        let result = match generation {
+            Some(generation) => {
+                self.nix.switch_generation(profile, generation).map(|()| {
+                    format!(
+                        "the profile {} was set back to its generation \
+                         {generation}",
+                        profile.display()
+                    )
+                })
+            }
+            None => self.nix.set_profile(profile, base).map(|()| {
+                format!(
+                    "the profile {} was set to the base as a new generation",
+                    profile.display()
+                )
+            }),
+        };
+        result.map_err(|error| {
+            format!(
+                "setting the profile {} back to {base} failed: {error}",
+                profile.display()
+            )
+        })
+    }
+
+    /// Finishes an activation that did not finish before the activator
+    /// stopped, by the recovery rule of [`crate::intent`], and records it.
+    /// Runs at start, before the socket accepts requests.
+    pub(crate) fn recover(&self) {
+        let mut history = self.lock();
+        let state = match crate::state::read_state(&self.config.state_dir) {
+            Ok(state) => state,
+            Err(error) => {
+                tracing::error!(
+                    %error,
+                    "cannot read the state to look for an interrupted \
+                     activation"
+                );
+                return;
+            }
+        };
+        let Some(intent) = state.intent else {
+            return;
+        };
+        let proposal = intent.proposal;
+        let step = intent.step;
+        tracing::warn!(
+            proposal,
+            %step,
+            action = %intent.action,
+            base = %intent.base,
+            target = %intent.target,
+            "the activator stopped during an activation; restoring the base"
+        );
+        let stopped = format!(
+            "the activator stopped during the step {step} of proposal \
+             {proposal}, which did not finish"
+        );
+        let (outcome, message) = match self.restore_base(&intent, &mut LogOnly)
+        {
+            Ok(done) if done.is_empty() => (
+                Outcome::RolledBack,
+                format!(
+                    "{stopped}; nothing had changed yet, so {} still runs",
+                    intent.base
+                ),
+            ),
+            Ok(done) => (
+                Outcome::RolledBack,
+                format!(
+                    "{stopped}; rolled back to {}: {}",
+                    intent.base,
+                    done.join(", and ")
+                ),
+            ),
+            Err(errors) => (
+                Outcome::Failed,
+                format!(
+                    "{stopped}; restoring {} failed: {errors}; the \
+                         machine needs an administrator, who can run \
+                         `nixos-rebuild` on the console",
+                    intent.base
+                ),
+            ),
+        };
+        let record = HistoryRecord::Recovered {
+            time: now(),
+            proposal,
+            step,
+            outcome,
+            message: message.clone(),
+        };
+        match history.record(&record, |state| state.intent = None) {
+            Ok(()) if outcome == Outcome::RolledBack => {
+                tracing::warn!(proposal, %message, "activation recovered");
+            }
+            Ok(()) => {
+                tracing::error!(proposal, %message, "recovery failed");
+            }
+            Err(error) => tracing::error!(
+                proposal,
+                %error,
+                %message,
+                "cannot record the recovery; it runs again at the next start"
+            ),
+        }
+    }
+}
+
+/// The events of a recovery, which has no client: they go to the log.
+struct LogOnly;
+
+impl EventSink for LogOnly {
+    fn send(&mut self, _event: &Event) {}
+}
+
+/// Runs a switch script and sends its output as log events.
+fn run_switch_logged(
+    toplevel: &StorePath,
+    action: Action,
+    events: &mut dyn EventSink,
+) -> Result<(), String> {
+    system::run_switch(toplevel, action, &mut |line| {
+        tracing::info!(toplevel = %toplevel, line, "switch-to-configuration");
+        events.send(&Event::Log {
+            line: line.to_owned(),
+        });
+    })
+}
