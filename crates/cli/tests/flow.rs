@@ -362,3 +362,146 @@ fn example_policy_loads() {
             .unwrap();
     assert_eq!(policy.threshold, 2);
 }
+
+/// Creates the demo environment with `top` added before the tables of
+/// the activator's configuration and `tables` after them, then starts it.
+fn started_with_activator_config(
+    dir: &Path,
+    top: &str,
+    tables: &str,
+) -> Environment {
+    let mut environment =
+        Environment::create(&dir.join("demo"), Path::new(BINARY), None)
+            .expect("the demo environment is created");
+    let path = environment.layout.path("activator.toml");
+    let config = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("{top}\n{config}\n{tables}")).unwrap();
+    environment.start().expect("server and activator start");
+    environment
+}
+
+/// Asks the activator for its status over its socket.
+fn activator_status(environment: &Environment) -> Value {
+    use std::io::{BufRead, BufReader, Write};
+    let socket = environment.layout.path("run/activator.sock");
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    stream.write_all(b"{\"request\":\"status\"}\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap()
+}
+
+/// Waits up to a minute for `condition`.
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !condition() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Returns the `event` names of a proposal's activation events.
+fn activation_events(detail: &Value) -> Vec<String> {
+    detail["activation"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|event| event["event"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Approves `number` with both keys and waits until the target's
+/// switch-to-configuration has run.
+fn approve_until_switched(environment: &Environment, number: u64) {
+    for approver in ["phone", "laptop"] {
+        let (ok, output) =
+            environment.vote("approve", number, approver).unwrap();
+        assert!(ok, "{output}");
+    }
+    wait_until("the switch", || !environment.switch_log().is_empty());
+}
+
+#[test]
+fn confirmation_keeps_deployment() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut environment = started_with_activator_config(
+        dir.path(),
+        "confirm_timeout_secs = 60",
+        "",
+    );
+    let (number, _) = propose_change(&mut environment);
+    approve_until_switched(&environment, number);
+
+    let detail = wait_final(&environment, number);
+    assert_eq!(detail["state"], "deployed", "{detail}");
+    let events = activation_events(&detail);
+    assert!(
+        events.contains(&"awaiting-confirmation".to_owned()),
+        "{events:?}"
+    );
+    assert!(events.contains(&"confirmed".to_owned()), "{events:?}");
+    assert_eq!(environment.switch_log().len(), 1);
+    let (ok, output) = audit_verify(&environment);
+    assert!(ok, "{output}");
+}
+
+#[test]
+fn restarted_server_confirms_activation() {
+    let dir = tempfile::tempdir().unwrap();
+    // The health check gives the test time to stop the server before
+    // the confirmation window opens.
+    let mut environment = started_with_activator_config(
+        dir.path(),
+        "confirm_timeout_secs = 120",
+        "[[health.commands]]\ncommand = [\"/bin/sleep\", \"3\"]\n",
+    );
+    let (number, _) = propose_change(&mut environment);
+    approve_until_switched(&environment, number);
+    environment.kill("server").unwrap();
+    wait_until("the confirmation window", || {
+        activator_status(&environment)["awaiting_confirmation"] == number
+    });
+
+    environment.start_server().unwrap();
+    let detail = wait_final(&environment, number);
+    assert_eq!(detail["state"], "deployed", "{detail}");
+    assert!(
+        activation_events(&detail).contains(&"confirmed".to_owned()),
+        "{detail}"
+    );
+    assert_eq!(activator_status(&environment)["activating"], Value::Null);
+    assert_eq!(environment.switch_log().len(), 1);
+}
+
+#[test]
+fn unconfirmed_activation_rolls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut environment = started_with_activator_config(
+        dir.path(),
+        "confirm_timeout_secs = 2",
+        "[[health.commands]]\ncommand = [\"/bin/sleep\", \"3\"]\n",
+    );
+    let base = environment.profile_target().unwrap();
+    let (number, _) = propose_change(&mut environment);
+    approve_until_switched(&environment, number);
+    // No server runs while the window is open, so nobody confirms.
+    environment.kill("server").unwrap();
+    wait_until("the rollback", || environment.switch_log().len() == 2);
+    wait_until("the end of the activation", || {
+        activator_status(&environment)["activating"] == Value::Null
+    });
+
+    environment.start_server().unwrap();
+    let detail = wait_final(&environment, number);
+    assert_eq!(detail["state"], "failed", "{detail}");
+    assert_eq!(environment.profile_target().unwrap(), base);
+    let log = environment.switch_log();
+    assert_eq!(
+        log[1],
+        format!("switch {}", base.display()),
+        "the base's switch-to-configuration ran: {log:?}"
+    );
+}

@@ -8,7 +8,9 @@ use countersign_core::{Certificate, StorePath, Vote};
 use countersign_nix::FetchedSource;
 use serde_json::json;
 
-use crate::activator::{self, ActivatorError, Finished, Prepared};
+use crate::activator::{
+    self, ActivatorError, ActivatorStatus, Confirmation, Finished, Prepared,
+};
 use crate::db::{self, AuditEvent, Context, ProposalState};
 use crate::state::AppState;
 
@@ -16,6 +18,11 @@ use crate::state::AppState;
 /// accepted the proposal may still be verifying or evaluating it, in
 /// seconds. Only an activation whose report was lost waits this long.
 pub const ACCEPT_GRACE_SECS: u64 = 10 * 60;
+
+/// How long the server waits, after confirming an activation found by
+/// its status, for the activator to finish it.
+const CONFIRMED_FINISH_TIMEOUT: std::time::Duration =
+    std::time::Duration::from_secs(10);
 
 /// Everything an activation request needs, gathered in the transaction
 /// that found the quorum met, so that sending it reads nothing again.
@@ -65,8 +72,17 @@ async fn run(state: &AppState, job: ActivationJob) {
         "sending the certificate to the activator"
     );
     let socket = state.config.activator_socket.clone();
-    let result = activator::activate(&socket, &request, |event| {
-        store_event(state, number, event)
+    let result = activator::activate(&socket, &request, |event| async {
+        let awaiting = matches!(
+            event,
+            Event::AwaitingConfirmation { proposal, .. } if proposal == number
+        );
+        store_event(state, number, event).await;
+        // The activation runs the new system now, and this server can
+        // reach the activator, which is what a confirmation states.
+        if awaiting {
+            confirm(state, number).await;
+        }
     })
     .await;
     match result {
@@ -117,6 +133,84 @@ async fn store_event(state: &AppState, number: u64, event: Event) {
     if let Err(error) = result {
         tracing::error!(proposal = number, %error, "storing an activation event failed");
     }
+}
+
+/// Sends the confirmation of `number` and records the reply as an
+/// activation event; returns whether the activator keeps the activation.
+async fn confirm(state: &AppState, number: u64) -> bool {
+    let answer =
+        activator::confirm(&state.config.activator_socket, number).await;
+    let (confirmed, value) = match answer {
+        Ok(Confirmation::Confirmed) => {
+            tracing::info!(proposal = number, "activation confirmed");
+            (true, json!({ "event": "confirmed", "proposal": number }))
+        }
+        Ok(Confirmation::Refused { message }) => {
+            tracing::warn!(
+                proposal = number,
+                %message,
+                "the activator refused the confirmation"
+            );
+            (
+                false,
+                json!({
+                    "event": "confirmation-refused",
+                    "message": message,
+                }),
+            )
+        }
+        Err(error) => {
+            tracing::warn!(
+                proposal = number,
+                %error,
+                "cannot confirm the activation"
+            );
+            (
+                false,
+                json!({
+                    "event": "confirmation-failed",
+                    "message": error.to_string(),
+                }),
+            )
+        }
+    };
+    let result = state
+        .db
+        .run(move |connection| {
+            db::insert_activation_event(connection, number, &value)
+        })
+        .await;
+    if let Err(error) = result {
+        tracing::error!(proposal = number, %error, "storing an activation event failed");
+    }
+    confirmed
+}
+
+/// Confirms the activation of `number` that `status` shows in its
+/// confirmation window, as this server does after its own restart, and
+/// returns the activator's status once the activation has finished.
+async fn confirm_found(
+    state: &AppState,
+    number: u64,
+    status: ActivatorStatus,
+) -> ActivatorStatus {
+    if !confirm(state, number).await {
+        return status;
+    }
+    let socket = &state.config.activator_socket;
+    let deadline = tokio::time::Instant::now() + CONFIRMED_FINISH_TIMEOUT;
+    let mut latest = status;
+    while tokio::time::Instant::now() < deadline {
+        match activator::status(socket).await {
+            Ok(status) if status.activating != Some(number) => return status,
+            Ok(status) => latest = status,
+            Err(error) => {
+                tracing::warn!(proposal = number, %error, "cannot ask the activator for its status");
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    latest
 }
 
 async fn record_lost_report(
@@ -224,8 +318,11 @@ async fn finish(
 /// If the activator's last accepted proposal is below `number`, it has
 /// not accepted this certificate. It may still be verifying it, so the
 /// proposal stays `activating` for [`ACCEPT_GRACE_SECS`] after the
-/// request and fails after that, with nothing activated. If it accepted it and the running system is the proposal's
-/// target, the proposal is deployed. Otherwise the activator accepted it
+/// request and fails after that, with nothing activated. An activation
+/// in its confirmation window is confirmed first, and one that the
+/// activator has not finished stays `activating`. If it accepted it and
+/// the running system is the proposal's target, the proposal is
+/// deployed. Otherwise the activator accepted it
 /// but the system does not run it. It was rolled back, failed, or was
 /// replaced by a newer proposal since. The server cannot tell which, so
 /// the proposal failed with a message that points to the activator's log.
@@ -261,6 +358,21 @@ pub async fn resolve(state: &AppState, number: u64) -> bool {
     };
     if row.state != ProposalState::Activating {
         return true;
+    }
+    let status = if status.awaiting_confirmation == Some(number) {
+        confirm_found(state, number, status).await
+    } else {
+        status
+    };
+    if status.activating == Some(number) {
+        // The running system may be the target already, but health
+        // checks or the confirmation window can still roll it back.
+        tracing::info!(
+            proposal = number,
+            "the activator is still activating the proposal; asking again \
+             later"
+        );
+        return false;
     }
     if status.last_proposal < number
         && db::now() < row.updated + ACCEPT_GRACE_SECS

@@ -31,6 +31,19 @@ const MAX_EVENT_BYTES: u64 = MAX_REQUEST_BYTES as u64;
 pub struct ActivatorStatus {
     pub current_system: Option<StorePath>,
     pub last_proposal: u64,
+    /// The proposal whose activation has begun and not finished.
+    pub activating: Option<u64>,
+    /// The proposal whose activation waits for a `confirm` request.
+    pub awaiting_confirmation: Option<u64>,
+}
+
+/// The activator's reply to a `confirm` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Confirmation {
+    /// The activation is kept.
+    Confirmed,
+    /// No activation of the proposal waits for a confirmation.
+    Refused { message: String },
 }
 
 /// How an activation request ended from the server's view.
@@ -162,11 +175,15 @@ pub async fn status(socket: &Path) -> Result<ActivatorStatus, ActivatorError> {
                 Some(Event::Status {
                     current_system,
                     last_proposal,
+                    activating,
+                    awaiting_confirmation,
                     ..
                 }) => {
                     return Ok(ActivatorStatus {
                         current_system,
                         last_proposal,
+                        activating,
+                        awaiting_confirmation,
                     });
                 }
                 Some(Event::Finished { message, .. }) => {
@@ -177,6 +194,42 @@ pub async fn status(socket: &Path) -> Result<ActivatorStatus, ActivatorError> {
                              {message}"
                         ),
                     });
+                }
+                Some(_) => {}
+                None => {
+                    return Err(ActivatorError::Closed {
+                        socket: connection.socket,
+                    });
+                }
+            }
+        }
+    };
+    tokio::time::timeout(STATUS_TIMEOUT, exchange)
+        .await
+        .unwrap_or_else(|_| {
+            Err(ActivatorError::Timeout {
+                socket: socket.display().to_string(),
+                seconds: STATUS_TIMEOUT.as_secs(),
+            })
+        })
+}
+
+/// Confirms to the activator that this server runs and reaches it after
+/// the activation of `proposal`.
+pub async fn confirm(
+    socket: &Path,
+    proposal: u64,
+) -> Result<Confirmation, ActivatorError> {
+    let exchange = async {
+        let mut connection =
+            Connection::open(socket, &Request::Confirm { proposal }).await?;
+        loop {
+            match connection.next_event().await? {
+                Some(Event::Confirmed { .. }) => {
+                    return Ok(Confirmation::Confirmed);
+                }
+                Some(Event::Finished { message, .. }) => {
+                    return Ok(Confirmation::Refused { message });
                 }
                 Some(_) => {}
                 None => {
