@@ -477,6 +477,17 @@ mod tests {
     }
 
     #[test]
+    fn example_config_parses() {
+        let text = include_str!("../../../examples/activator.toml");
+        let config = Config::parse(text).unwrap();
+        assert_eq!(config.confirm_timeout_secs, 300);
+        assert_eq!(config.pre_switch.len(), 1);
+        assert_eq!(config.health.units.len(), 1);
+        assert_eq!(config.health.commands.len(), 1);
+        assert_eq!(config.health.http.len(), 1);
+    }
+
+    #[test]
     fn invalid_checks_name_key() {
         let cases = [
             ("[[pre_switch]]\ncommand = []\n", "pre_switch[0].command"),
