@@ -282,43 +282,24 @@ fn verify_ssh(
     std::fs::write(&signature_path, signature).map_err(|error| {
         format!("cannot be written out for checking: {error}")
     })?;
+    let signature_arg = path_str(&signature_path)?;
+    let allowed_arg = path_str(allowed)?;
     let verify_time = format!("-Overify-time={}", ssh_time(now));
-
-    // Which key made the signature, without looking at the allowed
-    // signers yet, for the messages below.
-    let checked = ssh_keygen(
-        &[
-            "-Y",
-            "check-novalidate",
-            "-n",
-            GIT_NAMESPACE,
-            "-s",
-            path_str(&signature_path)?,
-        ],
-        Some(payload),
-    )?;
-    if !checked.success {
-        return Err(format!(
-            "does not match the commit or was not made for git \
-             (namespace \"git\"): {}; sign the commit again",
-            checked.message()
-        ));
-    }
-    let key = fingerprint(&checked.stdout).unwrap_or_else(|| "unknown".into());
 
     let found = ssh_keygen(
         &[
             "-Y",
             "find-principals",
             "-s",
-            path_str(&signature_path)?,
+            signature_arg,
             "-f",
-            path_str(allowed)?,
+            allowed_arg,
             &verify_time,
         ],
         None,
     )?;
     if !found.success {
+        let key = signing_key(signature_arg, payload)?;
         return Err(format!(
             "was made by key {key}, which no entry of {} allows at {} \
              (the key is not listed, or its entry expired or is not valid \
@@ -337,13 +318,13 @@ fn verify_ssh(
             "-Y",
             "verify",
             "-f",
-            path_str(allowed)?,
+            allowed_arg,
             "-I",
             principal,
             "-n",
             GIT_NAMESPACE,
             "-s",
-            path_str(&signature_path)?,
+            signature_arg,
             &verify_time,
         ];
         if let Some(revoked) = revoked {
@@ -355,7 +336,8 @@ fn verify_ssh(
             return Ok(Signer {
                 kind: "ssh",
                 principal: principal.to_owned(),
-                key,
+                key: fingerprint(&verified.stdout)
+                    .unwrap_or_else(|| "unknown".into()),
             });
         }
         // ssh-keygen prints only "Could not verify signature" for a
@@ -365,6 +347,8 @@ fn verify_ssh(
             let unrevoked =
                 ssh_keygen(&args[..args.len() - 2], Some(payload))?;
             if unrevoked.success {
+                let key = fingerprint(&unrevoked.stdout)
+                    .unwrap_or_else(|| "unknown".into());
                 return Err(format!(
                     "was made by key {key} of {principal}, which is revoked \
                      in {}; sign with a key that is not revoked",
@@ -374,6 +358,7 @@ fn verify_ssh(
         }
         failures.push(format!("{principal}: {}", verified.message()));
     }
+    let key = signing_key(signature_arg, payload)?;
     Err(format!(
         "by key {key} did not verify at {}: {}; sign with a listed key",
         iso_time(now),
@@ -383,6 +368,31 @@ fn verify_ssh(
             failures.join("; ")
         }
     ))
+}
+
+/// Finds the fingerprint of the key that made the signature, without
+/// looking at the allowed signers, for the messages of a failed check.
+/// Fails with the reason when the signature does not match the payload.
+fn signing_key(signature: &str, payload: &[u8]) -> Result<String, String> {
+    let checked = ssh_keygen(
+        &[
+            "-Y",
+            "check-novalidate",
+            "-n",
+            GIT_NAMESPACE,
+            "-s",
+            signature,
+        ],
+        Some(payload),
+    )?;
+    if !checked.success {
+        return Err(format!(
+            "does not match the commit or was not made for git \
+             (namespace \"git\"): {}; sign the commit again",
+            checked.message()
+        ));
+    }
+    Ok(fingerprint(&checked.stdout).unwrap_or_else(|| "unknown".into()))
 }
 
 /// The output of one `ssh-keygen` run.

@@ -727,6 +727,33 @@ async fn signed_commits_block_unsigned_and_expired_keys() {
         "{log}"
     );
 
+    // The same signature on a changed message does not verify.
+    let raw = git(&repo, &["cat-file", "commit", &signed], &[]).stdout;
+    let raw = String::from_utf8(raw).unwrap();
+    assert!(raw.contains("\ngpgsig -----BEGIN SSH SIGNATURE-----\n"));
+    let changed = raw.replacen("\n\n", "\n\nChanged after signing. ", 1);
+    let mut hash_object = Command::new("git")
+        .arg("-C")
+        .arg(&repo)
+        .args(["hash-object", "-t", "commit", "-w", "--stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        &mut hash_object.stdin.take().unwrap(),
+        changed.as_bytes(),
+    )
+    .unwrap();
+    let output = hash_object.wait_with_output().unwrap();
+    let tampered = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    common::git_in(&repo, &["update-ref", "refs/heads/main", &tampered]);
+    let detail = propose_head(&harness, &phone).await;
+    assert_eq!(detail["state"], "failed", "{detail}");
+    assert_eq!(detail["commit"], tampered.as_str());
+    let blocked = detail["blocked"].as_str().unwrap_or_default();
+    assert!(blocked.contains("does not match the commit"), "{detail}");
+
     // A key whose entry expired in 2020, on a commit dated inside its
     // validity: git itself accepts it, because it checks the key at the
     // commit's date; the server checks it now and blocks the proposal.
