@@ -5,10 +5,10 @@
 //! file, OpenPGP signatures against a keyring of allowed public keys
 //! with `gpgv`. A key counts only while it is listed, unexpired and not
 //! revoked at the time of the check. The commit's own date plays no
-//! part: `git verify-commit` (since git 2.34) checks an SSH key's
-//! `valid-after` and `valid-before` at the committer date, which whoever
-//! makes the commit chooses, so a key that expired could still sign a
-//! backdated commit. The server therefore takes the signature and the
+//! part. `git verify-commit` (git 2.47, as the tests show) checks an SSH
+//! key's `valid-after` and `valid-before` at the committer date, which
+//! the author of the commit sets, so a key that expired could still sign
+//! a backdated commit. The server therefore takes the signature and the
 //! signed payload out of the commit object itself and runs
 //! `ssh-keygen -Y verify` with `-Overify-time` set to the current time.
 //!
@@ -342,7 +342,7 @@ fn verify_ssh(
         }
         // ssh-keygen prints only "Could not verify signature" for a
         // revoked key, so a second check without the revocation list
-        // tells revocation apart from other failures.
+        // distinguishes revocation from other failures.
         if let Some(revoked) = revoked {
             let unrevoked =
                 ssh_keygen(&args[..args.len() - 2], Some(payload))?;
