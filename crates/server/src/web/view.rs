@@ -231,6 +231,17 @@ fn source_file(file: &FileDiff) -> FileView {
             ));
             Vec::new()
         }
+        FileContent::Symlink {
+            old_target,
+            new_target,
+        } => {
+            notes.push(format!(
+                "symbolic link {} → {}",
+                old_target.as_deref().map_or("none".into(), clean),
+                new_target.as_deref().map_or("none".into(), clean)
+            ));
+            Vec::new()
+        }
         FileContent::Submodule {
             old_commit,
             new_commit,
