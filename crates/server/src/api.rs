@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use countersign_core::Verdict;
+use countersign_core::{Verdict, VoteSignature};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tower_http::limit::RequestBodyLimitLayer;
@@ -329,15 +329,40 @@ async fn build_log(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ApprovalRequest {
-    signature: String,
+    signature: Value,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RejectionRequest {
-    signature: String,
+    signature: Value,
     #[serde(default)]
     reason: Option<String>,
+}
+
+/// Reads the `signature` of a vote: a string is an armored SSH
+/// signature; an object is a vote signature with its `kind`, such as a
+/// WebAuthn assertion `{"kind": "webauthn", "credential_id": …,
+/// "authenticator_data": …, "client_data_json": …, "signature": …}`.
+fn vote_signature(value: Value) -> Result<VoteSignature, ApiError> {
+    match value {
+        Value::String(armored) => {
+            Ok(VoteSignature::Ssh { signature: armored })
+        }
+        Value::Object(_) => serde_json::from_value(value).map_err(|error| {
+            ApiError::bad_request(format!(
+                "the signature object is invalid: {error}; send \
+                 {{\"kind\": \"webauthn\", \"credential_id\", \
+                 \"authenticator_data\", \"client_data_json\", \
+                 \"signature\"}} with each value base64url without padding"
+            ))
+        }),
+        _ => Err(ApiError::bad_request(
+            "the signature must be a string (the armored output of \
+             `ssh-keygen -Y sign`) or an object (a WebAuthn assertion with \
+             \"kind\": \"webauthn\")",
+        )),
+    }
 }
 
 async fn approve(
@@ -352,7 +377,7 @@ async fn approve(
         &state,
         number,
         Verdict::Approve,
-        request.signature,
+        vote_signature(request.signature)?,
         None,
         uploader,
     )
@@ -372,7 +397,7 @@ async fn reject(
         &state,
         number,
         Verdict::Reject,
-        request.signature,
+        vote_signature(request.signature)?,
         request.reason,
         uploader,
     )

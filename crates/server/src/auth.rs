@@ -11,8 +11,8 @@ use std::sync::Mutex;
 use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
-use countersign_core::Sha256Digest;
 use countersign_core::sshsig::{self, Namespace};
+use countersign_core::{ApproverKey, Sha256Digest};
 use subtle::ConstantTimeEq;
 
 use crate::api_error::ApiError;
@@ -126,14 +126,7 @@ impl Auth {
                 ));
             }
         }
-        let approver = approver_for_signature(policy, armored)?;
-        let countersign_core::ApproverKey::Ssh(key) = &approver.key else {
-            return Err(ApiError::unauthorized(format!(
-                "approver {} signs with a passkey; sign in on the web \
-                 pages instead",
-                approver.name
-            )));
-        };
+        let (approver, key) = approver_for_signature(policy, armored)?;
         sshsig::verify(
             key,
             Namespace::Login,
@@ -210,27 +203,40 @@ impl Auth {
     }
 }
 
-/// Finds the policy's approver whose key is embedded in an armored SSH
-/// signature. The signature itself is not checked here.
+/// Finds the policy's approver whose SSH key is embedded in an armored
+/// SSH signature, and that key. The signature itself is not checked
+/// here. Approvers with a passkey never match: they sign in and vote
+/// with WebAuthn assertions.
 pub fn approver_for_signature<'p>(
     policy: &'p countersign_core::Policy,
     armored: &str,
-) -> Result<&'p countersign_core::Approver, ApiError> {
+) -> Result<(&'p countersign_core::Approver, &'p ssh_key::PublicKey), ApiError>
+{
     let signature = sshsig::parse(armored).map_err(|error| {
         ApiError::bad_request(format!(
             "{error}; send the whole output of `ssh-keygen -Y sign`, from \
              -----BEGIN SSH SIGNATURE----- to -----END SSH SIGNATURE-----"
         ))
     })?;
-    let key = ssh_key::PublicKey::new(signature.public_key().clone(), "");
-    policy.approver_by_ssh_key(&key).ok_or_else(|| {
-        ApiError::forbidden(format!(
-            "the key {} that made this signature belongs to no approver \
-             of the policy for host {}",
-            sshsig::fingerprint(&key),
-            policy.host
-        ))
-    })
+    let embedded = signature.public_key();
+    policy
+        .approvers
+        .values()
+        .find_map(|approver| match &approver.key {
+            ApproverKey::Ssh(key) if key.key_data() == embedded => {
+                Some((approver, key))
+            }
+            ApproverKey::Ssh(_) | ApproverKey::WebAuthn(_) => None,
+        })
+        .ok_or_else(|| {
+            let key = ssh_key::PublicKey::new(embedded.clone(), "");
+            ApiError::forbidden(format!(
+                "the key {} that made this signature belongs to no approver \
+                 of the policy for host {}",
+                sshsig::fingerprint(&key),
+                policy.host
+            ))
+        })
 }
 
 fn random_hex<const N: usize>() -> String {

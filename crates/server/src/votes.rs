@@ -4,8 +4,10 @@
 
 use std::collections::BTreeSet;
 
+use countersign_core::webauthn::{self, decode_base64url};
 use countersign_core::{
-    ApproverName, Policy, Statement, Verdict, Vote, VoteSignature, verify_vote,
+    ApproverName, Policy, SignCounter, Statement, Verdict, Vote,
+    VoteSignature, verify_vote_detailed,
 };
 use rusqlite::Transaction;
 use serde_json::json;
@@ -21,12 +23,14 @@ use crate::state::AppState;
 /// Maximum length of a rejection reason, in characters.
 pub const MAX_REASON_CHARS: usize = 2000;
 
-/// Checks and stores one vote on proposal `number`.
+/// Checks and stores one vote on proposal `number`: an armored SSH
+/// signature, whose embedded key names the approver, or a WebAuthn
+/// assertion, whose credential id names the approver.
 pub async fn vote(
     state: &AppState,
     number: u64,
     verdict: Verdict,
-    armored: String,
+    signature: VoteSignature,
     reason: Option<String>,
     uploaded_by: String,
 ) -> Result<(), ApiError> {
@@ -63,24 +67,21 @@ pub async fn vote(
         )));
     }
 
-    let approver = approver_for_signature(&policy, &armored)?;
-    let name = approver.name.clone();
+    let name = signer(&policy, &signature)?;
+    let kind = signature.kind();
     let candidate = Vote {
         approver: name.as_str().to_owned(),
-        signature: VoteSignature::Ssh { signature: armored },
+        signature,
     };
-    verify_vote(&policy, &statement_bytes, &candidate, verdict).map_err(
-        |error| {
+    let verified =
+        verify_vote_detailed(&policy, &statement_bytes, &candidate, verdict)
+            .map_err(|error| {
             ApiError::bad_request(format!(
-                "the {} of proposal {number} is not valid: {error}; sign \
-                 the exact statement bytes from GET \
-                 /api/v1/proposals/{number}/statement with `ssh-keygen -Y \
-                 sign -n {}`",
+                "the {} of proposal {number} is not valid: {error}; {}",
                 verdict_noun(verdict),
-                namespace(verdict)
+                signing_hint(number, verdict, kind)
             ))
-        },
-    )?;
+        })?;
 
     let ci = state.integrations.ci.clone();
     let job = state
@@ -93,6 +94,7 @@ pub async fn vote(
                 number,
                 verdict,
                 &candidate,
+                verified.counter.as_ref(),
                 reason.as_deref(),
                 &uploaded_by,
                 statement_bytes,
@@ -111,6 +113,7 @@ pub async fn vote(
         proposal = number,
         approver = %name,
         verdict = verdict_noun(verdict),
+        kind,
         "vote accepted"
     );
     Ok(())
@@ -188,6 +191,7 @@ fn record(
     number: u64,
     verdict: Verdict,
     vote: &Vote,
+    counter: Option<&SignCounter>,
     reason: Option<&str>,
     uploaded_by: &str,
     statement: Vec<u8>,
@@ -204,13 +208,13 @@ fn record(
             row.state
         ))));
     }
-    // TODO: store WebAuthn votes once the approvals API accepts them; the
-    // API only builds SSH votes today, so this branch is not reached.
-    let VoteSignature::Ssh { signature } = &vote.signature else {
-        return Ok(Err(ApiError::bad_request(
-            "only SSH signatures are stored by this version of the server",
-        )));
-    };
+    if verdict == Verdict::Approve
+        && let Some(counter) = counter
+        && let Err(refused) = check_counter(tx, counter)?
+    {
+        return Ok(Err(refused));
+    }
+    let signature = stored_text(&vote.signature);
     let stored_verdict = match verdict {
         Verdict::Approve => StoredVerdict::Approve,
         Verdict::Reject => StoredVerdict::Reject,
@@ -220,7 +224,7 @@ fn record(
         number,
         &vote.approver,
         stored_verdict,
-        signature,
+        &signature,
         reason,
     )?;
     if added {
@@ -327,15 +331,25 @@ pub fn counted_approvals(
         let Ok(name) = ApproverName::parse(&vote.approver) else {
             continue;
         };
-        if !policy.approvers.contains_key(&name) {
+        let Some(approver) = policy.approvers.get(&name) else {
+            continue;
+        };
+        let Some(signature) = parse_stored(&vote.signature) else {
+            tracing::error!(
+                approver = %name,
+                "a stored vote's signature cannot be read; it is not counted"
+            );
+            continue;
+        };
+        // A vote of another kind than the approver's key was made under
+        // an earlier policy and cannot verify under this one.
+        if approver.key.kind() != signature.kind() {
             continue;
         }
         if approvers.insert(name) {
             approvals.push(Vote {
                 approver: vote.approver.clone(),
-                signature: VoteSignature::Ssh {
-                    signature: vote.signature.clone(),
-                },
+                signature,
             });
         }
     }
@@ -349,9 +363,158 @@ fn verdict_noun(verdict: Verdict) -> &'static str {
     }
 }
 
+/// What to do about an invalid vote of `kind`.
+fn signing_hint(number: u64, verdict: Verdict, kind: &str) -> String {
+    match kind {
+        "webauthn" => format!(
+            "sign again with the approver's passkey on the page of proposal \
+             {number}, which asks for the challenge of this statement"
+        ),
+        _ => format!(
+            "sign the exact statement bytes from GET \
+             /api/v1/proposals/{number}/statement with `ssh-keygen -Y sign \
+             -n {}`",
+            namespace(verdict)
+        ),
+    }
+}
+
 fn namespace(verdict: Verdict) -> &'static str {
     match verdict {
         Verdict::Approve => "countersign-approve",
         Verdict::Reject => "countersign-reject",
     }
+}
+
+/// Finds the approver that made `signature`: by the key embedded in an
+/// SSH signature, or by the credential id of a WebAuthn assertion. The
+/// signature itself is checked afterwards with that approver's key.
+fn signer(
+    policy: &Policy,
+    signature: &VoteSignature,
+) -> Result<ApproverName, ApiError> {
+    match signature {
+        VoteSignature::Ssh { signature } => {
+            approver_for_signature(policy, signature)
+                .map(|(approver, _)| approver.name.clone())
+        }
+        VoteSignature::WebAuthn { credential_id, .. } => {
+            let id = decode_base64url("credential_id", credential_id)
+                .map_err(|error| ApiError::bad_request(error.to_string()))?;
+            policy
+                .approver_by_credential_id(&id)
+                .map(|approver| approver.name.clone())
+                .ok_or_else(|| {
+                    ApiError::forbidden(format!(
+                        "the passkey {} belongs to no approver of the policy \
+                         for host {}; a passkey counts only once the policy \
+                         lists it",
+                        shorten(credential_id),
+                        policy.host
+                    ))
+                })
+        }
+    }
+}
+
+fn shorten(text: &str) -> String {
+    let shown: String = text.chars().take(16).collect();
+    if shown.len() < text.len() {
+        format!("{shown}…")
+    } else {
+        shown
+    }
+}
+
+/// The text of a signature in the votes table: the armored SSH
+/// signature as it came, or a WebAuthn assertion as the JSON of its
+/// vote signature (with `"kind": "webauthn"`).
+fn stored_text(signature: &VoteSignature) -> String {
+    match signature {
+        VoteSignature::Ssh { signature } => signature.clone(),
+        VoteSignature::WebAuthn { .. } => serde_json::to_string(signature)
+            .expect("a vote signature encodes as JSON"),
+    }
+}
+
+/// Reads a signature stored by [`stored_text`]. An armored SSH
+/// signature never starts with `{`.
+fn parse_stored(text: &str) -> Option<VoteSignature> {
+    if text.starts_with('{') {
+        serde_json::from_str(text).ok()
+    } else {
+        Some(VoteSignature::Ssh {
+            signature: text.to_owned(),
+        })
+    }
+}
+
+/// Refuses an approval whose passkey signature counter did not grow past
+/// the counter of an approval by the same credential on a proposal that
+/// the activator accepted (deployed or rolled back). The activator
+/// stored at least that counter and would refuse the certificate; this
+/// says so now rather than after the quorum. The activator remains the
+/// one that decides.
+fn check_counter(
+    tx: &Transaction<'_>,
+    counter: &SignCounter,
+) -> Result<Result<(), ApiError>, DbError> {
+    let mut statement = tx
+        .prepare(
+            "SELECT votes.signature FROM votes JOIN proposals \
+             ON proposals.number = votes.proposal \
+             WHERE votes.approver = ?1 AND votes.verdict = 'approve' \
+             AND proposals.state IN (?2, ?3)",
+        )
+        .context("reading earlier passkey approvals")?;
+    let texts = statement
+        .query_map(
+            rusqlite::params![
+                counter.approver.as_str(),
+                ProposalState::Deployed.as_str(),
+                ProposalState::RolledBack.as_str(),
+            ],
+            |row| row.get::<_, String>(0),
+        )
+        .context("reading earlier passkey approvals")?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .context("reading earlier passkey approvals")?;
+    let stored = texts
+        .iter()
+        .filter_map(|text| stored_sign_count(text, &counter.credential_id))
+        .max()
+        .unwrap_or(0);
+    Ok(
+        webauthn::check_counter(stored, counter.sign_count).map_err(|error| {
+            ApiError::conflict(format!(
+                "the passkey approval of {} is refused because the \
+                 activator would refuse it: {error}; approve again with the \
+                 same device, and if its counter still does not grow, \
+                 replace the passkey in the policy",
+                counter.approver
+            ))
+        }),
+    )
+}
+
+/// The signature counter of a stored WebAuthn approval by
+/// `credential_id`: bytes 33 to 36 of its authenticator data, after the
+/// RP ID hash and the flags. Stored approvals were verified, so their
+/// authenticator data has these bytes.
+fn stored_sign_count(text: &str, credential_id: &[u8]) -> Option<u32> {
+    let VoteSignature::WebAuthn {
+        credential_id: id,
+        authenticator_data,
+        ..
+    } = parse_stored(text)?
+    else {
+        return None;
+    };
+    if decode_base64url("credential_id", &id).ok()? != credential_id {
+        return None;
+    }
+    let data =
+        decode_base64url("authenticator_data", &authenticator_data).ok()?;
+    let bytes: [u8; 4] = data.get(33..37)?.try_into().ok()?;
+    Some(u32::from_be_bytes(bytes))
 }
