@@ -143,7 +143,7 @@
         });
         document.getElementById("enrol-snippet").textContent = answer.snippet;
         document.getElementById("enrol-result").hidden = false;
-        say(status, "Passkey made. It counts once the policy lists it.");
+        say(status, "Passkey made. " + answer.note + " It counts once the policy lists it.");
       } catch (error) {
         say(status, describe(error), true);
       }
@@ -250,6 +250,15 @@
         button.disabled = true;
       }
     }
+    // The diffs and the buttons are rendered with the page, so that an
+    // approver never votes on a build whose diffs the page did not show.
+    const note = document.getElementById("vote-note");
+    if (note && note.dataset.afterBuild === "true" && summary.state !== "building") {
+      note.textContent =
+        summary.state === "awaiting-approval"
+          ? "The build finished. Reload the page to review the diffs and vote."
+          : "The proposal is " + summary.state + " and takes no votes.";
+    }
   }
 
   function setUpLiveView() {
@@ -267,7 +276,8 @@
     source.addEventListener("log", function (event) {
       log.append(event.data + "\n");
       if (logSize) {
-        logSize.textContent = log.textContent.split("\n").length - 1 + " lines";
+        const lines = log.textContent.split("\n").length - 1;
+        logSize.textContent = lines + (lines === 1 ? " line" : " lines");
       }
     });
     source.addEventListener("activation", function (event) {

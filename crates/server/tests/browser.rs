@@ -22,8 +22,7 @@
 //! 8. a rejection vetoes.
 //!
 //! The test prints a reason and passes without running when
-//! `/usr/bin/chromium` is missing, or when the core crate cannot parse a
-//! policy with a `[webauthn]` table.
+//! `/usr/bin/chromium` is missing.
 
 mod common;
 
@@ -777,32 +776,12 @@ async fn screenshot(
     path
 }
 
-// TODO: the server's passkey checks (src/web/passkey.rs) are stubs that
-// reject every passkey until they call core's WebAuthn verifier, and
-// approvals do not yet accept `VoteSignature::WebAuthn`; run this with
-// `--ignored` once they do.
-#[ignore = "the server's passkey checks are not wired to core's verifier yet"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passkeys_approve_and_reject_in_the_browser() {
     if !Path::new(CHROMIUM).exists() {
         eprintln!(
             "skipped: {CHROMIUM} is missing; install Debian's chromium \
              package (scripts/setup.sh does) to run the browser tests"
-        );
-        return;
-    }
-    // NOTE: until core parses the policy's [webauthn] table and verifies
-    // assertions, passkeys cannot work, and the scenario is skipped
-    // with this reason instead of failing at its first step.
-    let probe = format!(
-        "host = \"{HOST}\"\nthreshold = 1\n[webauthn]\nrp_id = \"localhost\"\n\
-         origins = [\"http://localhost:1\"]\n[approvers.phone]\nssh = \"{}\"\n",
-        countersign_nix::fixture::DEMO_ADMIN_KEY
-    );
-    if let Err(error) = countersign_core::Policy::from_toml(probe.as_bytes()) {
-        eprintln!(
-            "skipped: this build of countersign-core has no WebAuthn \
-             support ({error})"
         );
         return;
     }
@@ -1091,22 +1070,44 @@ async fn passkeys_approve_and_reject_in_the_browser() {
         options["challenge"].as_str().unwrap(),
         &origin,
     );
-    for (what, signature) in [
-        ("a bogus signature", &bogus),
-        ("an assertion without user verification", &no_uv),
-        ("an assertion made for another origin", &foreign_origin),
-        ("an assertion over another RP ID", &foreign_rp),
+    // Each is refused for its own reason, by both.
+    for (what, signature, reason) in [
+        ("a bogus signature", &bogus, "signature"),
+        (
+            "an assertion without user verification",
+            &no_uv,
+            "user verification",
+        ),
+        (
+            "an assertion made for another origin",
+            &foreign_origin,
+            "origin",
+        ),
+        (
+            "an assertion over another RP ID",
+            &foreign_rp,
+            "relying party",
+        ),
     ] {
         let (status, body) = bob.post_vote(first, signature).await;
         assert!(
             (400..500).contains(&status),
             "{what} was accepted: {status} {body}"
         );
+        let refused = "assertion of approver bob is invalid";
+        assert!(
+            body.contains(refused) && body.contains(reason),
+            "{what}: {body}"
+        );
         let (outcome, message) = world.send_certificate(
             &statement,
             vec![alice_vote.clone(), vote("bob", signature)],
         );
         assert_eq!(outcome, Outcome::Refused, "{what}: {message}");
+        assert!(
+            message.contains(refused) && message.contains(reason),
+            "{what}: {message}"
+        );
     }
     assert_eq!(world.profile_target(), base);
     assert_eq!(world.switch_log().len(), 1);
@@ -1146,9 +1147,25 @@ async fn passkeys_approve_and_reject_in_the_browser() {
         (400..500).contains(&status),
         "a replayed approval passed: {body}"
     );
+    assert!(body.contains("challenge"), "{body}");
 
     // 7. Both approve in the browser: the system switches, and the open
-    // page shows it without a reload.
+    // page shows it without a reload. The page that watched the build
+    // offers no buttons until a reload shows the diffs.
+    assert!(
+        js(&alice.page, "document.getElementById('approve') === null")
+            .await
+            .as_bool()
+            .unwrap(),
+        "an approve button on a page that showed no diff"
+    );
+    wait_js(
+        &alice.page,
+        "document.getElementById('vote-note').textContent.includes('Reload')",
+        "the note to reload after the build",
+    )
+    .await;
+    goto(&alice.page, &format!("{origin}/proposals/{second}")).await;
     let target_before = world.profile_target();
     let status = alice.vote("#approve").await;
     assert!(status.contains("accepted"), "{status}");

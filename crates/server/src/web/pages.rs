@@ -513,7 +513,14 @@ async fn proposal_page(
     let passkey = passkey::credential_id(&policy, viewer);
     let awaiting = row.state == ProposalState::AwaitingApproval;
     let can_vote = awaiting && passkey.is_some();
-    let vote_note = if !awaiting {
+    let vote_after_build =
+        row.state == ProposalState::Building && passkey.is_some();
+    let vote_note = if vote_after_build {
+        format!(
+            "Proposal #{number} is building. Once it is built, reload the \
+             page to review the diffs and vote."
+        )
+    } else if !awaiting {
         format!("Proposal #{number} is {} and takes no votes.", row.state)
     } else if passkey.is_none() {
         format!(
@@ -547,6 +554,7 @@ async fn proposal_page(
         missing_required: missing.join(", "),
         votes: vote_views(&votes),
         can_vote,
+        vote_after_build,
         viewer: viewer.to_owned(),
         vote_note,
         activation: events
@@ -711,9 +719,9 @@ async fn sign_in_page(
     let approver = viewer(&state, &headers);
     let (available, unavailable) = match policy(&state)
         .map_err(|error| error.message)
-        .and_then(|policy| passkey::relying_party(&policy))
+        .and_then(|policy| passkey::relying_party(&policy).map(|_| ()))
     {
-        Ok(_) => (true, String::new()),
+        Ok(()) => (true, String::new()),
         Err(error) => (false, error),
     };
     render(&SignInPage {
@@ -863,11 +871,15 @@ async fn enrol_page(
     headers: HeaderMap,
 ) -> Response {
     let approver = viewer(&state, &headers);
-    let party = policy(&state)
-        .map_err(|error| error.message)
-        .and_then(|policy| passkey::relying_party(&policy));
+    let party =
+        policy(&state)
+            .map_err(|error| error.message)
+            .and_then(|policy| {
+                passkey::relying_party(&policy)
+                    .map(|party| party.rp_id.clone())
+            });
     let (available, unavailable, rp_id) = match party {
-        Ok(party) => (true, String::new(), party.rp_id),
+        Ok(rp_id) => (true, String::new(), rp_id),
         Err(error) => (false, error, String::new()),
     };
     render(&EnrolPage {
@@ -974,7 +986,11 @@ async fn enrol(
         approver = name,
         "passkey enrolled; waiting to be added to the policy"
     );
-    Ok(Json(json!({ "name": name, "snippet": snippet })))
+    Ok(Json(json!({
+        "name": name,
+        "snippet": snippet,
+        "note": registered.note(),
+    })))
 }
 
 #[derive(Deserialize)]
@@ -1036,28 +1052,6 @@ async fn vote_challenge(
     })))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn next_stays_on_this_server() {
-        assert_eq!(safe_next(Some("/proposals/3")), "/proposals/3");
-        assert_eq!(safe_next(Some("//evil.example/x")), "/proposals");
-        assert_eq!(safe_next(Some("https://evil.example")), "/proposals");
-        assert_eq!(safe_next(Some("/\\evil.example")), "/proposals");
-        assert_eq!(safe_next(None), "/proposals");
-    }
-
-    #[test]
-    fn query_escape_keeps_paths_readable() {
-        assert_eq!(
-            query_escape("/proposals/3?x=1&y"),
-            "/proposals/3%3Fx%3D1%26y"
-        );
-    }
-}
-
 /// Renders the proposal page of `document` for a made-up proposal,
 /// without a database or a session: what a page request costs beyond
 /// reading its row.
@@ -1084,6 +1078,7 @@ pub fn render_detached(
         missing_required: String::new(),
         votes: Vec::new(),
         can_vote: true,
+        vote_after_build: false,
         viewer: "phone".into(),
         vote_note: String::new(),
         activation: Vec::new(),
@@ -1102,4 +1097,26 @@ pub fn render_detached(
         diff: Some(DiffView::new(document)),
     };
     page.render().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_stays_on_this_server() {
+        assert_eq!(safe_next(Some("/proposals/3")), "/proposals/3");
+        assert_eq!(safe_next(Some("//evil.example/x")), "/proposals");
+        assert_eq!(safe_next(Some("https://evil.example")), "/proposals");
+        assert_eq!(safe_next(Some("/\\evil.example")), "/proposals");
+        assert_eq!(safe_next(None), "/proposals");
+    }
+
+    #[test]
+    fn query_escape_keeps_paths_readable() {
+        assert_eq!(
+            query_escape("/proposals/3?x=1&y"),
+            "/proposals/3%3Fx%3D1%26y"
+        );
+    }
 }

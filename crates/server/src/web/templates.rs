@@ -66,6 +66,9 @@ pub struct ProposalView {
     pub missing_required: String,
     pub votes: Vec<VoteView>,
     pub can_vote: bool,
+    /// The viewer has a passkey but the proposal is still building: the
+    /// buttons appear once a reload shows the finished diffs.
+    pub vote_after_build: bool,
     pub viewer: String,
     pub vote_note: String,
     pub activation: Vec<ActivationLine>,
