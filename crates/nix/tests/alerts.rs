@@ -277,6 +277,12 @@ fn variants() -> Vec<(&'static str, Change)> {
                 "echo backing up\ncp /bin/sh /tmp/sh && chmod 4755 /tmp/sh",
             ));
         }),
+        ("specialisation-added", |s| {
+            let mut debug = s.clone();
+            debug.specialisations.clear();
+            debug.kernel_params.push("systemd.debug-shell".into());
+            s.specialisations.push(("debug".into(), debug));
+        }),
         ("specialisation", |s| {
             let (_, rescue) = &mut s.specialisations[0];
             rescue.edit_etc("ssh/sshd_config", |t| {
@@ -749,6 +755,25 @@ fn specialisation_diffed_as_a_system() {
         .find(|a| a.kind == K::SshdSettingChanged)
         .unwrap();
     assert_eq!(sshd.subject, "specialisation rescue: /etc/ssh/sshd_config");
+}
+
+#[test]
+fn added_specialisation_compared_with_main_system() {
+    // Compared with the new main system, the debug specialisation only
+    // adds a kernel parameter.
+    let alerts = check(
+        "specialisation-added",
+        &[
+            (K::SpecialisationChanged, S::Info),
+            (K::KernelParamsChanged, S::High),
+        ],
+        &[],
+    );
+    let params = alerts
+        .iter()
+        .find(|a| a.kind == K::KernelParamsChanged)
+        .unwrap();
+    assert_eq!(params.subject, "specialisation debug: kernel-params");
 }
 
 #[test]

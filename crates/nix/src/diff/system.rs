@@ -135,7 +135,8 @@ pub enum Node {
 pub struct SpecialisationChange {
     pub name: String,
     pub status: ChangeStatus,
-    /// The diff between the two versions, for a changed specialisation.
+    /// For a changed specialisation, the diff between its two versions.
+    /// For an added one, the diff from the new main system to it.
     pub diff: Option<Box<SystemDiff>>,
 }
 
@@ -163,7 +164,11 @@ fn diff_systems(
     let after = SystemFiles::read(new)?;
 
     let specialisations = if with_specialisations {
-        diff_specialisations(&before.specialisations, &after.specialisations)?
+        diff_specialisations(
+            &before.specialisations,
+            &after.specialisations,
+            new,
+        )?
     } else {
         Vec::new()
     };
@@ -698,9 +703,14 @@ pub fn mask_store_hashes(text: &str) -> String {
     out
 }
 
+/// Compares the specialisations of two systems. A changed one is
+/// compared with its old version. An added one is compared with the new
+/// main system `parent`, which it is derived from, so that its own
+/// differences show rather than every file as added.
 fn diff_specialisations(
     old: &BTreeMap<String, Node>,
     new: &BTreeMap<String, Node>,
+    parent: &StorePath,
 ) -> Result<Vec<SpecialisationChange>> {
     let names: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
     let mut changes = Vec::new();
@@ -722,7 +732,9 @@ fn diff_specialisations(
             (Some(a), Some(b)) => {
                 Some(Box::new(diff_systems(Some(&a), &b, false)?))
             }
-            (None, Some(b)) => Some(Box::new(diff_systems(None, &b, false)?)),
+            (None, Some(b)) => {
+                Some(Box::new(diff_systems(Some(parent), &b, false)?))
+            }
             _ => None,
         };
         changes.push(SpecialisationChange {
