@@ -386,6 +386,10 @@ fn other_etc(ctx: &mut Ctx<'_>) {
 }
 
 /// systemd units: added, removed, or changed beyond store paths.
+///
+/// NOTE: unit texts are compared as a whole. Only the loss of `User=` or
+/// `DynamicUser=` raises the severity; other security settings (`+`
+/// prefixes, credentials, sandboxing keys) get the unit's usual medium.
 fn units(ctx: &mut Ctx<'_>) -> Result<()> {
     let mut found = Vec::new();
     for change in &ctx.diff.units {
