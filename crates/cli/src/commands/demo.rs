@@ -7,6 +7,11 @@
 //! separate processes, commits a change and proposes it. Interactive, it
 //! prints the commands that approve the change with each key and waits;
 //! with `--unattended` it runs them itself and checks the result.
+//!
+//! The pages run on `http://localhost:PORT`, and the policy names that
+//! origin and the relying party `localhost`, so a passkey can be enrolled
+//! there. The policy is read from the deployed system, so the passkey
+//! counts only after a change that lists it is approved and deployed.
 
 use std::fs;
 use std::net::TcpListener;
@@ -63,6 +68,12 @@ impl Layout {
     pub fn switch_log(&self) -> PathBuf {
         self.path("switch-to-configuration.log")
     }
+    /// Returns the policy file of the system the profile points to. The
+    /// server and the activator read it there, as they read /etc on a
+    /// real machine, so a policy change is in force once it is deployed.
+    pub fn policy(&self) -> PathBuf {
+        self.profile().join("etc/countersign/policy.toml")
+    }
 }
 
 /// Child processes that are stopped when the demo ends, however it ends.
@@ -106,13 +117,17 @@ impl Environment {
                 nix.with_option(name, value)
             })?;
 
+        // The port comes first: the policy names the pages' origin.
+        let port = match port {
+            Some(port) => port,
+            None => free_port()?,
+        };
         step("Making two approver keys (phone, laptop) and the policy");
         let keys = ["phone", "laptop"]
             .map(|name| make_key(&layout, name))
             .into_iter()
             .collect::<Result<Vec<_>>>()?;
-        let policy = policy_text(&keys);
-        fs::write(layout.path("policy.toml"), &policy)?;
+        let policy = policy_text(&keys, port);
 
         step("Making the sample repository with a NixOS-shaped flake");
         let mut spec = SystemSpec::demo(HOST, &layout.switch_log());
@@ -125,10 +140,6 @@ impl Environment {
         let base = bootstrap(&nix, &layout)?;
         println!("  {base}");
 
-        let port = match port {
-            Some(port) => port,
-            None => free_port()?,
-        };
         write_configs(&layout, port, &nix_options)?;
         Ok(Self {
             layout,
@@ -343,9 +354,16 @@ pub fn run(options: DemoOptions) -> Result<()> {
     }
     let viewer = environment.client("phone")?;
     let reviewed = vote::review(&viewer, number)?;
+    let pages = environment.server_url.replace("127.0.0.1", "localhost");
+    println!("  page      {pages}/proposals/{number}");
+    println!("  passkeys  {pages}/enrol");
     println!(
-        "  page      {}/proposals/{number}",
-        environment.server_url.replace("127.0.0.1", "localhost")
+        "  Enrolling a passkey grants nothing: the page prints the policy \
+         lines\n  for it, and it counts only once the policy lists it. The \
+         policy comes\n  with the deployed system ({}),\n  so listing a \
+         passkey is a change to flake.nix that phone and laptop\n  must \
+         approve like any other.",
+        environment.layout.policy().display()
     );
     println!();
     vote::print_summary(&reviewed, false);
@@ -452,13 +470,19 @@ fn make_key(layout: &Layout, name: &str) -> Result<String> {
         .to_owned())
 }
 
-fn policy_text(keys: &[String]) -> String {
+/// The demo's policy. Passkeys are made for the relying party
+/// `localhost` on the pages at `http://localhost:PORT`, the one plain
+/// http origin where browsers offer them.
+fn policy_text(keys: &[String], port: u16) -> String {
     format!(
         "# Who may approve deployments of host {HOST}.\n\
          host = \"{HOST}\"\n\
          threshold = 2\n\
          veto = true\n\
          proposal_lifetime_secs = 3600\n\n\
+         [webauthn]\n\
+         rp_id = \"localhost\"\n\
+         origins = [\"http://localhost:{port}\"]\n\n\
          [approvers.phone]\nssh = \"{}\"\n\n\
          [approvers.laptop]\nssh = \"{}\"\n",
         keys[0], keys[1]
@@ -559,7 +583,7 @@ fn write_configs(
          [nix]\n\
          options = {{ {nix_table} }}\n",
         state = layout.path("server-state").display(),
-        policy = layout.path("policy.toml").display(),
+        policy = layout.policy().display(),
         socket = layout.path("run/activator.sock").display(),
         profile = layout.profile().display(),
         repo = layout.repo().display(),
@@ -578,7 +602,7 @@ fn write_configs(
          prepare_as_root = true\n\n\
          [nix]\n\
          options = {{ {nix_table} }}\n",
-        policy = layout.path("policy.toml").display(),
+        policy = layout.policy().display(),
         state = layout.path("activator-state").display(),
         socket = layout.path("run/activator.sock").display(),
         profile = layout.profile().display(),
