@@ -172,6 +172,7 @@ fn variants() -> Vec<(&'static str, Change)> {
             );
         }),
         ("kernel", |s| s.kernel_version = "6.6.64".into()),
+        ("switch-script", |s| s.fail_switch = true),
         ("kernel-params", |s| {
             s.kernel_params.push("mitigations=off".into())
         }),
@@ -592,6 +593,11 @@ fn kernel_needs_reboot() {
         kernel.detail,
         "linux 6.6.63 -> linux 6.6.64; takes effect after a reboot"
     );
+}
+
+#[test]
+fn switch_script() {
+    check("switch-script", &[(K::SwitchScriptChanged, S::High)], &[]);
 }
 
 #[test]

@@ -71,6 +71,10 @@ pub enum AlertKind {
     /// Another part of the boot chain changes (kernel modules, `init`,
     /// systemd, firmware); takes effect after a reboot.
     BootChanged,
+    /// `bin/switch-to-configuration`, or a generated script it runs such
+    /// as the boot loader installer or the pre-switch checks, changes.
+    /// It runs as root on every switch.
+    SwitchScriptChanged,
     /// Modules loaded at boot (`/etc/modules-load.d`) change.
     KernelModuleChanged,
     /// An `install` or `remove` line of modprobe, which runs a command
