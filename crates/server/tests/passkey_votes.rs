@@ -3,9 +3,10 @@
 //! Nix builds, `ssh-keygen` signatures, and the stand-in activator that
 //! verifies each certificate with core.
 //!
-//! The browser scenario (`tests/browser.rs`) makes the same votes in
-//! Chromium; this test reaches the refusals that a browser cannot be
-//! made to produce, and runs without one.
+//! The browser scenario (`tests/browser.rs`) makes passkey votes in
+//! Chromium. This test also covers cases that Chromium's virtual
+//! authenticator cannot produce, such as a rejection's assertion sent
+//! as an approval or a counter that went back, and needs no browser.
 
 mod common;
 
@@ -246,8 +247,8 @@ async fn passkey_votes_count_and_reach_the_activator() {
     assert_eq!(verified.webauthn_counters()[0].sign_count, deployed_counter);
 
     // On the next proposal, an approval whose counter did not grow past
-    // the deployed one is refused before it reaches the activator; a
-    // rejection by the same passkey vetoes.
+    // the deployed one is refused before it reaches the activator. A
+    // rejection by the same passkey then vetoes.
     let mut spec = harness.spec.clone();
     spec.kernel_params.push("quiet".into());
     harness.commit(&spec, "Quiet boot");
