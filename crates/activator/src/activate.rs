@@ -1,5 +1,5 @@
-//! One activation request: the checks, the durable acceptance, the
-//! switch and the rollback.
+//! One activation request: the checks and the durable acceptance; the
+//! steps that follow are in `deploy`.
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Mutex, MutexGuard};
@@ -8,15 +8,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use countersign_core::protocol::{AuditHead, Event, Outcome, Step};
 use countersign_core::webauthn::{self, encode_base64url};
 use countersign_core::{
-    Certificate, Policy, Sha256Digest, SignCounter, Statement, StorePath,
-    verify_certificate,
+    Certificate, Policy, Sha256Digest, SignCounter, Source, Statement,
+    StorePath, verify_certificate,
 };
 
 use crate::config::Config;
 use crate::confirm::Confirmations;
 use crate::evaluation::{self, Provenance};
 use crate::history::{History, HistoryRecord};
-use crate::intent::{Intent, IntentStep};
+use crate::intent::{self, Intent, IntentStep};
 use crate::nix::NixTools;
 use crate::source_check::{self, SourceCheck};
 use crate::state::{self, ActivatorState};
@@ -127,6 +127,7 @@ impl Activator {
             base: statement.base.clone(),
             target: statement.target.clone(),
             base_generation: self.base_generation(&statement.base),
+            rollback_generation: statement.rollback_generation,
             step: IntentStep::PreSwitch,
             switch_started: false,
             since: now(),
@@ -316,15 +317,30 @@ impl Activator {
         let counters = verified.webauthn_counters().to_vec();
         check_counters(&state, &counters).map_err(refuse)?;
 
-        let source = &statement.source;
-        self.check_source(
-            &source.store_path,
-            &source.nar_hash,
-            "the statement",
-            events,
-        )
-        .map_err(refuse)?;
-        self.check_evaluation(&statement, events).map_err(refuse)?;
+        match (&statement.source, statement.rollback_generation) {
+            (Some(source), _) => {
+                self.check_source(
+                    &source.store_path,
+                    &source.nar_hash,
+                    "the statement",
+                    events,
+                )
+                .map_err(refuse)?;
+                self.check_evaluation(&statement, source, events)
+                    .map_err(refuse)?;
+            }
+            (None, Some(generation)) => {
+                self.check_generation(generation, &statement.target, events)
+                    .map_err(refuse)?;
+            }
+            (None, None) => {
+                return Err(refuse(
+                    "the statement names neither a source nor a rollback \
+                     generation"
+                        .to_owned(),
+                ));
+            }
+        }
         self.check_target(&statement.target).map_err(refuse)?;
 
         Ok(Accepted {
@@ -377,6 +393,7 @@ impl Activator {
     fn check_evaluation(
         &self,
         statement: &Statement,
+        source: &Source,
         events: &mut dyn EventSink,
     ) -> Result<(), String> {
         if !self.config.verify_evaluation {
@@ -388,7 +405,6 @@ impl Activator {
             );
             return Ok(());
         }
-        let source = &statement.source;
         let out_path = self.evaluate(
             &source.store_path,
             &source.nar_hash,
@@ -441,6 +457,44 @@ impl Activator {
             );
         }
         Ok(out_path)
+    }
+
+    /// Checks, for a rollback, that generation `generation` of the
+    /// activator's own profile points at `target`. The target was
+    /// activated from that profile before, so no source is evaluated.
+    fn check_generation(
+        &self,
+        generation: u64,
+        target: &StorePath,
+        events: &mut dyn EventSink,
+    ) -> Result<(), String> {
+        let profile = &self.config.profile;
+        let link = intent::generation_link(profile, generation);
+        progress(
+            events,
+            Step::CheckGeneration,
+            format!(
+                "checking that generation {generation} of the profile {} \
+                 is {target}",
+                profile.display()
+            ),
+        );
+        match intent::resolve_link(&link) {
+            Some(path) if &path == target => Ok(()),
+            Some(path) => Err(format!(
+                "generation {generation} of the profile {} is {path}, not \
+                 the rollback target {target}; propose the rollback again",
+                profile.display()
+            )),
+            None => Err(format!(
+                "the profile {} has no generation {generation} ({} does not \
+                 resolve to a store path); list the generations with \
+                 `nix-env --list-generations --profile {}`",
+                profile.display(),
+                link.display(),
+                profile.display()
+            )),
+        }
     }
 
     fn check_target(&self, target: &StorePath) -> Result<(), String> {

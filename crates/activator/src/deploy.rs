@@ -77,7 +77,13 @@ impl Activator {
                     profile.display()
                 ),
             );
-            if let Err(error) = self.nix.set_profile(profile, &target) {
+            let set = match intent.rollback_generation {
+                Some(generation) => {
+                    self.nix.switch_generation(profile, generation)
+                }
+                None => self.nix.set_profile(profile, &target),
+            };
+            if let Err(error) = set {
                 let failure = format!(
                     "setting the profile {} to {target} failed: {error}",
                     profile.display()

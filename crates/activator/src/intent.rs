@@ -67,6 +67,10 @@ pub struct Intent {
     /// The profile generation that pointed at the base when the proposal
     /// was accepted; `None` when the profile pointed at another system.
     pub base_generation: Option<u64>,
+    /// For a rollback, the generation of the profile that the target
+    /// is; the profile is switched to it in place of a new generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_generation: Option<u64>,
     pub step: IntentStep,
     /// Whether the target's `switch-to-configuration` was started; it
     /// stays true through the later steps.
@@ -179,6 +183,7 @@ mod tests {
             )
             .unwrap(),
             base_generation: Some(3),
+            rollback_generation: None,
             step: IntentStep::SetProfile,
             switch_started: false,
             since: 1,

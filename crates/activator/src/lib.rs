@@ -53,6 +53,12 @@
 //!    attribute of `path:<source>?narHash=<hash>` yields exactly the
 //!    target. The evaluation runs as `evaluator_user` when configured,
 //!    and its result is cached by NAR hash and attribute.
+//!
+//!    A rollback statement names no source but a `rollback_generation`
+//!    of the system profile. In place of checks 5 and 6, generation N of
+//!    the activator's own profile (`<profile>-N-link`) must resolve to
+//!    the target, a system that this profile held before. Its activation
+//!    switches the profile to generation N instead of adding one.
 //! 7. The target is a valid store path with an executable
 //!    `bin/switch-to-configuration` that resolves inside the store.
 //!

@@ -175,7 +175,8 @@ fn wrong_nar_hash_is_refused() {
     let activator = start();
     let world = &shared_world().world;
     let mut statement = world.statement(&policy_text(), 1);
-    statement.source.nar_hash = world.base_source.nar_hash.clone();
+    statement.source.as_mut().unwrap().nar_hash =
+        world.base_source.nar_hash.clone();
     let events = activator.activate(&approved(&statement));
     assert_refused(
         &activator,
@@ -189,7 +190,7 @@ fn missing_source_is_refused() {
     let activator = start();
     let world = &shared_world().world;
     let mut statement = world.statement(&policy_text(), 1);
-    statement.source.store_path =
+    statement.source.as_mut().unwrap().store_path =
         StorePath::parse("/nix/store/0123456789abcdfghijklmnpqrsvwxyz-source")
             .unwrap();
     let events = activator.activate(&approved(&statement));
@@ -226,9 +227,11 @@ fn switch_script_outside_store_is_refused() {
     let activator = start();
     let shared = shared_world();
     let mut statement = shared.world.statement(&policy_text(), 1);
-    statement.source.commit = shared.escape_commit.clone();
-    statement.source.store_path = shared.escape_source.store_path.clone();
-    statement.source.nar_hash = shared.escape_source.nar_hash.clone();
+    statement.source.as_mut().unwrap().commit = shared.escape_commit.clone();
+    statement.source.as_mut().unwrap().store_path =
+        shared.escape_source.store_path.clone();
+    statement.source.as_mut().unwrap().nar_hash =
+        shared.escape_source.nar_hash.clone();
     statement.attribute = ESCAPE_ATTRIBUTE.to_owned();
     statement.target = shared.escape.clone();
     let events = activator.activate(&approved(&statement));

@@ -114,7 +114,7 @@ fn webauthn_counters_are_checked_and_stored() {
     // not move the stored counter.
     key.sign_count = 10;
     let mut wrong_source = world.statement(&policy, 4);
-    wrong_source.source.nar_hash =
+    wrong_source.source.as_mut().unwrap().nar_hash =
         "sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_owned();
     let refused = approved(&wrong_source, &mut key, &mut passkey);
     let (outcome, _, message) = finished(&activator.activate(&refused));

@@ -70,6 +70,9 @@ pub enum Step {
     HealthCheck,
     /// The wait for the server of the new system to confirm.
     AwaitConfirmation,
+    /// The check that a rollback's generation of the profile is its
+    /// target, which takes the place of the source and evaluation checks.
+    CheckGeneration,
 }
 
 /// How an activation request ended.

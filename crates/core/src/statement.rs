@@ -85,9 +85,20 @@ pub struct Statement {
     /// number at most once.
     pub proposal: u64,
     pub action: Action,
-    pub source: Source,
+    /// The fetched and built configuration; `None` exactly when the
+    /// statement is a rollback, whose target was built before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source>,
+    /// For a rollback, the generation of the host's system profile
+    /// (`<profile>-<N>-link`) whose system is the target. The activator
+    /// checks that its own profile has this generation pointing at the
+    /// target, in place of checking and evaluating a source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_generation: Option<u64>,
     /// The flake attribute of the toplevel, for example
-    /// `nixosConfigurations.web1.config.system.build.toplevel`.
+    /// `nixosConfigurations.web1.config.system.build.toplevel`. A rollback
+    /// is not evaluated, so there it only names the attribute that the
+    /// server builds.
     pub attribute: String,
     /// The system that runs when the proposal is made.
     pub base: StorePath,
@@ -154,7 +165,25 @@ impl Statement {
                 self.expires, self.created
             ));
         }
-        let commit = &self.source.commit;
+        let source = match (&self.source, self.rollback_generation) {
+            (Some(source), None) => source,
+            (None, Some(0)) => {
+                return invalid(
+                    "rollback generation 0 does not exist; profile \
+                     generations start at 1"
+                        .into(),
+                );
+            }
+            (None, Some(_)) => return Ok(()),
+            (Some(_), Some(_)) | (None, None) => {
+                return invalid(
+                    "a statement names either a source or a rollback \
+                     generation, and exactly one of them"
+                        .into(),
+                );
+            }
+        };
+        let commit = &source.commit;
         if !(commit.len() == 40 || commit.len() == 64)
             || !commit
                 .bytes()
@@ -162,10 +191,10 @@ impl Statement {
         {
             return invalid(format!("invalid commit id {commit:?}"));
         }
-        if !self.source.nar_hash.starts_with("sha256-") {
+        if !source.nar_hash.starts_with("sha256-") {
             return invalid(format!(
                 "invalid NAR hash {:?} (expected sha256-…)",
-                self.source.nar_hash
+                source.nar_hash
             ));
         }
         Ok(())
@@ -188,7 +217,7 @@ pub(crate) mod tests {
             host: "web1".into(),
             proposal: 7,
             action: Action::Switch,
-            source: Source {
+            source: Some(Source {
                 repository: "https://git.example/infra.git".into(),
                 branch: "main".into(),
                 commit: "a".repeat(40),
@@ -197,7 +226,8 @@ pub(crate) mod tests {
                 )
                 .unwrap(),
                 nar_hash: "sha256-AAAA".into(),
-            },
+            }),
+            rollback_generation: None,
             attribute: "nixosConfigurations.web1.config.system.build.toplevel"
                 .into(),
             base: StorePath::parse(
@@ -252,6 +282,62 @@ pub(crate) mod tests {
         statement.format = "countersign-statement-v0".into();
         let error = Statement::parse(&statement.to_bytes()).unwrap_err();
         assert!(matches!(error, StatementError::UnsupportedFormat(_)));
+    }
+
+    #[test]
+    fn rollback_statement_round_trips() {
+        let mut statement = sample();
+        statement.source = None;
+        statement.rollback_generation = Some(3);
+        let bytes = statement.to_bytes();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(!text.contains("\"source\""), "{text}");
+        assert!(
+            text.contains("\"action\":\"switch\",\"rollback_generation\":3,"),
+            "{text}"
+        );
+        assert_eq!(Statement::parse(&bytes).unwrap(), statement);
+    }
+
+    #[test]
+    fn deployment_bytes_name_no_rollback() {
+        let text = String::from_utf8(sample().to_bytes()).unwrap();
+        assert!(!text.contains("rollback"), "{text}");
+        assert!(text.contains("\"source\":{"), "{text}");
+    }
+
+    #[test]
+    fn source_and_rollback_are_exclusive() {
+        let mut both = sample();
+        both.rollback_generation = Some(2);
+        let error = Statement::parse(&both.to_bytes()).unwrap_err();
+        assert!(matches!(error, StatementError::Invalid(_)), "{error}");
+
+        let mut neither = sample();
+        neither.source = None;
+        let error = Statement::parse(&neither.to_bytes()).unwrap_err();
+        assert!(matches!(error, StatementError::Invalid(_)), "{error}");
+
+        let mut zero = sample();
+        zero.source = None;
+        zero.rollback_generation = Some(0);
+        let error = Statement::parse(&zero.to_bytes()).unwrap_err();
+        assert!(error.to_string().contains("generation 0"), "{error}");
+    }
+
+    #[test]
+    fn null_source_is_not_canonical() {
+        let mut statement = sample();
+        statement.source = None;
+        statement.rollback_generation = Some(3);
+        let text = String::from_utf8(statement.to_bytes()).unwrap();
+        let text = text.replacen(
+            "\"rollback_generation\"",
+            "\"source\":null,\"rollback_generation\"",
+            1,
+        );
+        let error = Statement::parse(text.as_bytes()).unwrap_err();
+        assert!(matches!(error, StatementError::NotCanonical), "{error}");
     }
 
     #[test]

@@ -325,13 +325,14 @@ fn build_steps(
         host: config.host.clone(),
         proposal: number,
         action: repository.action,
-        source: Source {
+        source: Some(Source {
             repository: repository.url.clone(),
             branch: repository.branch.clone(),
             commit: commit.clone(),
             store_path: source.store_path.clone(),
             nar_hash: source.nar_hash.clone(),
-        },
+        }),
+        rollback_generation: None,
         attribute: state.attribute.clone(),
         base: base.clone(),
         target: target.clone(),

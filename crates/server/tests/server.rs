@@ -158,13 +158,20 @@ async fn proposal_awaits_approval_with_statement_and_diff() {
     assert_eq!(statement.host, "demo");
     assert_eq!(statement.proposal, number);
     assert_eq!(statement.action.as_str(), "switch");
-    assert_eq!(statement.source.commit, head);
-    assert_eq!(statement.source.branch, "main");
+    assert_eq!(statement.source.as_ref().unwrap().commit, head);
+    assert_eq!(statement.source.as_ref().unwrap().branch, "main");
     assert_eq!(
-        statement.source.repository,
+        statement.source.as_ref().unwrap().repository,
         harness.repo().display().to_string()
     );
-    assert!(statement.source.nar_hash.starts_with("sha256-"));
+    assert!(
+        statement
+            .source
+            .as_ref()
+            .unwrap()
+            .nar_hash
+            .starts_with("sha256-")
+    );
     assert_eq!(statement.base, harness.base);
     assert_ne!(statement.target, harness.base);
     assert_eq!(
@@ -549,8 +556,8 @@ async fn quorum_sends_certificate_to_activator() {
     assert_eq!(
         prepares,
         [&Request::Prepare {
-            source: parsed.source.store_path.clone(),
-            nar_hash: parsed.source.nar_hash.clone(),
+            source: parsed.source.as_ref().unwrap().store_path.clone(),
+            nar_hash: parsed.source.as_ref().unwrap().nar_hash.clone(),
             attribute: parsed.attribute.clone(),
         }],
         "the built proposal is prepared once, with its statement's source"
@@ -617,8 +624,8 @@ async fn prepared_target_mismatch_is_recorded() {
     let requests = stub.requests();
     assert!(
         requests.contains(&Request::Prepare {
-            source: statement.source.store_path.clone(),
-            nar_hash: statement.source.nar_hash.clone(),
+            source: statement.source.as_ref().unwrap().store_path.clone(),
+            nar_hash: statement.source.as_ref().unwrap().nar_hash.clone(),
             attribute: statement.attribute.clone(),
         }),
         "{requests:?}"

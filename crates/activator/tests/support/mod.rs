@@ -265,13 +265,14 @@ impl World {
             host: HOST.to_owned(),
             proposal,
             action: Action::Switch,
-            source: Source {
+            source: Some(Source {
                 repository: format!("file://{}", self.repo.display()),
                 branch: "main".to_owned(),
                 commit: self.commit.clone(),
                 store_path: self.source.store_path.clone(),
                 nar_hash: self.source.nar_hash.clone(),
-            },
+            }),
+            rollback_generation: None,
             attribute: self.attribute.clone(),
             base: self.base.clone(),
             target: self.target.clone(),

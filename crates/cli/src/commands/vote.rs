@@ -73,12 +73,19 @@ pub fn print_summary(reviewed: &Reviewed, full_diff: bool) {
         sanitize(&statement.host),
         sanitize(detail["state"].as_str().unwrap_or("unknown state"))
     );
-    println!(
-        "  source   {} {} @ {}",
-        sanitize(&statement.source.repository),
-        sanitize(&statement.source.branch),
-        statement.source.commit
-    );
+    match (&statement.source, statement.rollback_generation) {
+        (Some(source), _) => println!(
+            "  source   {} {} @ {}",
+            sanitize(&source.repository),
+            sanitize(&source.branch),
+            source.commit
+        ),
+        (None, Some(generation)) => println!(
+            "  rollback to generation {generation} of the system profile, \
+             built before; no source"
+        ),
+        (None, None) => println!("  source   none"),
+    }
     if let Some(subject) = detail["subject"].as_str() {
         println!("  commit   {}", sanitize(subject));
     }
