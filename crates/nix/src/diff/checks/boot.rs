@@ -118,18 +118,18 @@ pub(super) fn toplevel(ctx: &mut Ctx<'_>) -> Result<()> {
                 ctx.push(kind, Severity::Medium, name, detail);
             }
             "kernel-params" => kernel_params(ctx, change.status)?,
-            "bin/switch-to-configuration" => {
-                if !change.only_store_paths_changed {
-                    ctx.push(
-                        AlertKind::SwitchScriptChanged,
-                        Severity::High,
-                        name,
-                        format!(
-                            "{}; runs as root on every switch",
-                            super::status_text(change)
-                        ),
-                    );
-                }
+            "bin/switch-to-configuration"
+                if !change.only_store_paths_changed =>
+            {
+                ctx.push(
+                    AlertKind::SwitchScriptChanged,
+                    Severity::High,
+                    name,
+                    format!(
+                        "{}; runs as root on every switch",
+                        super::status_text(change)
+                    ),
+                );
             }
             _ if BOOT_ENTRIES.contains(&name) => {
                 if change.only_store_paths_changed
