@@ -272,6 +272,13 @@ fn variants() -> Vec<(&'static str, Change)> {
                 "[Service]\nExecStart=@pkg:unit-script-backup-start@/bin/backup-start\n",
             );
         }),
+        ("unit-privileged", |s| {
+            s.set_unit(
+                "backup.service",
+                "[Service]\nUser=backup\nExecStartPre=+/bin/sh -c 'id'\n\
+                 ExecStart=@pkg:unit-script-backup-start@/bin/backup-start\n",
+            );
+        }),
         ("unit-script", |s| {
             s.set_package(Package::unit_script(
                 "backup",
@@ -735,6 +742,12 @@ fn unit_added() {
 #[test]
 fn unit_now_runs_as_root() {
     check("unit-root", &[(K::UnitChanged, S::High)], &[]);
+}
+
+#[test]
+fn unit_full_privilege_prefix() {
+    let alerts = check("unit-privileged", &[(K::UnitChanged, S::High)], &[]);
+    assert!(alerts[0].detail.contains("ExecStartPre=+"), "{alerts:#?}");
 }
 
 #[test]

@@ -387,60 +387,121 @@ fn other_etc(ctx: &mut Ctx<'_>) {
 
 /// systemd units: added, removed, or changed beyond store paths.
 ///
-/// NOTE: unit texts are compared as a whole. Only the loss of `User=` or
-/// `DynamicUser=` raises the severity; other security settings (`+`
-/// prefixes, credentials, sandboxing keys) get the unit's usual medium.
+/// NOTE: unit texts are compared line by line, not parsed into sections.
+/// Running as root, full-privilege command prefixes and removed
+/// sandboxing settings raise the severity; other settings get medium.
 fn units(ctx: &mut Ctx<'_>) -> Result<()> {
     let mut found = Vec::new();
     for change in &ctx.diff.units {
-        let subject = format!("/etc/systemd/system/{}", change.path);
-        let (severity, detail) = match change.status {
-            ChangeStatus::Added => (Severity::Medium, "added".to_owned()),
-            ChangeStatus::Removed => (Severity::Medium, "removed".to_owned()),
-            ChangeStatus::Changed if change.only_store_paths_changed => {
-                continue;
-            }
-            ChangeStatus::Changed => {
-                let old = ctx.old.unit_text(&change.path)?.unwrap_or_default();
-                let new = ctx.new.unit_text(&change.path)?.unwrap_or_default();
-                if covered_elsewhere(change, &old, &new) {
-                    continue;
-                }
-                let runs_as = |text: &str| {
-                    text.lines().any(|line| {
-                        let line = line.trim_start();
-                        line.starts_with("User=")
-                            || line.starts_with("DynamicUser=true")
-                            || line.starts_with("DynamicUser=yes")
-                    })
-                };
-                if runs_as(&old) && !runs_as(&new) {
-                    (
-                        Severity::High,
-                        format!("{}; now runs as root", status_text(change)),
-                    )
-                } else {
-                    (Severity::Medium, status_text(change))
-                }
-            }
-        };
-        if change.path.contains(".wants/")
+        let enabling_link = change.path.contains(".wants/")
             || change.path.contains(".requires/")
+            || change.path.contains(".upholds/");
+        if change.status == ChangeStatus::Changed
+            && (change.only_store_paths_changed || enabling_link)
         {
-            // Enabling links: the unit itself is reported on its own.
-            if change.status == ChangeStatus::Changed {
-                continue;
-            }
+            // An enabling link's unit is reported on its own.
+            continue;
         }
-        let kind = match change.status {
-            ChangeStatus::Added => AlertKind::UnitAdded,
-            ChangeStatus::Removed => AlertKind::UnitRemoved,
-            ChangeStatus::Changed => AlertKind::UnitChanged,
+        let old = ctx.old.unit_text(&change.path)?.unwrap_or_default();
+        let new = ctx.new.unit_text(&change.path)?.unwrap_or_default();
+        if change.status == ChangeStatus::Changed
+            && covered_elsewhere(change, &old, &new)
+        {
+            continue;
+        }
+        let (kind, severity, detail) = match change.status {
+            ChangeStatus::Added => {
+                let commands: Vec<String> = new
+                    .lines()
+                    .filter(|line| line.trim_start().starts_with("Exec"))
+                    .filter_map(|line| config_line(line, '\u{0}'))
+                    .collect();
+                let detail = if commands.is_empty() {
+                    "added".to_owned()
+                } else {
+                    format!("added, runs {}", quote_lines(&commands))
+                };
+                (AlertKind::UnitAdded, unit_severity(&[], &commands), detail)
+            }
+            ChangeStatus::Removed => (
+                AlertKind::UnitRemoved,
+                Severity::Medium,
+                "removed".to_owned(),
+            ),
+            ChangeStatus::Changed => {
+                let (added, removed) =
+                    line_changes(&old, &new, |line| config_line(line, '#'));
+                let mut detail = status_text(change);
+                let lines = added_removed(&added, &removed);
+                if !lines.is_empty() {
+                    detail.push_str(&format!(": {lines}"));
+                }
+                let mut severity = unit_severity(&removed, &added);
+                if runs_as_user(&old) && !runs_as_user(&new) {
+                    severity = Severity::High;
+                    detail.push_str("; now runs as root");
+                }
+                (AlertKind::UnitChanged, severity, detail)
+            }
         };
+        let subject = format!("/etc/systemd/system/{}", change.path);
         found.push(Alert::new(kind, severity, subject, detail));
     }
     ctx.alerts.extend(found);
     Ok(())
+}
+
+/// systemd settings that confine a service; removing one widens what
+/// it may do.
+const SANDBOXING: &[&str] = &[
+    "User=",
+    "DynamicUser=",
+    "NoNewPrivileges=",
+    "ProtectSystem=",
+    "ProtectHome=",
+    "PrivateTmp=",
+    "PrivateDevices=",
+    "PrivateNetwork=",
+    "CapabilityBoundingSet=",
+    "AmbientCapabilities=",
+    "SystemCallFilter=",
+    "RestrictSUIDSGID=",
+    "ProtectKernelModules=",
+    "ProtectKernelTunables=",
+    "ReadOnlyPaths=",
+    "InaccessiblePaths=",
+];
+
+/// High when a sandboxing setting is removed, or an added command line
+/// runs with full privileges (`+`, `!`, `!!` prefixes) or an added
+/// setting grants capabilities; medium otherwise.
+fn unit_severity(removed: &[String], added: &[String]) -> Severity {
+    let loosened = removed
+        .iter()
+        .any(|line| SANDBOXING.iter().any(|key| line.starts_with(key)));
+    let privileged = added.iter().any(|line| {
+        let value = line
+            .strip_prefix("Exec")
+            .and_then(|rest| rest.split_once('='))
+            .map(|(_, value)| value.trim_start_matches(['-', '@', ':']));
+        value.is_some_and(|value| value.starts_with(['+', '!']))
+            || line.starts_with("AmbientCapabilities=")
+    });
+    if loosened || privileged {
+        Severity::High
+    } else {
+        Severity::Medium
+    }
+}
+
+/// Tells whether a unit's text names the user it runs as.
+fn runs_as_user(text: &str) -> bool {
+    text.lines().any(|line| {
+        let line = line.trim_start();
+        line.starts_with("User=")
+            || line.starts_with("DynamicUser=true")
+            || line.starts_with("DynamicUser=yes")
+    })
 }
 
 /// Units whose script a check of its own reads line by line: the unit,
