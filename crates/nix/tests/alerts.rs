@@ -56,7 +56,7 @@ fn base_spec(log: &Path) -> SystemSpec {
 
 type Change = fn(&mut SystemSpec);
 
-/// The variants: a name, and the change from the base.
+/// Lists the variants: a name, and the change from the base.
 fn variants() -> Vec<(&'static str, Change)> {
     vec![
         ("bumped", |s| {
@@ -318,8 +318,8 @@ fn systems() -> &'static Systems {
         for (index, (name, change)) in variants().into_iter().enumerate() {
             let mut spec = base.clone();
             change(&mut spec);
-            // The label tells the built systems apart; diffs reduce it
-            // away with the rest of the version.
+            // A distinct label identifies each built system. The diff
+            // reduces it away with the rest of the version.
             spec.label = format!("25.05.{}", index + 1);
             specs.push((name.to_owned(), spec));
         }
@@ -334,7 +334,7 @@ fn path(name: &str) -> &'static StorePath {
     &systems().built[name]
 }
 
-/// The alerts of the base against the variant `name`.
+/// Returns the alerts of the base against the variant `name`.
 fn alerts_of(name: &str) -> Vec<Alert> {
     let diff = system_diff(path("base"), path(name)).unwrap();
     system_alerts(&diff)
@@ -373,7 +373,8 @@ use Severity as S;
 fn unchanged_pair_flags_nothing() {
     assert!(alerts_of("base").is_empty());
     let diff = system_diff(path("base"), path("base")).unwrap();
-    assert!(diff.units.is_empty() && diff.etc.is_empty());
+    assert!(diff.units.is_empty());
+    assert!(diff.etc.is_empty());
 }
 
 #[test]

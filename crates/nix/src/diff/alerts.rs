@@ -24,7 +24,7 @@ pub enum Severity {
     Critical,
 }
 
-/// What an alert is about.
+/// The subject area of an alert.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize,
 )]

@@ -4,7 +4,7 @@
 //! hashes and sometimes clear-text passwords. The diff document is
 //! shown to every approver and kept by the server, so the value of such
 //! a field never enters it: the text diff shows a placeholder, and the
-//! alerts say only that the field changed.
+//! alerts state only that the field changed.
 
 /// JSON keys whose string values are passwords or password hashes.
 const SECRET_KEYS: &[&str] = &[
@@ -14,7 +14,7 @@ const SECRET_KEYS: &[&str] = &[
     "initialHashedPassword",
 ];
 
-/// What a secret value becomes.
+/// The placeholder that replaces a secret value.
 pub const REDACTED: &str = "<redacted>";
 
 /// Replaces the string values of [`SECRET_KEYS`] in JSON text and every

@@ -259,23 +259,23 @@ impl SystemFiles {
         Ok(files)
     }
 
-    /// The text of the `/etc` file `path`, if it is a text file of at
+    /// Reads the text of the `/etc` file `path`, if it is a text file of at
     /// most [`MAX_READ_BYTES`].
     pub fn etc_text(&self, path: &str) -> Result<Option<String>> {
         self.etc.get(path).map_or(Ok(None), node_text)
     }
 
-    /// The text of the unit `name` below `/etc/systemd/system`.
+    /// Reads the text of the unit `name` below `/etc/systemd/system`.
     pub fn unit_text(&self, name: &str) -> Result<Option<String>> {
         self.units.get(name).map_or(Ok(None), node_text)
     }
 
-    /// The text of the toplevel entry `name`, such as `activate`.
+    /// Reads the text of the toplevel entry `name`, such as `activate`.
     pub fn toplevel_text(&self, name: &str) -> Result<Option<String>> {
         self.toplevel.get(name).map_or(Ok(None), node_text)
     }
 
-    /// The `/etc` paths that start with `prefix`, sidecars left out.
+    /// Lists the `/etc` paths that start with `prefix`, sidecars left out.
     pub fn etc_paths_under<'a>(
         &'a self,
         prefix: &'a str,
@@ -299,7 +299,7 @@ pub(super) fn sidecar_base(path: &str) -> Option<(&str, &str)> {
 /// Files up to this size are read for the checks behind the alerts.
 pub const MAX_READ_BYTES: u64 = 1024 * 1024;
 
-/// The text of a file node of at most [`MAX_READ_BYTES`]; `None` for
+/// Reads the text of a file node of at most [`MAX_READ_BYTES`]; `None` for
 /// other nodes, larger files and binary files.
 pub(super) fn node_text(node: &Node) -> Result<Option<String>> {
     let Node::File { location, size, .. } = node else {

@@ -1,4 +1,4 @@
-//! Who can log in and become root: SSH keys and daemon settings, sudo
+//! Checks of login and root access: SSH keys and daemon settings, sudo
 //! and doas rules, PAM, polkit, and who Nix trusts.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -147,7 +147,7 @@ const SSHD_HIGH: &[&str] = &[
     "authenticationmethods",
 ];
 
-/// The effective settings of an `sshd_config`: keyword (lower case) to
+/// Reads the effective settings of an `sshd_config`: keyword (lower case) to
 /// its spelling and value. sshd takes the first value of a keyword,
 /// except for keywords that are lists; each `Match` block is one entry.
 fn sshd_settings(text: &str) -> BTreeMap<String, (String, String)> {
@@ -433,7 +433,7 @@ pub(super) fn polkit(ctx: &mut Ctx<'_>) -> Result<()> {
     Ok(())
 }
 
-/// The polkit rules a system's `sw` provides, by file name.
+/// Reads the polkit rules that a system's `sw` provides, by file name.
 fn sw_rules(files: &SystemFiles) -> Result<BTreeMap<String, String>> {
     let mut rules = BTreeMap::new();
     let Some(Node::StoreLink { target }) = files.toplevel.get("sw") else {
@@ -479,7 +479,7 @@ const NIX_HIGH: &[&str] = &[
 /// Settings whose values are secrets and never shown.
 const NIX_SECRET: &[&str] = &["access-tokens"];
 
-/// The effective settings of a `nix.conf`: a later assignment replaces
+/// Reads the effective settings of a `nix.conf`: a later assignment replaces
 /// an earlier one, `extra-<name>` appends to `<name>`, and `include` /
 /// `!include` lines are kept under `include`.
 fn nix_settings(text: &str) -> BTreeMap<String, Vec<String>> {

@@ -290,7 +290,7 @@ pub(super) fn modprobe(ctx: &mut Ctx<'_>) -> Result<()> {
     Ok(())
 }
 
-/// The effective sysctl settings of all files in `/etc/sysctl.d`, read
+/// Reads the effective sysctl settings of all files in `/etc/sysctl.d`,
 /// in name order so that later files override earlier ones.
 fn sysctl_settings(files: &SystemFiles) -> Result<BTreeMap<String, String>> {
     let mut settings = BTreeMap::new();

@@ -472,9 +472,10 @@ const SANDBOXING: &[&str] = &[
     "InaccessiblePaths=",
 ];
 
-/// High when a sandboxing setting is removed, or an added command line
-/// runs with full privileges (`+`, `!`, `!!` prefixes) or an added
-/// setting grants capabilities; medium otherwise.
+/// Rates a unit change high when a sandboxing setting is removed, or
+/// when an added command line runs with full privileges (`+`, `!`, `!!`
+/// prefixes) or an added setting grants capabilities. Any other change
+/// is medium.
 fn unit_severity(removed: &[String], added: &[String]) -> Severity {
     let loosened = removed
         .iter()

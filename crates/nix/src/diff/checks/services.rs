@@ -1,4 +1,4 @@
-//! What runs as root or opens the machine: setuid and capability
+//! Checks of what runs as root or opens the machine: setuid and capability
 //! wrappers, the firewall, activation snippets, tmpfiles and udev rules.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -159,16 +159,16 @@ fn wrappers_of(files: &SystemFiles) -> Result<Wrappers> {
     Ok(found)
 }
 
-/// The program a line acts on, from its `"$wrapperDir/<program>"`.
+/// Returns the program a line acts on, from its `"$wrapperDir/<program>"`.
 fn wrapper_target(line: &str) -> Option<&str> {
     let start = line.find("\"$wrapperDir/")? + "\"$wrapperDir/".len();
     let end = line[start..].find('"')? + start;
     Some(&line[start..end])
 }
 
-/// The program a wrapper runs, read as the store path compiled into its
-/// `bin/security-wrapper`, with the path reduced to the package name;
-/// and that package's version.
+/// Reads the program a wrapper runs as the store path compiled into its
+/// `bin/security-wrapper`. Returns that path reduced to the package
+/// name, and the package's version.
 fn wrapped_program(wrapper: &StorePath) -> Result<(String, String)> {
     let Some(bytes) = store_file_bytes(wrapper, "bin/security-wrapper")?
     else {
@@ -298,7 +298,7 @@ fn show(text: &str) -> &str {
     if text.is_empty() { "(none)" } else { text }
 }
 
-/// What the firewall of a system allows: open ports, other rule lines,
+/// The rules of a system's firewall: open ports, other rule lines,
 /// and whether a firewall unit exists.
 #[derive(Debug, Default)]
 struct FirewallRules {
@@ -406,8 +406,8 @@ fn nft_ports(line: &str) -> Vec<String> {
     ports
 }
 
-/// The firewall: ports opened or closed, other rules changed, and the
-/// firewall unit removed.
+/// Checks the firewall: ports opened or closed, other rules changed,
+/// and the firewall unit removed.
 pub(super) fn firewall(ctx: &mut Ctx<'_>) -> Result<()> {
     let relevant =
         ctx.diff.units.iter().any(|c| {

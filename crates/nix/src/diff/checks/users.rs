@@ -4,7 +4,7 @@
 //! of `/etc/sysusers.d`.
 //!
 //! Password fields are compared through their SHA-256 and never shown:
-//! an alert says which field changed, not to what.
+//! an alert names the field that changed, not its value.
 
 use std::collections::{BTreeMap, BTreeSet};
 
