@@ -263,6 +263,10 @@ fn variants() -> Vec<(&'static str, Change)> {
             s.etc_links
                 .push(("resolv.conf".into(), "/run/resolv.conf".into()));
         }),
+        ("sudoers-outside", |s| {
+            s.remove_etc("sudoers");
+            s.etc_links.push(("sudoers".into(), "/etc/shadow".into()));
+        }),
         ("unit-added", |s| {
             s.set_unit("miner.service", "[Service]\nExecStart=/tmp/miner\n");
         }),
@@ -733,6 +737,21 @@ fn shell_init() {
 fn outside_link_reported() {
     let alerts = check("outside-link", &[(K::OutsideLink, S::Low)], &[]);
     assert!(alerts[0].detail.contains("/run/resolv.conf"));
+}
+
+#[test]
+fn sudoers_linked_out_of_store() {
+    let alerts = check(
+        "sudoers-outside",
+        &[(K::OutsideLink, S::High)],
+        &[K::SudoRuleRemoved, K::SudoConfigChanged, K::EtcModeChanged],
+    );
+    let link = alerts.iter().find(|a| a.kind == K::OutsideLink).unwrap();
+    assert_eq!(link.subject, "/etc/sudoers");
+    assert!(link.detail.contains("/etc/shadow"), "{link:?}");
+    let diff = system_diff(path("base"), path("sudoers-outside")).unwrap();
+    let json = serde_json::to_string(&diff).unwrap();
+    assert!(!json.contains("root:"), "the target was read");
 }
 
 #[test]

@@ -541,7 +541,34 @@ fn covered_elsewhere(change: &EntryChange, old: &str, new: &str) -> bool {
         })
 }
 
-/// `/etc` entries that are links leaving the store.
+/// `/etc` paths whose content decides who gets in or what runs as
+/// root. When one of them becomes a link out of the store, its content
+/// is no longer part of what approvers review.
+const REVIEWED_ETC: &[&str] = &[
+    "countersign/",
+    "sudoers",
+    "doas.conf",
+    "pam.d/",
+    "pam/",
+    "security/",
+    "ssh/",
+    "nix/",
+    "polkit-1/",
+    "sysctl.d/",
+    "modprobe.d/",
+    "modules-load.d/",
+    "tmpfiles.d/",
+    "udev/",
+    "systemd/",
+    "ld-nix.so.preload",
+    "profile",
+    "bashrc",
+    "set-environment",
+];
+
+/// `/etc` entries that are links leaving the store: high for files in
+/// [`REVIEWED_ETC`], low for others (NixOS links `mtab` or `resolv.conf`
+/// out of the store on purpose).
 fn outside_links(ctx: &mut Ctx<'_>) {
     let mut found = Vec::new();
     for change in &ctx.diff.etc {
@@ -550,17 +577,26 @@ fn outside_links(ctx: &mut Ctx<'_>) {
                 &change.old,
                 Some(Node::OutsideLink { target: old }) if old == target
             );
-            if !unchanged {
-                found.push(Alert::new(
-                    AlertKind::OutsideLink,
-                    Severity::Low,
-                    format!("/etc/{}", change.path),
-                    format!(
-                        "links to {target} outside the Nix store (not \
-                         followed)"
-                    ),
-                ));
+            if unchanged {
+                continue;
             }
+            let reviewed = REVIEWED_ETC
+                .iter()
+                .any(|prefix| change.path.starts_with(prefix));
+            let (severity, note) = if reviewed {
+                (Severity::High, "; its content is no longer reviewed")
+            } else {
+                (Severity::Low, "")
+            };
+            found.push(Alert::new(
+                AlertKind::OutsideLink,
+                severity,
+                format!("/etc/{}", change.path),
+                format!(
+                    "links to {target} outside the Nix store (not \
+                     followed){note}"
+                ),
+            ));
         }
     }
     ctx.alerts.extend(found);
