@@ -24,7 +24,8 @@ fn deployed(world: &World) -> Activator {
     activator
 }
 
-/// A rollback statement from the world's target back to its base.
+/// Returns a rollback statement from the world's target back to its
+/// base.
 fn rollback(world: &World, proposal: u64, generation: u64) -> Statement {
     let mut statement = world.statement(&policy_text(), proposal);
     statement.source = None;

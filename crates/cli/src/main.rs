@@ -57,8 +57,8 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Propose the head of the configured branch, or --rev; prints the
-    /// new proposal number.
+    /// Propose the head of the configured branch, --rev, or a rollback
+    /// to an earlier generation; prints the new proposal number.
     Propose {
         #[command(flatten)]
         connection: Connection,
@@ -66,6 +66,11 @@ enum Command {
         /// on the configured branch.
         #[arg(long)]
         rev: Option<String>,
+        /// Propose going back to this generation of the server's system
+        /// profile (as `nix-env --list-generations` numbers them); it is
+        /// approved like any proposal, and nothing is built.
+        #[arg(long, value_name = "GENERATION", conflicts_with = "rev")]
+        rollback: Option<u64>,
         /// Authenticate with the trigger token in this file instead of a
         /// key; it may only create proposals.
         #[arg(long, conflicts_with = "key")]
@@ -173,6 +178,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Propose {
             connection,
             rev,
+            rollback,
             token_file,
             wait,
         } => {
@@ -182,7 +188,8 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 None => connection.login()?,
             };
-            let number = commands::proposals::propose(&client, rev)?;
+            let number =
+                commands::proposals::propose(&client, rev, rollback)?;
             if wait {
                 let detail =
                     commands::proposals::wait_until_built(&client, number)?;

@@ -505,3 +505,112 @@ fn unconfirmed_activation_rolls_back() {
         "the base's switch-to-configuration ran: {log:?}"
     );
 }
+
+#[test]
+fn rollback_returns_to_earlier_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut environment =
+        Environment::create(&dir.path().join("demo"), Path::new(BINARY), None)
+            .expect("the demo environment is created");
+    // The server reads the generations of the demo's own profile.
+    let server_config = environment.layout.path("server.toml");
+    let config = std::fs::read_to_string(&server_config).unwrap();
+    std::fs::write(
+        &server_config,
+        format!(
+            "profile = \"{}\"\n{config}",
+            environment.layout.profile().display()
+        ),
+    )
+    .unwrap();
+    environment.start().expect("server and activator start");
+    let base = environment.profile_target().unwrap();
+    let (number, _) = propose_change(&mut environment);
+    approve_until_switched(&environment, number);
+    assert_eq!(wait_final(&environment, number)["state"], "deployed");
+    let target = environment.profile_target().unwrap();
+    assert_ne!(target, base);
+
+    let phone = environment.client("phone").unwrap();
+    let error = phone
+        .post_json::<Value>(
+            "/api/v1/proposals",
+            &json!({ "rev": "main", "rollback_generation": 1 }),
+        )
+        .unwrap_err();
+    assert!(error.to_string().contains("not both"), "{error}");
+    let missing: Value = phone
+        .post_json("/api/v1/proposals", &json!({ "rollback_generation": 9 }))
+        .unwrap();
+    let missing = missing["proposal"].as_u64().unwrap();
+    let detail = environment
+        .wait_for_state(missing, &["building"], BUILD_TIMEOUT)
+        .unwrap();
+    assert_eq!(detail["state"], "failed", "{detail}");
+    assert!(
+        detail["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("generation 9 of the profile"),
+        "{detail}"
+    );
+
+    let output = Command::new(BINARY)
+        .args(["propose", "--rollback", "1", "--wait", "--server"])
+        .arg(&environment.server_url)
+        .arg("--key")
+        .arg(environment.layout.key("phone"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rollback: u64 = stdout.trim().parse().unwrap();
+    let detail = state(&environment, rollback);
+    assert_eq!(detail["state"], "awaiting-approval", "{detail}");
+    assert_eq!(detail["subject"], "Roll back to generation 1", "{detail}");
+    assert_eq!(detail["commit"], Value::Null, "{detail}");
+    let statement: Value = serde_json::from_slice(
+        &environment
+            .client("phone")
+            .unwrap()
+            .get_bytes(&format!("/api/v1/proposals/{rollback}/statement"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(statement["rollback_generation"], 1, "{statement}");
+    assert_eq!(statement.get("source"), None, "{statement}");
+    assert_eq!(statement["base"], target.to_str().unwrap());
+    assert_eq!(statement["target"], base.to_str().unwrap());
+
+    let (ok, output) = environment.vote("approve", rollback, "phone").unwrap();
+    assert!(ok, "{output}");
+    assert!(
+        output.contains("rollback to generation 1 of the system profile"),
+        "{output}"
+    );
+    let (ok, output) =
+        environment.vote("approve", rollback, "laptop").unwrap();
+    assert!(ok, "{output}");
+    let detail = wait_final(&environment, rollback);
+    assert_eq!(detail["state"], "deployed", "{detail}");
+    assert_eq!(environment.profile_target().unwrap(), base);
+    let link = std::fs::read_link(environment.layout.profile()).unwrap();
+    assert!(
+        link.to_string_lossy().ends_with("-1-link"),
+        "the profile returns to generation 1: {}",
+        link.display()
+    );
+    assert_eq!(
+        environment.switch_log(),
+        [
+            format!("switch {}", target.display()),
+            format!("switch {}", base.display())
+        ]
+    );
+    let (ok, output) = audit_verify(&environment);
+    assert!(ok, "{output}");
+}

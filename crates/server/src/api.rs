@@ -113,6 +113,10 @@ async fn login(
 struct ProposeRequest {
     #[serde(default)]
     rev: Option<String>,
+    /// A generation of the system profile to roll back to, in place of
+    /// a revision to build.
+    #[serde(default)]
+    rollback_generation: Option<u64>,
 }
 
 async fn create_proposal(
@@ -120,8 +124,20 @@ async fn create_proposal(
     principal: Principal,
     JsonBody(request): JsonBody<ProposeRequest>,
 ) -> Result<Response, ApiError> {
-    let number =
-        pipeline::propose(&state, request.rev, principal.audit_name()).await?;
+    let requested_by = principal.audit_name();
+    let number = match (request.rev, request.rollback_generation) {
+        (None, Some(generation)) => {
+            pipeline::propose_rollback(&state, generation, requested_by)
+                .await?
+        }
+        (rev, None) => pipeline::propose(&state, rev, requested_by).await?,
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "give either rev or rollback_generation, not both: a \
+                 rollback builds no revision",
+            ));
+        }
+    };
     Ok((StatusCode::CREATED, Json(json!({ "proposal": number })))
         .into_response())
 }

@@ -11,6 +11,8 @@ use serde::Deserialize;
 
 /// The path of the running system on NixOS.
 pub const DEFAULT_CURRENT_SYSTEM: &str = "/run/current-system";
+/// The system profile of NixOS.
+pub const DEFAULT_PROFILE: &str = "/nix/var/nix/profiles/system";
 
 /// The server's configuration, as read from its TOML file.
 #[derive(Debug, Clone, Deserialize)]
@@ -32,6 +34,10 @@ pub struct ServerConfig {
     /// base of each proposal.
     #[serde(default = "default_current_system")]
     pub current_system: PathBuf,
+    /// The system profile whose generations a rollback proposal names.
+    /// The server only reads its `<profile>-<N>-link` entries.
+    #[serde(default = "default_profile")]
+    pub profile: PathBuf,
     pub repository: RepositoryConfig,
     /// The optional bearer token that may only create proposals.
     #[serde(default)]
@@ -122,6 +128,10 @@ pub struct NixConfig {
 
 fn default_current_system() -> PathBuf {
     PathBuf::from(DEFAULT_CURRENT_SYSTEM)
+}
+
+fn default_profile() -> PathBuf {
+    PathBuf::from(DEFAULT_PROFILE)
 }
 
 fn default_branch() -> String {
@@ -396,6 +406,7 @@ mod tests {
         assert_eq!(config.repository.branch, "main");
         assert_eq!(config.repository.action, Action::Switch);
         assert_eq!(config.current_system, Path::new("/run/current-system"));
+        assert_eq!(config.profile, Path::new(DEFAULT_PROFILE));
         assert_eq!(
             config.attribute(),
             "nixosConfigurations.demo.config.system.build.toplevel"

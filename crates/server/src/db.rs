@@ -225,12 +225,13 @@ pub struct VoteRow {
 
 /// The results of a finished build, written with the statement.
 pub struct BuiltProposal<'a> {
-    pub commit: &'a str,
+    /// `None` for a rollback, which has no commit and no source.
+    pub commit: Option<&'a str>,
     pub subject: &'a str,
     pub base: &'a str,
     pub target: &'a str,
-    pub source_path: &'a str,
-    pub nar_hash: &'a str,
+    pub source_path: Option<&'a str>,
+    pub nar_hash: Option<&'a str>,
     pub statement: &'a [u8],
     pub diff: &'a [u8],
     pub expires: u64,

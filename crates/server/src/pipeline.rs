@@ -39,6 +39,33 @@ pub async fn propose(
     if let Some(rev) = &rev {
         check_rev(rev)?;
     }
+    enqueue(state, rev, None, requested_by).await
+}
+
+/// Creates proposal N that rolls the system back to generation
+/// `generation` of the configured system profile, and starts its
+/// pipeline, which reads the profile and builds nothing.
+pub async fn propose_rollback(
+    state: &AppState,
+    generation: u64,
+    requested_by: String,
+) -> Result<u64, ApiError> {
+    if generation == 0 {
+        return Err(ApiError::bad_request(
+            "invalid rollback_generation 0: profile generations start at \
+             1; list them with `nix-env --list-generations --profile \
+             /nix/var/nix/profiles/system`",
+        ));
+    }
+    enqueue(state, None, Some(generation), requested_by).await
+}
+
+async fn enqueue(
+    state: &AppState,
+    rev: Option<String>,
+    rollback: Option<u64>,
+    requested_by: String,
+) -> Result<u64, ApiError> {
     let _numbering = state.numbering.lock().await;
     let activator_last =
         match activator::status(&state.config.activator_socket).await {
@@ -65,17 +92,21 @@ pub async fn propose(
                 rev_for_db.as_deref(),
                 &requested_by,
             )?;
+            let mut detail = json!({
+                "rev": rev_for_db,
+                "requested_by": requested_by,
+                "activator_last_proposal": activator_last,
+            });
+            if let Some(generation) = rollback {
+                detail["rollback_generation"] = json!(generation);
+            }
             db::append_audit(
                 &tx,
                 AuditEvent {
                     kind: "proposal-created",
                     proposal: number,
                     approver: None,
-                    detail: json!({
-                        "rev": rev_for_db,
-                        "requested_by": requested_by,
-                        "activator_last_proposal": activator_last,
-                    }),
+                    detail,
                 },
             )?;
             tx.commit().context("commit")?;
@@ -84,7 +115,12 @@ pub async fn propose(
         .await?;
     // Queueing before the numbering lock is released keeps the queue in
     // the order of the numbers.
-    if state.builds.send(BuildJob { number, rev }).is_err() {
+    let job = BuildJob {
+        number,
+        rev,
+        rollback,
+    };
+    if state.builds.send(job).is_err() {
         tracing::error!(proposal = number, "the build queue is closed");
     }
     drop(_numbering);
@@ -107,13 +143,14 @@ fn check_rev(rev: &str) -> Result<(), ApiError> {
     }
 }
 
-/// The results of a successful build.
+/// The results of a successful build, or of reading a rollback's
+/// generation, which has no commit and no source.
 struct Built {
-    commit: String,
+    commit: Option<String>,
     subject: String,
     base: StorePath,
     target: StorePath,
-    source: FetchedSource,
+    source: Option<FetchedSource>,
     statement: Vec<u8>,
     diff: Vec<u8>,
     expires: u64,
@@ -123,6 +160,8 @@ struct Built {
 pub struct BuildJob {
     number: u64,
     rev: Option<String>,
+    /// The profile generation of a rollback, which replaces the build.
+    rollback: Option<u64>,
 }
 
 /// Builds the queued proposals one at a time, because they share the git
@@ -132,15 +171,20 @@ pub async fn worker(
     mut queue: tokio::sync::mpsc::UnboundedReceiver<BuildJob>,
 ) {
     while let Some(job) = queue.recv().await {
-        run(state.clone(), job.number, job.rev).await;
+        run(state.clone(), job).await;
     }
 }
 
-async fn run(state: AppState, number: u64, rev: Option<String>) {
-    tracing::info!(proposal = number, rev, "building proposal");
+async fn run(state: AppState, job: BuildJob) {
+    let BuildJob {
+        number,
+        rev,
+        rollback,
+    } = job;
+    tracing::info!(proposal = number, rev, rollback, "building proposal");
     let work_state = state.clone();
     let result = tokio::task::spawn_blocking(move || {
-        build_proposal(&work_state, number, rev.as_deref())
+        build_proposal(&work_state, number, rev.as_deref(), rollback)
     })
     .await
     .unwrap_or_else(|error| Err(format!("the build task panicked: {error}")));
@@ -200,9 +244,13 @@ fn build_proposal(
     state: &AppState,
     number: u64,
     rev: Option<&str>,
+    rollback: Option<u64>,
 ) -> Result<Built, String> {
     let mut log = BuildLog::create(&state.log_path(number));
-    let result = build_steps(state, number, rev, &mut log);
+    let result = match rollback {
+        Some(generation) => rollback_steps(state, number, generation, &mut log),
+        None => build_steps(state, number, rev, &mut log),
+    };
     if let Err(message) = &result {
         log.step(&format!("failed: {message}"));
     }
@@ -358,11 +406,97 @@ fn build_steps(
         Sha256Digest::of(&statement)
     ));
     Ok(Built {
-        commit,
+        commit: Some(commit),
         subject: info.subject,
         base,
         target,
-        source,
+        source: Some(source),
+        statement,
+        diff,
+        expires,
+    })
+}
+
+/// Prepares a rollback to generation `generation` of the configured
+/// system profile: reads `<profile>-<N>-link`, compares its system with
+/// the running one, and writes a statement that names the generation in
+/// place of a source. Nothing is fetched or built, because the profile
+/// keeps the generation's closure alive.
+fn rollback_steps(
+    state: &AppState,
+    number: u64,
+    generation: u64,
+    log: &mut BuildLog,
+) -> Result<Built, String> {
+    let config = &state.config;
+    let policy = state.policy.current()?;
+    let profile = &config.profile;
+    let name = profile.file_name().ok_or_else(|| {
+        format!(
+            "the profile {} (key `profile`) names no file",
+            profile.display()
+        )
+    })?;
+    let link = profile.with_file_name(format!(
+        "{}-{generation}-link",
+        name.to_string_lossy()
+    ));
+    log.step(&format!(
+        "rolling back to generation {generation} of {}",
+        profile.display()
+    ));
+    let target = current_system(&link).map_err(|error| {
+        format!(
+            "generation {generation} of the profile {} cannot be used: \
+             {error}; list the generations with `nix-env \
+             --list-generations --profile {}`",
+            profile.display(),
+            profile.display()
+        )
+    })?;
+    let base = current_system(&config.current_system)?;
+    log.step(&format!("running system {base}, generation's system {target}"));
+    if target == base {
+        return Err(format!(
+            "generation {generation} of the profile {} is the running \
+             system {base}; there is nothing to roll back",
+            profile.display()
+        ));
+    }
+
+    log.step("computing the diff of the two systems");
+    let diff = DiffDocument::of_systems(&state.nix, &base, &target)
+        .map_err(|error| format!("computing the diff: {error}"))?
+        .to_json();
+    let created = db::now();
+    let expires = created + policy.proposal_lifetime_secs;
+    let statement = Statement {
+        format: STATEMENT_FORMAT.to_owned(),
+        host: config.host.clone(),
+        proposal: number,
+        action: config.repository.action,
+        source: None,
+        rollback_generation: Some(generation),
+        attribute: state.attribute.clone(),
+        base: base.clone(),
+        target: target.clone(),
+        policy_sha256: policy.sha256,
+        diff_sha256: Sha256Digest::of(&diff),
+        nonce: random_nonce(),
+        created,
+        expires,
+    }
+    .to_bytes();
+    log.step(&format!(
+        "statement {} written; waiting for approvals",
+        Sha256Digest::of(&statement)
+    ));
+    Ok(Built {
+        commit: None,
+        subject: format!("Roll back to generation {generation}"),
+        base,
+        target,
+        source: None,
         statement,
         diff,
         expires,
@@ -440,13 +574,14 @@ async fn store_built(
         .db
         .run(move |connection| {
             let tx = connection.transaction().context("begin")?;
+            let source = built.source.as_ref();
             let record = BuiltProposal {
-                commit: &built.commit,
+                commit: built.commit.as_deref(),
                 subject: &built.subject,
                 base: built.base.as_str(),
                 target: built.target.as_str(),
-                source_path: built.source.store_path.as_str(),
-                nar_hash: &built.source.nar_hash,
+                source_path: source.map(|source| source.store_path.as_str()),
+                nar_hash: source.map(|source| source.nar_hash.as_str()),
                 statement: &built.statement,
                 diff: &built.diff,
                 expires: built.expires,
@@ -462,8 +597,8 @@ async fn store_built(
                 approver: None,
                 detail: json!({
                     "commit": built.commit,
-                    "source": built.source.store_path.as_str(),
-                    "nar_hash": built.source.nar_hash,
+                    "source": source.map(|source| source.store_path.as_str()),
+                    "nar_hash": source.map(|source| source.nar_hash.as_str()),
                     "base": built.base.as_str(),
                     "target": built.target.as_str(),
                     "statement_sha256": Sha256Digest::of(&built.statement).to_hex(),
@@ -496,7 +631,10 @@ async fn store_built(
         return Ok(());
     }
     tracing::info!(proposal = number, ?superseded, "proposal awaits approval");
-    activation::spawn_prepare(state, number, source, target);
+    // A rollback has no source to check or evaluate ahead of approval.
+    if let Some(source) = source {
+        activation::spawn_prepare(state, number, source, target);
+    }
     Ok(())
 }
 

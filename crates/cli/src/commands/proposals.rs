@@ -7,10 +7,18 @@ use crate::client::Client;
 use crate::commands::vote::unix_now;
 use crate::terminal::{format_duration, sanitize};
 
-/// Creates a proposal and prints its number.
-pub fn propose(client: &Client, rev: Option<String>) -> Result<u64> {
-    let created: Value =
-        client.post_json("/api/v1/proposals", &json!({ "rev": rev }))?;
+/// Creates a proposal of `rev`, or of a rollback to generation
+/// `rollback` of the system profile, and prints its number.
+pub fn propose(
+    client: &Client,
+    rev: Option<String>,
+    rollback: Option<u64>,
+) -> Result<u64> {
+    let body = match rollback {
+        Some(generation) => json!({ "rollback_generation": generation }),
+        None => json!({ "rev": rev }),
+    };
+    let created: Value = client.post_json("/api/v1/proposals", &body)?;
     let number = created["proposal"].as_u64().ok_or_else(|| {
         anyhow::anyhow!("the server did not return a proposal number")
     })?;
