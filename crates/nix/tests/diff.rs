@@ -552,3 +552,32 @@ fn of_systems_has_no_source() {
     assert!(!text.contains("== Source"), "{text}");
     assert!(text.contains("== System"), "{text}");
 }
+
+#[test]
+fn database_and_path_info_agree() {
+    let env = TestEnv::new();
+    let (_, old) = env.build(&env.demo(), "old");
+    let (_, new) = env.build(&env.demo().demo_update(), "new");
+
+    let from_db = countersign_nix::store_db::read_pair(
+        std::path::Path::new(countersign_nix::store_db::DEFAULT_DB),
+        Some(&old),
+        &new,
+    )
+    .unwrap()
+    .expect("both systems are in the database");
+    let from_cli = countersign_nix::closure::ClosurePair::from_path_infos(
+        &countersign_nix::path_info(&env.nix, &[&old], true).unwrap(),
+        &countersign_nix::path_info(&env.nix, &[&new], true).unwrap(),
+    );
+    let db_diff = countersign_nix::diff::diff_pair(&from_db);
+    assert_eq!(db_diff, countersign_nix::diff::diff_pair(&from_cli));
+    assert!(db_diff.version_changes.iter().any(|c| c.name == "hello"));
+
+    // A runner with its own store setting never reads the database and
+    // gets the same answer from nix path-info.
+    let nix = env.nix.clone().with_option("store", "local").unwrap();
+    assert!(!nix.uses_default_store());
+    assert!(env.nix.uses_default_store());
+    assert_eq!(package_diff(&nix, &old, &new).unwrap(), db_diff);
+}
