@@ -263,6 +263,24 @@ fn variants() -> Vec<(&'static str, Change)> {
             s.etc_links
                 .push(("resolv.conf".into(), "/run/resolv.conf".into()));
         }),
+        ("path-added", |s| {
+            s.set_package(Package::with_binary("jq", "1.7.1"))
+        }),
+        ("path-shadowed", |s| {
+            // Another package now provides the `hello` command; the
+            // system path links the first package that has a name.
+            s.packages.insert(
+                0,
+                Package {
+                    name: "hello-ng".into(),
+                    version: "1.0".into(),
+                    files: vec![(
+                        "bin/hello".into(),
+                        "#!/bin/sh\nid\n".into(),
+                    )],
+                },
+            );
+        }),
         ("sudoers-outside", |s| {
             s.remove_etc("sudoers");
             s.etc_links.push(("sudoers".into(), "/etc/shadow".into()));
@@ -737,6 +755,22 @@ fn shell_init() {
 fn outside_link_reported() {
     let alerts = check("outside-link", &[(K::OutsideLink, S::Low)], &[]);
     assert!(alerts[0].detail.contains("/run/resolv.conf"));
+}
+
+#[test]
+fn new_command_on_path() {
+    let alerts = check("path-added", &[(K::SystemPathChanged, S::Info)], &[]);
+    assert_eq!(alerts[0].detail, "added jq (jq)");
+}
+
+#[test]
+fn command_shadowed_by_another_package() {
+    let alerts =
+        check("path-shadowed", &[(K::SystemPathChanged, S::Medium)], &[]);
+    assert_eq!(
+        alerts[0].detail,
+        "commands now from another package: hello: hello -> hello-ng"
+    );
 }
 
 #[test]

@@ -101,6 +101,9 @@ pub enum AlertKind {
     /// Code that every login shell runs (`/etc/profile`, `bashrc`,
     /// `set-environment`, ...) or a systemd generator changes.
     ShellInitChanged,
+    /// Commands on `PATH` from the system path (`sw/bin`) appear,
+    /// disappear, or come from another package (shadowing).
+    SystemPathChanged,
     UnitAdded,
     UnitRemoved,
     UnitChanged,

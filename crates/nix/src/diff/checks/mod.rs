@@ -59,6 +59,7 @@ pub(super) fn run(
     boot::sysctl(&mut ctx)?;
     sidecars(&mut ctx)?;
     other_etc(&mut ctx);
+    services::system_path(&mut ctx)?;
     units(&mut ctx)?;
     outside_links(&mut ctx);
     let mut alerts = ctx.alerts;

@@ -2,6 +2,8 @@
 //! wrappers, the firewall, activation snippets, tmpfiles and udev rules.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::Path;
 
 use countersign_core::StorePath;
 
@@ -14,9 +16,10 @@ use crate::diff::packages::split_name;
 use crate::diff::reduce::reduce_store_paths;
 use crate::diff::references::store_references;
 use crate::diff::system::{
-    SystemFiles, referenced_changes, store_file_bytes, store_file_text,
+    Node, SystemFiles, referenced_changes, store_file_bytes, store_file_text,
 };
 use crate::error::Result;
+use crate::store_read::{Resolved, read_dir_sorted, resolve};
 
 /// One wrapper in `/run/wrappers/bin`, as the wrappers' script makes it.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -530,6 +533,106 @@ pub(super) fn activation(ctx: &mut Ctx<'_>) -> Result<()> {
             }
             (None, None) => {}
         }
+    }
+    Ok(())
+}
+
+/// Most command names quoted in one system path alert.
+const MAX_COMMANDS_LISTED: usize = 20;
+
+/// Reads `sw/bin` of a system: each command name and the package (name
+/// without version) that its link points into. The links are read, not
+/// followed.
+fn commands_of(files: &SystemFiles) -> Result<BTreeMap<String, String>> {
+    let mut commands = BTreeMap::new();
+    let Some(Node::StoreLink { target }) = files.toplevel.get("sw") else {
+        return Ok(commands);
+    };
+    let bin = Path::new(target).join("bin");
+    let Resolved::Directory { path } = resolve(&bin)? else {
+        return Ok(commands);
+    };
+    for name in read_dir_sorted(&path)? {
+        let provider = match fs::read_link(path.join(&name)) {
+            Ok(link) => {
+                let link = link.to_string_lossy().into_owned();
+                match StorePath::parse_prefix(&link) {
+                    Ok((store_path, _)) => {
+                        split_name(store_path.name()).0.to_owned()
+                    }
+                    Err(_) => link,
+                }
+            }
+            // A file of the system path itself.
+            Err(_) => "system-path".to_owned(),
+        };
+        commands.insert(name, provider);
+    }
+    Ok(commands)
+}
+
+/// Commands on `PATH` added, removed, or now provided by another
+/// package, which shadows what the name ran before.
+pub(super) fn system_path(ctx: &mut Ctx<'_>) -> Result<()> {
+    if !ctx.diff.toplevel.iter().any(|c| c.path == "sw") {
+        return Ok(());
+    }
+    let before = commands_of(ctx.old)?;
+    let after = commands_of(ctx.new)?;
+    let mut added = Vec::new();
+    let mut removed = Vec::new();
+    let mut moved = Vec::new();
+    for (name, provider) in &after {
+        match before.get(name) {
+            None => added.push(format!("{name} ({provider})")),
+            Some(old) if old != provider => {
+                moved.push(format!("{name}: {old} -> {provider}"));
+            }
+            Some(_) => {}
+        }
+    }
+    for (name, provider) in &before {
+        if !after.contains_key(name) {
+            removed.push(format!("{name} ({provider})"));
+        }
+    }
+    let list = |items: &[String]| {
+        let mut text = items
+            .iter()
+            .take(MAX_COMMANDS_LISTED)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if items.len() > MAX_COMMANDS_LISTED {
+            text.push_str(&format!(
+                " and {} more",
+                items.len() - MAX_COMMANDS_LISTED
+            ));
+        }
+        text
+    };
+    if !moved.is_empty() {
+        ctx.push(
+            AlertKind::SystemPathChanged,
+            Severity::Medium,
+            "sw/bin",
+            format!("commands now from another package: {}", list(&moved)),
+        );
+    }
+    let mut parts = Vec::new();
+    if !added.is_empty() {
+        parts.push(format!("added {}", list(&added)));
+    }
+    if !removed.is_empty() {
+        parts.push(format!("removed {}", list(&removed)));
+    }
+    if !parts.is_empty() {
+        ctx.push(
+            AlertKind::SystemPathChanged,
+            Severity::Info,
+            "sw/bin",
+            parts.join("; "),
+        );
     }
     Ok(())
 }
