@@ -323,6 +323,12 @@ impl Activator {
     /// Finishes an activation that did not finish before the activator
     /// stopped, by the recovery rule of [`crate::intent`], and records it.
     /// Runs at start, before the socket accepts requests.
+    ///
+    /// NOTE: this assumes that the target's switch script died with the
+    /// activator, as it does on a power loss and under systemd, which
+    /// stops the whole control group of a service whose main process was
+    /// killed. An activator killed alone can leave the script running
+    /// while the base's script starts here.
     pub(crate) fn recover(&self) {
         let mut history = self.lock();
         let state = match crate::state::read_state(&self.config.state_dir) {
