@@ -65,6 +65,32 @@ pub struct DiffDocument {
     pub system: SystemDiff,
 }
 
+/// Computes the package part on this thread and the system part on
+/// another one.
+fn packages_and_system(
+    nix: &Nix,
+    old: Option<&StorePath>,
+    new: &StorePath,
+) -> (Result<PackageDiff>, Result<SystemDiff>) {
+    std::thread::scope(|scope| {
+        let system = scope.spawn(|| match old {
+            Some(old) => system_diff(old, new),
+            None => system_diff_from_nothing(new),
+        });
+        let packages =
+            store_db::closure_pair(nix, old, new).map(|pair| diff_pair(&pair));
+        (packages, join(system))
+    })
+}
+
+/// Waits for a scoped thread; a panic there continues on this thread.
+fn join<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    match handle.join() {
+        Ok(value) => value,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
 /// The commits and systems to compare.
 #[derive(Debug, Clone, Copy)]
 pub struct DiffInputs<'a> {
@@ -85,23 +111,21 @@ impl DiffDocument {
     /// through git, the closures from the Nix database or `nix
     /// path-info`, and the two systems' files.
     pub fn compute(nix: &Nix, inputs: &DiffInputs<'_>) -> Result<Self> {
-        let source =
-            source_diff(inputs.mirror, inputs.old_commit, inputs.new_commit)?;
-        let (packages, system) = match inputs.old_system {
-            Some(old) => (
-                package_diff(nix, old, inputs.new_system)?,
-                system_diff(old, inputs.new_system)?,
-            ),
-            None => {
-                let pair =
-                    store_db::closure_pair(nix, None, inputs.new_system)?;
-                (
-                    diff_pair(&pair),
-                    system_diff_from_nothing(inputs.new_system)?,
+        // The three parts read different things (git, the Nix database,
+        // the systems' files), so they run at the same time.
+        let (source, (packages, system)) = std::thread::scope(|scope| {
+            let source = scope.spawn(|| {
+                source_diff(
+                    inputs.mirror,
+                    inputs.old_commit,
+                    inputs.new_commit,
                 )
-            }
-        };
-        Ok(Self::assemble(Some(source), packages, system))
+            });
+            let parts =
+                packages_and_system(nix, inputs.old_system, inputs.new_system);
+            (join(source), parts)
+        });
+        Ok(Self::assemble(Some(source?), packages?, system?))
     }
 
     /// Compares two built systems without their commits: the package and
@@ -111,9 +135,8 @@ impl DiffDocument {
         old: &StorePath,
         new: &StorePath,
     ) -> Result<Self> {
-        let packages = package_diff(nix, old, new)?;
-        let system = system_diff(old, new)?;
-        Ok(Self::assemble(None, packages, system))
+        let (packages, system) = packages_and_system(nix, Some(old), new);
+        Ok(Self::assemble(None, packages?, system?))
     }
 
     /// Puts computed parts together and derives the alerts.

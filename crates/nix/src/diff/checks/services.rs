@@ -11,6 +11,7 @@ use super::{
     Ctx, activation_snippets, added_removed, config_line, find_reference,
     line_changes, quote_lines,
 };
+use crate::closure::{is_store_path, store_name};
 use crate::diff::alerts::{AlertKind, Severity};
 use crate::diff::packages::split_name;
 use crate::diff::reduce::reduce_store_paths;
@@ -555,12 +556,17 @@ fn commands_of(files: &SystemFiles) -> Result<BTreeMap<String, String>> {
     for name in read_dir_sorted(&path)? {
         let provider = match fs::read_link(path.join(&name)) {
             Ok(link) => {
-                let link = link.to_string_lossy().into_owned();
-                match StorePath::parse_prefix(&link) {
-                    Ok((store_path, _)) => {
-                        split_name(store_path.name()).0.to_owned()
-                    }
-                    Err(_) => link,
+                let link = link.to_string_lossy();
+                // The store path is the link's text up to the first `/`
+                // after the store directory.
+                let end = link
+                    .get("/nix/store/".len()..)
+                    .and_then(|rest| rest.find('/'))
+                    .map_or(link.len(), |at| at + "/nix/store/".len());
+                if is_store_path(&link[..end]) {
+                    split_name(store_name(&link[..end])).0.to_owned()
+                } else {
+                    link.into_owned()
                 }
             }
             // A file of the system path itself.
