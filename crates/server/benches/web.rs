@@ -183,8 +183,10 @@ fn idle_memory(binary: &str) {
     std::fs::write(
         root.join("policy.toml"),
         format!(
-            "host = \"bench\"\nthreshold = 1\n[approvers.admin]\n\
-             ssh = \"{key}\"\n"
+            "host = \"bench\"\nthreshold = 1\n[webauthn]\n\
+             rp_id = \"localhost\"\n\
+             origins = [\"http://localhost:{port}\"]\n\
+             [approvers.admin]\nssh = \"{key}\"\n"
         ),
     )
     .expect("write the policy");
