@@ -9,6 +9,7 @@ use std::cmp::Reverse;
 
 use serde::{Deserialize, Serialize};
 
+use super::source::SourceDiff;
 use super::system::SystemDiff;
 
 /// How much attention a change needs, from least to most.
@@ -115,6 +116,12 @@ pub enum AlertKind {
     /// A package was rebuilt with the same version while its runtime
     /// dependencies stayed the same.
     PackageRebuilt,
+    /// The branch moved back to an ancestor of the deployed commit, so
+    /// the proposal rolls the configuration back.
+    SourceRolledBack,
+    /// The new commit and the deployed commit are on different lines of
+    /// history: the branch was rewritten, for example by a force push.
+    SourceHistoryRewritten,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,6 +157,48 @@ pub fn system_alerts(system: &SystemDiff) -> Vec<Alert> {
     collect(system, "", &mut alerts);
     sort_alerts(&mut alerts);
     alerts
+}
+
+/// Returns the alerts of the source part: a branch that moved back to an
+/// older commit, or whose history was rewritten. Without a deployed
+/// commit there is nothing to compare with and no alert.
+pub fn source_alerts(source: &SourceDiff) -> Vec<Alert> {
+    let Some(old) = &source.old_commit else {
+        return Vec::new();
+    };
+    if source.fast_forward != Some(false) {
+        return Vec::new();
+    }
+    let new = &source.new_commit.id;
+    // `commits` lists `old..new`, the commits reachable from the new
+    // commit but not from the deployed one. When the new commit does not
+    // descend from the deployed one and that list is empty, every commit
+    // of the new one is in the deployed history: the new commit is an
+    // ancestor of the deployed commit.
+    let alert = if source.commits.is_empty() {
+        Alert::new(
+            AlertKind::SourceRolledBack,
+            Severity::High,
+            new.clone(),
+            format!(
+                "the branch moved back from {} to {new}: this proposal \
+                 rolls the configuration back",
+                old.id
+            ),
+        )
+    } else {
+        Alert::new(
+            AlertKind::SourceHistoryRewritten,
+            Severity::High,
+            new.clone(),
+            format!(
+                "{new} does not descend from the deployed commit {} and \
+                 is not its ancestor: the branch history was rewritten",
+                old.id
+            ),
+        )
+    };
+    vec![alert]
 }
 
 /// Sorts most severe first, then by kind and subject, so the order does

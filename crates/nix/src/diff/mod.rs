@@ -24,7 +24,9 @@ use std::path::Path;
 use countersign_core::{Sha256Digest, StorePath};
 use serde::{Deserialize, Serialize};
 
-pub use alerts::{Alert, AlertKind, Severity, sort_alerts, system_alerts};
+pub use alerts::{
+    Alert, AlertKind, Severity, sort_alerts, source_alerts, system_alerts,
+};
 pub use packages::{
     Duplicate, OUTPUT_NAMES, PackageDiff, PackageVersions, Rebuild,
     SizeChange, VersionChange, compare_versions, diff_closures, diff_pair,
@@ -147,6 +149,9 @@ impl DiffDocument {
     ) -> Self {
         let mut alerts = system_alerts(&system);
         alerts.extend(package_alerts(&packages));
+        if let Some(source) = &source {
+            alerts.extend(source_alerts(source));
+        }
         sort_alerts(&mut alerts);
         Self {
             format: DIFF_FORMAT,
