@@ -156,4 +156,10 @@ pub enum Error {
          this activator"
     )]
     SocketInUse(PathBuf),
+    #[error(
+        "file descriptor 3 from systemd socket activation is not a \
+         listening Unix socket: {0}; set `ListenStream=` in the \
+         countersign-activator.socket unit to a socket path"
+    )]
+    ActivationSocket(#[source] std::io::Error),
 }

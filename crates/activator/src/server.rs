@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -39,6 +40,9 @@ pub struct Daemon {
 
 /// Prepares the state directory, the history and the socket.
 pub fn bind(config: Config) -> Result<Daemon, Error> {
+    // Taken first, while the process still runs one thread, because
+    // taking it edits the environment.
+    let activated = take_activation_socket()?;
     create_private_dir(&config.state_dir)?;
     let evaluator = match &config.evaluator_user {
         Some(name) => Some(users::lookup_user(name)?),
@@ -53,9 +57,10 @@ pub fn bind(config: Config) -> Result<Daemon, Error> {
             None
         }
     };
-    let group = match &config.socket_group {
-        Some(name) => Some(users::lookup_group(name)?),
-        None => None,
+    let group = match (&config.socket_group, &activated) {
+        // The socket unit sets the group of a socket systemd created.
+        (Some(name), None) => Some(users::lookup_group(name)?),
+        _ => None,
     };
     check_policy(&config);
     let nix = NixTools::new(&config.nix.options, evaluator.as_ref())
@@ -66,9 +71,16 @@ pub fn bind(config: Config) -> Result<Daemon, Error> {
     // request can arrive.
     activator.recover();
     let config = &activator.config;
-    let listener = bind_socket(config, group)?;
+    let (listener, socket_source) = match activated {
+        Some(listener) => {
+            check_activation_path(&listener, &config.socket);
+            (listener, "systemd")
+        }
+        None => (bind_socket(config, group)?, "bound"),
+    };
     tracing::info!(
         socket = %config.socket.display(),
+        socket_source,
         state_dir = %config.state_dir.display(),
         policy = %config.policy.display(),
         profile = %config.profile.display(),
@@ -372,6 +384,74 @@ fn check_policy(config: &Config) {
 /// Binds the socket under a temporary name, sets its mode and group, and
 /// renames it into place, so that it is never reachable with other
 /// permissions. A stale socket is replaced; a live one is an error.
+/// The first file descriptor that systemd passes to an activated
+/// service (`SD_LISTEN_FDS_START` in sd_listen_fds(3)).
+const LISTEN_FDS_START: RawFd = 3;
+
+/// Takes the listening socket that systemd passed as file descriptor 3,
+/// when `LISTEN_PID` names this process and `LISTEN_FDS` is at least 1,
+/// and removes the `LISTEN_*` variables so that children do not take
+/// them for their own. Returns `None` when the socket is not passed.
+fn take_activation_socket() -> Result<Option<UnixListener>, Error> {
+    let for_this_process = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|pid| pid.trim().parse::<u32>().ok())
+        == Some(std::process::id());
+    let count = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|count| count.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    if !for_this_process || count == 0 {
+        return Ok(None);
+    }
+    for name in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        // SAFETY: the variables are removed only when `LISTEN_PID`
+        // names this process, which happens when systemd or a test
+        // starts the `countersign-activator` binary. Its `main` calls
+        // `bind` before it starts any thread, so no other thread reads
+        // or writes the environment at the same time.
+        unsafe { std::env::remove_var(name) };
+    }
+    if count > 1 {
+        tracing::warn!(
+            listen_fds = count,
+            "systemd passed more than one socket; using the first and \
+             ignoring the rest"
+        );
+    }
+    // SAFETY: with `LISTEN_PID` equal to this process and `LISTEN_FDS`
+    // at least 1, systemd has passed descriptor 3 to this process as an
+    // open listening socket, and nothing else in this process owns it,
+    // because the variables that announced it are now removed and this
+    // function is the only reader of them.
+    let passed = unsafe { UnixListener::from_raw_fd(LISTEN_FDS_START) };
+    // A descriptor that is not a Unix socket fails here instead of at
+    // the first accept.
+    passed.local_addr().map_err(Error::ActivationSocket)?;
+    // systemd passes the descriptor without close-on-exec. The copy
+    // that `try_clone` makes has it set, so switch scripts and health
+    // checks do not inherit the listening socket; dropping the original
+    // closes descriptor 3.
+    let listener = passed.try_clone().map_err(Error::ActivationSocket)?;
+    drop(passed);
+    Ok(Some(listener))
+}
+
+/// Warns when the socket from systemd is not at the configured path,
+/// where the server looks for it.
+fn check_activation_path(listener: &UnixListener, configured: &Path) {
+    let address = listener.local_addr().ok();
+    let path = address.as_ref().and_then(|address| address.as_pathname());
+    if path != Some(configured) {
+        tracing::warn!(
+            socket = %configured.display(),
+            activation_socket = ?path,
+            "the socket from systemd is not at the configured `socket` \
+             path; set `ListenStream=` of the socket unit to that path"
+        );
+    }
+}
+
 fn bind_socket(
     config: &Config,
     group: Option<u32>,

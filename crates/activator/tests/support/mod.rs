@@ -12,8 +12,9 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -408,6 +409,8 @@ pub struct Activator {
     log_path: PathBuf,
     /// A directory put first on the activator's `PATH`.
     extra_path: Option<PathBuf>,
+    /// A listening socket passed to the activator as systemd passes one.
+    activation_socket: Option<UnixListener>,
     child: Option<Child>,
 }
 
@@ -456,6 +459,27 @@ impl Activator {
         activator
     }
 
+    /// Starts an activator the way systemd socket activation does: the
+    /// test binds the socket, and the activator gets it as descriptor 3
+    /// with `LISTEN_PID` set to its own pid and `LISTEN_FDS=1`.
+    pub fn start_socket_activated(
+        world: &World,
+        extra_config: &str,
+        socket_mode: u32,
+    ) -> Self {
+        let mut activator = Self::configure(world, extra_config);
+        fs::create_dir_all(activator.socket.parent().unwrap()).unwrap();
+        let listener = UnixListener::bind(&activator.socket).unwrap();
+        fs::set_permissions(
+            &activator.socket,
+            fs::Permissions::from_mode(socket_mode),
+        )
+        .unwrap();
+        activator.activation_socket = Some(listener);
+        activator.spawn();
+        activator
+    }
+
     /// Writes the configuration, policy and profile of an activator
     /// without starting it.
     fn configure(world: &World, extra_config: &str) -> Self {
@@ -491,6 +515,7 @@ impl Activator {
             socket,
             profile,
             extra_path: None,
+            activation_socket: None,
             child: None,
         }
     }
@@ -554,8 +579,30 @@ exec '{}' \"$@\"
             .append(true)
             .open(&self.log_path)
             .unwrap();
-        let mut command =
-            Command::new(env!("CARGO_BIN_EXE_countersign-activator"));
+        let binary = env!("CARGO_BIN_EXE_countersign-activator");
+        let mut command = match &self.activation_socket {
+            None => Command::new(binary),
+            Some(listener) => {
+                // The activator's pid is known only after the fork, so
+                // a shell sets `LISTEN_PID` to its own pid and execs the
+                // activator, which keeps that pid. The socket arrives as
+                // the shell's standard input, and the redirections move
+                // it to descriptor 3, which is not close-on-exec.
+                let mut command = Command::new("sh");
+                command
+                    .arg("-c")
+                    .arg(
+                        "LISTEN_PID=$$ LISTEN_FDS=1 \
+                         LISTEN_FDNAMES=activator.sock \
+                         exec \"$0\" \"$@\" 3<&0 0</dev/null",
+                    )
+                    .arg(binary)
+                    .stdin(Stdio::from(OwnedFd::from(
+                        listener.try_clone().unwrap(),
+                    )));
+                command
+            }
+        };
         if let Some(extra) = &self.extra_path {
             let path = std::env::var("PATH").unwrap_or_default();
             command.env("PATH", format!("{}:{path}", extra.display()));
@@ -564,13 +611,15 @@ exec '{}' \"$@\"
         // its children at once, as systemd stops a service's control
         // group and as a power loss stops everything.
         command.process_group(0);
+        if self.activation_socket.is_none() {
+            command.stdin(Stdio::null());
+        }
         let child = command
             .arg("--config")
             .arg(&self.config_path)
             .env("NIX_CONFIG", &nix_env().nix_config)
             .env("HOME", &nix_env().home)
             .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
