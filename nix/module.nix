@@ -73,6 +73,9 @@ let
     attrs: concatStringsSep "" (mapAttrsToList (key: value: "${tomlKey key} = ${tomlValue value}\n") attrs);
   tomlTable =
     header: attrs: optionalString (attrs != { }) "\n[${header}]\n${tomlPairs attrs}";
+  # One `[[header]]` table per element of `list`, in order.
+  tomlArrayOfTables =
+    header: list: concatMapStringsSep "" (attrs: "\n[[${header}]]\n${tomlPairs attrs}") list;
 
   # Nix settings as the strings `--option NAME VALUE` takes.
   nixSettingText =
@@ -121,6 +124,7 @@ let
       policy = policyPath;
       activator_socket = socketPath;
       current_system = "/run/current-system";
+      profile = cfg.profile;
       metrics = cfg.metrics;
     }
     + tomlTable "repository" {
@@ -147,13 +151,58 @@ let
         socket = socketPath;
         socket_mode = "0660";
         socket_group = serverGroup;
-        profile = "/nix/var/nix/profiles/system";
+        profile = cfg.profile;
         current_system = "/run/current-system";
         verify_evaluation = cfg.verifyEvaluation;
+        confirm_timeout_secs = cfg.confirmTimeout;
       }
       // optionalAttrs (cfg.evaluatorUser != null) { evaluator_user = cfg.evaluatorUser; }
     )
+    + tomlArrayOfTables "pre_switch" (
+      map (entry: {
+        inherit (entry) command;
+        timeout_secs = entry.timeout;
+      }) cfg.preSwitch
+    )
+    + tomlArrayOfTables "health.units" (
+      map (check: {
+        inherit (check) unit;
+        timeout_secs = check.timeout;
+      }) cfg.healthChecks.units
+    )
+    + tomlArrayOfTables "health.commands" (
+      map (check: {
+        inherit (check) command;
+        timeout_secs = check.timeout;
+      }) cfg.healthChecks.commands
+    )
+    + tomlArrayOfTables "health.http" (
+      map (check: {
+        inherit (check) url;
+        timeout_secs = check.timeout;
+      }) cfg.healthChecks.http
+    )
     + tomlTable "nix.options" nixOptions;
+
+  # A `timeout` option in seconds, for pre-switch commands and checks.
+  timeoutOption =
+    default: what:
+    mkOption {
+      type = types.ints.positive;
+      inherit default;
+      description = "Seconds ${what} may take before it counts as failed.";
+    };
+  commandOption = mkOption {
+    type = types.nonEmptyListOf types.str;
+    example = [
+      "/run/current-system/sw/bin/true"
+    ];
+    description = ''
+      The program and its arguments. The activator runs it as root
+      without a shell. Give the program as an absolute path, so that it
+      does not depend on the service's PATH.
+    '';
+  };
 
   # An SSH public key without its comment, so that one key listed twice
   # with different comments is still found.
@@ -455,6 +504,111 @@ in
       '';
     };
 
+    profile = mkOption {
+      type = types.str;
+      default = "/nix/var/nix/profiles/system";
+      description = ''
+        The system profile. The activator adds a generation to it at each
+        switch, and the server reads its `<profile>-<N>-link` entries to
+        offer rollback proposals.
+      '';
+    };
+
+    confirmTimeout = mkOption {
+      type = types.ints.unsigned;
+      default = 0;
+      example = 300;
+      description = ''
+        Seconds within which the server of a newly activated system must
+        confirm the activation, or the activator rolls it back. 0 turns
+        the confirmation window off.
+      '';
+    };
+
+    preSwitch = mkOption {
+      type = types.listOf (
+        types.submodule {
+          options = {
+            command = commandOption;
+            timeout = timeoutOption 300 "the command";
+          };
+        }
+      );
+      default = [ ];
+      example = [
+        {
+          command = [
+            "/run/current-system/sw/bin/zfs"
+            "snapshot"
+            "rpool/root@before-switch"
+          ];
+        }
+      ];
+      description = ''
+        Commands that the activator runs, in order, before the profile or
+        the running system changes. A command that fails or times out
+        aborts the activation.
+      '';
+    };
+
+    healthChecks = {
+      units = mkOption {
+        type = types.listOf (
+          types.submodule {
+            options = {
+              unit = mkOption {
+                type = types.str;
+                example = "nginx.service";
+                description = "The systemd unit that must be active.";
+              };
+              timeout = timeoutOption 60 "the check";
+            };
+          }
+        );
+        default = [ ];
+        description = ''
+          Units that `systemctl is-active` must report as active after a
+          switch, or the activator rolls back to the previous system.
+        '';
+      };
+
+      commands = mkOption {
+        type = types.listOf (
+          types.submodule {
+            options = {
+              command = commandOption;
+              timeout = timeoutOption 60 "the check";
+            };
+          }
+        );
+        default = [ ];
+        description = ''
+          Commands that must exit with status 0 after a switch, or the
+          activator rolls back to the previous system.
+        '';
+      };
+
+      http = mkOption {
+        type = types.listOf (
+          types.submodule {
+            options = {
+              url = mkOption {
+                type = types.str;
+                example = "http://127.0.0.1:8080/health";
+                description = "A loopback `http://` URL.";
+              };
+              timeout = timeoutOption 60 "the check";
+            };
+          }
+        );
+        default = [ ];
+        description = ''
+          URLs whose GET response must have a 2xx status after a switch,
+          or the activator rolls back to the previous system.
+        '';
+      };
+    };
+
     nixSettings = mkOption {
       type = types.attrsOf (
         types.oneOf [
@@ -656,20 +810,33 @@ in
       };
     };
 
-    # TODO: socket activation. The activator binds its socket itself and
-    # does not read LISTEN_FDS, so there is no countersign-activator.socket
-    # unit yet. Once it takes a listening socket from systemd, add:
-    #   systemd.sockets.countersign-activator = {
-    #     wantedBy = [ "sockets.target" ];
-    #     listenStreams = [ socketPath ];
-    #     socketConfig = { SocketMode = "0660"; SocketGroup = serverGroup; };
-    #   };
-    # and drop RuntimeDirectory and wantedBy from the service below.
+    # systemd owns the activator's socket, so the server can connect while
+    # the activator restarts, and the socket's mode and group decide who
+    # may connect.
+    systemd.sockets.countersign-activator = {
+      description = "countersign activator socket";
+      wantedBy = [ "sockets.target" ];
+      listenStreams = [ socketPath ];
+      socketConfig = {
+        SocketMode = "0660";
+        SocketUser = "root";
+        SocketGroup = serverGroup;
+        DirectoryMode = "0755";
+      };
+    };
+
     systemd.services.countersign-activator = {
       description = "countersign activator: verifies approved certificates and switches the system";
+      # Started at boot as well as by the socket, because at start it
+      # finishes an activation that a crash interrupted and it runs the
+      # confirmation window.
       wantedBy = [ "multi-user.target" ];
+      requires = [ "countersign-activator.socket" ];
       wants = [ "nix-daemon.socket" ];
-      after = [ "nix-daemon.socket" ];
+      after = [
+        "countersign-activator.socket"
+        "nix-daemon.socket"
+      ];
       path = [ config.nix.package ];
       environment = {
         # The evaluator user keeps this variable, and as an unprivileged
@@ -687,10 +854,8 @@ in
         ExecStart = "${cfg.package}/bin/countersign-activator --config ${activatorConfigPath}";
         User = "root";
         Group = "root";
-        # /run/countersign holds the socket; the socket's own mode and
-        # group (0660, countersign) decide who may connect.
-        RuntimeDirectory = "countersign";
-        RuntimeDirectoryMode = "0755";
+        # No RuntimeDirectory: systemd would remove /run/countersign,
+        # and the socket in it, whenever the service stops.
         StateDirectory = "countersign-activator";
         StateDirectoryMode = "0700";
         CacheDirectory = "countersign-activator";

@@ -321,21 +321,82 @@ fn activator_unit_runs_as_root() {
         "{}",
         service["ExecStart"]
     );
-    assert_eq!(service["RuntimeDirectory"], "countersign");
+    assert_eq!(
+        service["RuntimeDirectory"],
+        Value::Null,
+        "stopping the service must not remove the socket's directory"
+    );
     assert_eq!(service["StateDirectory"], "countersign-activator");
     assert_eq!(service["StateDirectoryMode"], "0700");
     assert_eq!(unit["restartIfChanged"], false);
     assert_eq!(unit["environment"]["NIX_REMOTE"], "daemon");
     assert_eq!(
-        result["sockets"],
-        serde_json::json!({}),
-        "the activator binds its own socket"
+        unit["requires"],
+        serde_json::json!(["countersign-activator.socket"])
     );
+    let after = unit["after"].as_array().unwrap();
+    assert!(
+        after.contains(&serde_json::json!("countersign-activator.socket")),
+        "{after:?}"
+    );
+
+    let socket = &result["sockets"]["countersign-activator"];
+    assert_eq!(
+        socket["listenStreams"],
+        serde_json::json!(["/run/countersign/activator.sock"])
+    );
+    assert_eq!(socket["wantedBy"], serde_json::json!(["sockets.target"]));
+    let socket_config = &socket["socketConfig"];
+    assert_eq!(socket_config["SocketMode"], "0660");
+    assert_eq!(socket_config["SocketUser"], "root");
+    assert_eq!(socket_config["SocketGroup"], "countersign");
 
     let evaluator = &result["users"]["countersign-eval"];
     assert_eq!(evaluator["isSystemUser"], true);
     assert_eq!(evaluator["group"], "countersign-eval");
     assert_eq!(evaluator["createHome"], true);
+}
+
+#[test]
+fn activator_options_reach_config() {
+    let Some(lib) = nixpkgs_lib("activator_options_reach_config") else {
+        return;
+    };
+    let extra = r#"services.countersign = {
+        profile = "/nix/var/nix/profiles/other";
+        confirmTimeout = 300;
+        preSwitch = [ { command = [ "/bin/snapshot" "root" ]; } ];
+        healthChecks = {
+          units = [ { unit = "nginx.service"; timeout = 20; } ];
+          commands = [ { command = [ "/bin/check" ]; } ];
+          http = [ { url = "http://127.0.0.1:8080/health"; } ];
+        };
+      };"#;
+    let result = evaluate(&lib, &configuration(extra));
+    assert_eq!(failed_assertions(&result), Vec::<String>::new());
+
+    let text = etc_text(&result, "countersign/activator.toml");
+    let activator = countersign_activator::Config::parse(text)
+        .unwrap_or_else(|error| panic!("{error}:\n{text}"));
+    assert_eq!(activator.profile, Path::new("/nix/var/nix/profiles/other"));
+    assert_eq!(activator.confirm_timeout_secs, 300);
+    assert_eq!(activator.pre_switch.len(), 1);
+    assert_eq!(activator.pre_switch[0].command, ["/bin/snapshot", "root"]);
+    assert_eq!(activator.pre_switch[0].timeout_secs, 300);
+    let health = &activator.health;
+    assert_eq!(health.units.len(), 1);
+    assert_eq!(health.units[0].unit, "nginx.service");
+    assert_eq!(health.units[0].timeout_secs, 20);
+    assert_eq!(health.commands.len(), 1);
+    assert_eq!(health.commands[0].command, ["/bin/check"]);
+    assert_eq!(health.commands[0].timeout_secs, 60);
+    assert_eq!(health.http.len(), 1);
+    assert_eq!(health.http[0].url, "http://127.0.0.1:8080/health");
+
+    let text = etc_text(&result, "countersign/server.toml");
+    let server = countersign_server::ServerConfig::parse(text)
+        .unwrap_or_else(|error| panic!("{error}:\n{text}"));
+    assert_eq!(server.profile, Path::new("/nix/var/nix/profiles/other"));
 }
 
 #[test]
