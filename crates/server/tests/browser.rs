@@ -963,9 +963,11 @@ async fn passkeys_approve_and_reject_in_the_browser() {
             "(() => { const r = e => e.getBoundingClientRect(); \
              const a = document.querySelector('.alert'); \
              const b = document.getElementById('approve'); \
-             return [r(a).top < innerHeight, b.textContent, r(b).top < innerHeight]; })()",
+             return [r(a).bottom <= innerHeight, b.textContent, r(b).bottom <= innerHeight, \
+             document.documentElement.scrollWidth - innerWidth]; })()",
         )
         .await;
+        assert_eq!(visible[3], 0, "sideways scrolling in {}", path.display());
         assert_eq!(visible[0], true, "alerts visible in {}", path.display());
         assert_eq!(visible[1], "Approve", "{}", path.display());
         assert_eq!(
