@@ -103,6 +103,28 @@ pub struct RepositoryConfig {
     /// What `switch-to-configuration` does with an approved target.
     #[serde(default = "default_action")]
     pub action: Action,
+    /// Seconds between two reads of the branch head; a new head is
+    /// proposed as a webhook delivery would. Off when unset; at least
+    /// [`MIN_POLL_INTERVAL_SECS`].
+    #[serde(default)]
+    pub poll_interval_secs: Option<u64>,
+    /// Replaces `poll_interval_secs` without its minimum, so tests can
+    /// poll quickly. Never read from a configuration file.
+    #[doc(hidden)]
+    #[serde(skip)]
+    pub poll_interval_for_tests: Option<std::time::Duration>,
+}
+
+/// The shortest allowed `[repository] poll_interval_secs`, so polling
+/// cannot hammer the git server.
+pub const MIN_POLL_INTERVAL_SECS: u64 = 10;
+
+impl RepositoryConfig {
+    /// Returns the polling interval, or `None` when polling is off.
+    pub fn poll_interval(&self) -> Option<std::time::Duration> {
+        self.poll_interval_for_tests
+            .or(self.poll_interval_secs.map(std::time::Duration::from_secs))
+    }
 }
 
 /// Where the trigger token is read from.
@@ -236,6 +258,16 @@ impl ServerConfig {
             let message = "repository.url is empty; set it to the address \
                            of the configuration repository";
             return invalid(message.into());
+        }
+        if let Some(secs) = self.repository.poll_interval_secs
+            && secs < MIN_POLL_INTERVAL_SECS
+        {
+            return invalid(format!(
+                "repository.poll_interval_secs = {secs} is below the \
+                 minimum of {MIN_POLL_INTERVAL_SECS}; set it to \
+                 {MIN_POLL_INTERVAL_SECS} or more, or remove it to turn \
+                 polling off"
+            ));
         }
         if url_has_password(&self.repository.url) {
             let message = "repository.url contains a password or token; \
@@ -568,6 +600,27 @@ mod tests {
         assert!(!error.contains("ghp_secret"), "the token leaked: {error}");
 
         config.repository.url = "ssh://git@git.example:22/a.git".into();
+        assert!(config.check().is_ok());
+    }
+
+    #[test]
+    fn poll_interval_has_minimum() {
+        let plain = ServerConfig::parse(MINIMAL).unwrap();
+        assert_eq!(plain.repository.poll_interval(), None);
+
+        let text = format!("{MINIMAL}\npoll_interval_secs = 60\n");
+        let config = ServerConfig::parse(&text).unwrap();
+        assert_eq!(
+            config.repository.poll_interval(),
+            Some(std::time::Duration::from_secs(60))
+        );
+
+        let (_dir, mut config) = config_with_policy("demo");
+        config.repository.poll_interval_secs = Some(9);
+        let error = check_error(&config);
+        assert!(error.contains("poll_interval_secs = 9"), "{error}");
+        assert!(error.contains("minimum of 10"), "{error}");
+        config.repository.poll_interval_secs = Some(10);
         assert!(config.check().is_ok());
     }
 

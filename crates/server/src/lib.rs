@@ -23,6 +23,7 @@ mod metrics;
 mod notify;
 mod outbound;
 mod pipeline;
+mod poll;
 mod signed_commits;
 mod state;
 mod votes;
@@ -44,8 +45,8 @@ pub use audit::{AuditSummary, AuditVerifyError, verify_audit};
 pub use auth::{CHALLENGE_LIFETIME_SECS, TOKEN_LIFETIME_SECS};
 pub use ci_gate::CiConfig;
 pub use config::{
-    ConfigError, NixConfig, RepositoryConfig, ServerConfig, TriggerConfig,
-    WebhookConfig,
+    ConfigError, MIN_POLL_INTERVAL_SECS, NixConfig, RepositoryConfig,
+    ServerConfig, TriggerConfig, WebhookConfig,
 };
 pub use db::DB_FILE;
 pub use forge_status::{CommitStatusConfig, ForgeApi};
@@ -244,6 +245,9 @@ pub async fn start(
     let builder = tokio::spawn(pipeline::worker(state.clone(), build_queue));
     let periodic = tokio::spawn(periodic(state.clone()));
     let mut background = vec![builder, periodic];
+    if let Some(interval) = state.config.repository.poll_interval() {
+        background.push(tokio::spawn(poll::run(state.clone(), interval)));
+    }
     match integrations::start(&state).await {
         Ok(tasks) => background.extend(tasks),
         Err(source) => {

@@ -95,15 +95,11 @@ impl Forge {
     }
 }
 
-/// The state of the webhook handler: the server state, the secret and a
-/// lock.
+/// The state of the webhook handler: the server state and the secret.
 #[derive(Clone)]
 struct Hooks {
     state: AppState,
     secret: Arc<Vec<u8>>,
-    /// Held from the duplicate check until the proposal is created, so
-    /// two deliveries at once cannot both create one.
-    serial: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The webhook routes, to be nested under `/api/v1`. Without a secret
@@ -119,7 +115,6 @@ where
             .with_state(Hooks {
                 state,
                 secret: Arc::new(secret),
-                serial: Arc::new(tokio::sync::Mutex::new(())),
             }),
         None => Router::new().route("/webhooks/{forge}", post(unconfigured)),
     }
@@ -265,53 +260,96 @@ async fn handle(
         )));
     }
 
-    let _serial = hooks.serial.lock().await;
-    let url = state.config.repository.url.clone();
-    let head_branch = configured.clone();
-    let head =
-        tokio::task::spawn_blocking(move || branch_head(&url, &head_branch))
-            .await
-            .map_err(|error| {
-                ApiError::internal("reading the branch head", &error)
-            })?
-            .map_err(|error| {
-                ApiError::internal("reading the branch head", &error)
-            })?;
-    let Some(head) = head else {
-        return Ok(ignored(format!(
+    let requested_by = format!("webhook:{}", forge.name());
+    let outcome = propose_branch_head(state, requested_by, &mut None).await?;
+    Ok(match outcome {
+        // Without a previous head to compare with there is no
+        // `Unchanged`, but the match stays total.
+        HeadOutcome::Unchanged | HeadOutcome::NoBranch => ignored(format!(
             "branch {configured} does not exist in the configured repository"
-        )));
+        )),
+        HeadOutcome::Existing(number) => (
+            StatusCode::OK,
+            json!({
+                "status": format!("already proposed as {number}"),
+                "proposal": number,
+            }),
+        ),
+        HeadOutcome::Proposed { number, commit } => (
+            StatusCode::CREATED,
+            json!({
+                "status": format!("proposed as {number}"),
+                "proposal": number,
+                "commit": commit,
+            }),
+        ),
+    })
+}
+
+/// The result of [`propose_branch_head`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum HeadOutcome {
+    /// The configured branch does not exist in the repository.
+    NoBranch,
+    /// The head already has a live proposal, or is the deployed commit.
+    Existing(u64),
+    /// The head is the `last_head` the caller passed.
+    Unchanged,
+    Proposed {
+        number: u64,
+        commit: String,
+    },
+}
+
+/// Held from the duplicate check until the proposal is created, so two
+/// deliveries or polls at once cannot both create one. It is shared by
+/// every server in the process, which only serializes more.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Reads the configured branch's head with `git ls-remote` and proposes
+/// it, unless it equals `last_head`, already has a live proposal or is
+/// the deployed commit. `last_head` becomes the head once it is handled.
+pub(crate) async fn propose_branch_head(
+    state: &AppState,
+    requested_by: String,
+    last_head: &mut Option<String>,
+) -> Result<HeadOutcome, ApiError> {
+    let _serial = SERIAL.lock().await;
+    let url = state.config.repository.url.clone();
+    let branch = state.config.repository.branch.clone();
+    let head = tokio::task::spawn_blocking(move || branch_head(&url, &branch))
+        .await
+        .map_err(|error| {
+            ApiError::internal("reading the branch head", &error)
+        })?
+        .map_err(|error| {
+            ApiError::internal("reading the branch head", &error)
+        })?;
+
+    let Some(head) = head else {
+        return Ok(HeadOutcome::NoBranch);
     };
+    if last_head.as_deref() == Some(head.as_str()) {
+        return Ok(HeadOutcome::Unchanged);
+    }
     let lookup = head.clone();
     let existing = state
         .db
         .run(move |connection| live_proposal_of(connection, &lookup))
         .await?;
     if let Some(number) = existing {
-        return Ok((
-            StatusCode::OK,
-            json!({
-                "status": format!("already proposed as {number}"),
-                "proposal": number,
-            }),
-        ));
+        *last_head = Some(head);
+        return Ok(HeadOutcome::Existing(number));
     }
     // The proposal is pinned to the head read above, so that a later
     // delivery for the same commit finds it while it is still building.
-    let number = pipeline::propose(
-        state,
-        Some(head.clone()),
-        format!("webhook:{}", forge.name()),
-    )
-    .await?;
-    Ok((
-        StatusCode::CREATED,
-        json!({
-            "status": format!("proposed as {number}"),
-            "proposal": number,
-            "commit": head,
-        }),
-    ))
+    let number =
+        pipeline::propose(state, Some(head.clone()), requested_by).await?;
+    *last_head = Some(head.clone());
+    Ok(HeadOutcome::Proposed {
+        number,
+        commit: head,
+    })
 }
 
 fn ignored(reason: String) -> (StatusCode, serde_json::Value) {
