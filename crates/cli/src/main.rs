@@ -188,8 +188,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 None => connection.login()?,
             };
-            let number =
-                commands::proposals::propose(&client, rev, rollback)?;
+            let number = commands::proposals::propose(&client, rev, rollback)?;
             if wait {
                 let detail =
                     commands::proposals::wait_until_built(&client, number)?;
