@@ -18,6 +18,11 @@ const LIB_ENV: &str = "COUNTERSIGN_NIXPKGS_LIB";
 
 const PHONE_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMiTUzUf/2BiGAixrGJ759SOZwWVqT/l+KkIJoB2sPJw phone";
 const LAPTOP_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAID25SjFd7x4IG/P0YSZiVOlykfWonCT389LAONRh+wui laptop";
+/// A WebAuthn credential id and an Ed25519 COSE_Key (alg -8), both
+/// base64url without padding, as the enrolment page prints them.
+const TABLET_CREDENTIAL_ID: &str = "dGFibGV0LWNyZWRlbnRpYWwtMDAwMQ";
+const TABLET_COSE_KEY: &str =
+    "pAEBAycgBiFYIARMBnoI7RN5BB-PqPfvU-Zg0E-flcpe_wEuiIoG5-lm";
 
 fn repository_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -619,6 +624,267 @@ fn server_user_as_evaluator_fails() {
         &lib,
         r#"services.countersign.evaluatorUser = "countersign";"#,
         &["evaluatorUser is the server's user countersign"],
+    );
+}
+
+/// Returns module lines that add the passkey approver `tablet`.
+fn tablet_passkey() -> String {
+    format!(
+        r#"services.countersign.approvers.tablet.webauthn = {{
+          credentialId = "{TABLET_CREDENTIAL_ID}";
+          publicKey = "{TABLET_COSE_KEY}";
+          algorithm = -8;
+          backupEligible = false;
+        }};"#
+    )
+}
+
+#[test]
+fn passkey_approver_reaches_policy() {
+    let Some(lib) = nixpkgs_lib("passkey_approver_reaches_policy") else {
+        return;
+    };
+    let extra = format!(
+        r#"{}
+        services.countersign.domain = "deploy.example.org";
+        services.countersign.webauthn.rpId = "deploy.example.org";
+        services.countersign.approvers.tablet.userVerification = true;"#,
+        tablet_passkey()
+    );
+    let result = evaluate(&lib, &configuration(&extra));
+    assert_eq!(failed_assertions(&result), Vec::<String>::new());
+
+    let text = etc_text(&result, "countersign/policy.toml");
+    let policy = countersign_core::Policy::from_toml(text.as_bytes())
+        .unwrap_or_else(|error| panic!("{error}:\n{text}"));
+    let settings = policy.webauthn.as_ref().expect("a [webauthn] table");
+    assert_eq!(settings.rp_id, "deploy.example.org");
+    assert_eq!(settings.origins, ["https://deploy.example.org"]);
+    let tablet = policy
+        .approvers
+        .values()
+        .find(|approver| approver.name.as_str() == "tablet")
+        .expect("the approver tablet");
+    assert!(tablet.user_verification);
+    let countersign_core::policy::ApproverKey::WebAuthn(credential) =
+        &tablet.key
+    else {
+        panic!("tablet has an SSH key:\n{text}");
+    };
+    assert_eq!(credential.credential_id, b"tablet-credential-0001");
+    assert_eq!(credential.algorithm.to_string(), "EdDSA");
+    assert_eq!(credential.backup_eligible, Some(false));
+    assert_eq!(policy.approvers.len(), 3);
+}
+
+#[test]
+fn passkey_without_rp_fails() {
+    let Some(lib) = nixpkgs_lib("passkey_without_rp_fails") else {
+        return;
+    };
+    assert_only_failure(
+        &lib,
+        &tablet_passkey(),
+        &[
+            "tablet has a WebAuthn credential",
+            "services.countersign.webauthn is not set",
+        ],
+    );
+}
+
+#[test]
+fn approver_with_two_keys_fails() {
+    let Some(lib) = nixpkgs_lib("approver_with_two_keys_fails") else {
+        return;
+    };
+    let extra = format!(
+        r#"{}
+        services.countersign.webauthn.rpId = "localhost";
+        services.countersign.approvers.tablet.ssh = "{}";"#,
+        tablet_passkey(),
+        PHONE_KEY.replace(" phone", " tablet")
+    );
+    let result = evaluate(&lib, &configuration(&extra));
+    let failed = failed_assertions(&result);
+    assert!(
+        failed.iter().any(
+            |message| message.contains("tablet has both ssh and webauthn")
+        ),
+        "{failed:#?}"
+    );
+}
+
+#[test]
+fn approver_without_key_fails() {
+    let Some(lib) = nixpkgs_lib("approver_without_key_fails") else {
+        return;
+    };
+    assert_only_failure(
+        &lib,
+        "services.countersign.approvers.tablet.userVerification = true;",
+        &["tablet has no key", "ssh or approvers.<name>.webauthn"],
+    );
+}
+
+#[test]
+fn web_and_forge_reach_server_config() {
+    let Some(lib) = nixpkgs_lib("web_and_forge_reach_server_config") else {
+        return;
+    };
+    let extra = r#"services.countersign = {
+        domain = "deploy.example.org";
+        proposalUrl = "https://deploy.example.org/proposals/{number}";
+        repository.pollInterval = 300;
+        webhookSecretFile = "/run/keys/countersign-webhook";
+        web = {
+          enable = true;
+          trustedProxies = [ "127.0.0.1" "::1" ];
+        };
+        ci = {
+          required = [ "build" "pipeline" ];
+          acceptVotesWhilePending = true;
+        };
+        commitStatus = {
+          forge = "gitea";
+          apiUrl = "https://git.example.org/api/v1";
+          repository = "ops/infra";
+          tokenFile = "/run/keys/countersign-forge-token";
+        };
+        signedCommits.allowedSigners = "/etc/countersign/allowed_signers";
+        notify = {
+          events = [ "deployed" "failed" ];
+          ntfy = {
+            url = "https://ntfy.example.org/web1";
+            tokenFile = "/run/keys/countersign-ntfy";
+          };
+          webhook = {
+            url = "https://chat.example.org/hooks/countersign";
+            secretFile = "/run/keys/countersign-notify";
+          };
+        };
+      };"#;
+    let result = evaluate(&lib, &configuration(extra));
+    assert_eq!(failed_assertions(&result), Vec::<String>::new());
+    assert_eq!(result["warnings"], serde_json::json!([]));
+
+    let text = etc_text(&result, "countersign/server.toml");
+    let server = countersign_server::ServerConfig::parse(text)
+        .unwrap_or_else(|error| panic!("{error}:\n{text}"));
+    let credential = |name: &str| {
+        PathBuf::from(format!("/run/credentials/countersign.service/{name}"))
+    };
+    assert_eq!(
+        server.proposal_url.as_deref(),
+        Some("https://deploy.example.org/proposals/{number}")
+    );
+    assert_eq!(server.repository.poll_interval_secs, Some(300));
+
+    let web = server.web.expect("a [web] section");
+    let origin = web.check().unwrap_or_else(|error| panic!("{error}"));
+    assert!(origin.secure);
+    assert!(web.enabled);
+    assert_eq!(web.public_origin, "https://deploy.example.org");
+    let proxies: Vec<String> = web
+        .trusted_proxies
+        .iter()
+        .map(|ip| ip.to_string())
+        .collect();
+    assert_eq!(proxies, ["127.0.0.1", "::1"]);
+
+    let ci = server.ci.expect("a [ci] section");
+    ci.check().unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(ci.required, ["build", "pipeline"]);
+    assert!(ci.accept_votes_while_pending);
+
+    let status = server.commit_status.expect("a [commit_status] section");
+    assert_eq!(status.forge, countersign_server::ForgeApi::Gitea);
+    assert_eq!(status.api_url, "https://git.example.org/api/v1");
+    assert_eq!(status.repository, "ops/infra");
+    assert_eq!(status.token_file, credential("commit-status-token"));
+    assert_eq!(status.context, None);
+
+    let signed = server.signed_commits.expect("a [signed_commits] section");
+    assert_eq!(
+        signed.allowed_signers.as_deref(),
+        Some(Path::new("/etc/countersign/allowed_signers"))
+    );
+    assert_eq!(signed.gpg_keyring, None);
+
+    let notify = server.notify.expect("a [notify] section");
+    let events: Vec<&str> =
+        notify.events.iter().map(|event| event.as_str()).collect();
+    assert_eq!(events, ["deployed", "failed"]);
+    let ntfy = notify.ntfy.expect("a [notify.ntfy] section");
+    assert_eq!(ntfy.url, "https://ntfy.example.org/web1");
+    assert_eq!(ntfy.token_file, Some(credential("ntfy-token")));
+    let webhook = notify.webhook.expect("a [notify.webhook] section");
+    assert_eq!(webhook.url, "https://chat.example.org/hooks/countersign");
+    assert_eq!(
+        webhook.secret_file,
+        Some(credential("notify-webhook-secret"))
+    );
+
+    assert_eq!(
+        result["services"]["countersign"]["serviceConfig"]["LoadCredential"],
+        serde_json::json!([
+            "webhook-secret:/run/keys/countersign-webhook",
+            "commit-status-token:/run/keys/countersign-forge-token",
+            "ntfy-token:/run/keys/countersign-ntfy",
+            "notify-webhook-secret:/run/keys/countersign-notify",
+        ])
+    );
+}
+
+#[test]
+fn optional_server_sections_stay_absent() {
+    let Some(lib) = nixpkgs_lib("optional_server_sections_stay_absent") else {
+        return;
+    };
+    let result = evaluate(&lib, &configuration(""));
+    let text = etc_text(&result, "countersign/server.toml");
+    let server = countersign_server::ServerConfig::parse(text)
+        .unwrap_or_else(|error| panic!("{error}:\n{text}"));
+    assert!(server.web.is_none(), "{text}");
+    assert!(server.ci.is_none(), "{text}");
+    assert!(server.commit_status.is_none(), "{text}");
+    assert!(server.signed_commits.is_none(), "{text}");
+    assert!(server.notify.is_none(), "{text}");
+    assert!(server.proposal_url.is_none(), "{text}");
+    assert_eq!(server.repository.poll_interval_secs, None);
+    let policy = etc_text(&result, "countersign/policy.toml");
+    assert!(!policy.contains("webauthn"), "{policy}");
+}
+
+#[test]
+fn forge_secret_in_store_fails() {
+    let Some(lib) = nixpkgs_lib("forge_secret_in_store_fails") else {
+        return;
+    };
+    assert_only_failure(
+        &lib,
+        r#"services.countersign.commitStatus = {
+            forge = "github";
+            apiUrl = "https://api.github.com";
+            repository = "ops/infra";
+            tokenFile = "/nix/store/0000-token";
+        };"#,
+        &["commitStatus.tokenFile is /nix/store/0000-token"],
+    );
+    assert_only_failure(
+        &lib,
+        r#"services.countersign.notify.ntfy = {
+            url = "https://ntfy.example.org/web1";
+            tokenFile = "/nix/store/0000-token";
+        };"#,
+        &["notify.ntfy.tokenFile is /nix/store/0000-token"],
+    );
+    assert_only_failure(
+        &lib,
+        r#"services.countersign.notify.webhook = {
+            url = "https://chat.example.org/hooks/countersign";
+            secretFile = "/nix/store/0000-secret";
+        };"#,
+        &["notify.webhook.secretFile is /nix/store/0000-secret"],
     );
 }
 
