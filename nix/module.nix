@@ -700,8 +700,11 @@ in
       };
       trustedProxies = mkOption {
         type = types.listOf types.str;
-        default = optional (cfg.domain != null) "127.0.0.1";
-        defaultText = literalExpression ''lib.optional (domain != null) "127.0.0.1"'';
+        default = lib.optionals (cfg.domain != null) [
+          "127.0.0.1"
+          "::1"
+        ];
+        defaultText = literalExpression ''lib.optionals (domain != null) [ "127.0.0.1" "::1" ]'';
         example = [
           "127.0.0.1"
           "::1"
@@ -1114,6 +1117,7 @@ in
 
     warnings =
       optional (cfg.webhookRepository != null && cfg.webhookSecretFile == null) "services.countersign.webhookRepository is set without webhookSecretFile, so webhooks stay off; set webhookSecretFile."
+      ++ optional (approversWithPasskey != [ ] && !cfg.web.enable) "services.countersign.approvers: ${concatStringsSep ", " approversWithPasskey} can approve only through the web pages, which are off; set web.enable."
       ++ optional (cfg.ci.required != [ ] && cfg.webhookSecretFile == null) "services.countersign.ci.required is set without webhookSecretFile, so no check results arrive and every proposal waits; set webhookSecretFile."
       ++ optional (cfg.evaluatorUser == null && cfg.verifyEvaluation) "services.countersign.evaluatorUser is null, so the activator evaluates approved sources as root; keep the default countersign-eval."
       ++ optional (!cfg.verifyEvaluation) "services.countersign.verifyEvaluation is off, so the activator does not check that the approved source yields the approved system.";

@@ -19,7 +19,7 @@ const LIB_ENV: &str = "COUNTERSIGN_NIXPKGS_LIB";
 const PHONE_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMiTUzUf/2BiGAixrGJ759SOZwWVqT/l+KkIJoB2sPJw phone";
 const LAPTOP_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAID25SjFd7x4IG/P0YSZiVOlykfWonCT389LAONRh+wui laptop";
 /// A WebAuthn credential id and an Ed25519 COSE_Key (alg -8), both
-/// base64url without padding, as the enrolment page prints them.
+/// base64url without padding as the policy stores them.
 const TABLET_CREDENTIAL_ID: &str = "dGFibGV0LWNyZWRlbnRpYWwtMDAwMQ";
 const TABLET_COSE_KEY: &str =
     "pAEBAycgBiFYIARMBnoI7RN5BB-PqPfvU-Zg0E-flcpe_wEuiIoG5-lm";
@@ -647,12 +647,14 @@ fn passkey_approver_reaches_policy() {
     let extra = format!(
         r#"{}
         services.countersign.domain = "deploy.example.org";
+        services.countersign.web.enable = true;
         services.countersign.webauthn.rpId = "deploy.example.org";
         services.countersign.approvers.tablet.userVerification = true;"#,
         tablet_passkey()
     );
     let result = evaluate(&lib, &configuration(&extra));
     assert_eq!(failed_assertions(&result), Vec::<String>::new());
+    assert_eq!(result["warnings"], serde_json::json!([]));
 
     let text = etc_text(&result, "countersign/policy.toml");
     let policy = countersign_core::Policy::from_toml(text.as_bytes())
@@ -690,6 +692,10 @@ fn passkey_without_rp_fails() {
             "services.countersign.webauthn is not set",
         ],
     );
+
+    let result = evaluate(&lib, &configuration(&tablet_passkey()));
+    let warnings = result["warnings"].to_string();
+    assert!(warnings.contains("tablet can approve only"), "{warnings}");
 }
 
 #[test]
