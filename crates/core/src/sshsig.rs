@@ -84,8 +84,20 @@ pub fn verify(
 
 /// Decodes an armored SSHSIG without verifying it.
 pub fn parse(armored: &str) -> Result<SshSig, SshSignatureError> {
-    SshSig::from_pem(armored.trim().as_bytes())
-        .map_err(|error| SshSignatureError::Malformed(error.to_string()))
+    let signature = SshSig::from_pem(armored.trim().as_bytes())
+        .map_err(|error| SshSignatureError::Malformed(error.to_string()))?;
+    // The version field is not covered by the signature, and the decoder
+    // accepts any version up to 1, so without this check a third party
+    // could turn one valid signature into a second one by changing it.
+    if signature.version() != SshSig::VERSION {
+        return Err(SshSignatureError::Malformed(format!(
+            "unsupported SSHSIG version {} (expected {}); sign with \
+             ssh-keygen -Y sign",
+            signature.version(),
+            SshSig::VERSION
+        )));
+    }
+    Ok(signature)
 }
 
 /// The SHA-256 fingerprint of a key, as `ssh-keygen -l` shows it.
