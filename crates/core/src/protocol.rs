@@ -126,10 +126,15 @@ pub enum Event {
     /// The activation of `proposal` has switched and passed its health
     /// checks, and is rolled back unless a `confirm` request for it
     /// arrives before `deadline` (Unix time, seconds).
-    AwaitingConfirmation { proposal: u64, deadline: u64 },
+    AwaitingConfirmation {
+        proposal: u64,
+        deadline: u64,
+    },
     /// The reply to a `confirm` request that arrived in time: the
     /// activation of `proposal` is kept.
-    Confirmed { proposal: u64 },
+    Confirmed {
+        proposal: u64,
+    },
 }
 
 #[cfg(test)]

@@ -248,7 +248,9 @@ fn build_proposal(
 ) -> Result<Built, String> {
     let mut log = BuildLog::create(&state.log_path(number));
     let result = match rollback {
-        Some(generation) => rollback_steps(state, number, generation, &mut log),
+        Some(generation) => {
+            rollback_steps(state, number, generation, &mut log)
+        }
         None => build_steps(state, number, rev, &mut log),
     };
     if let Err(message) = &result {
@@ -455,7 +457,9 @@ fn rollback_steps(
         )
     })?;
     let base = current_system(&config.current_system)?;
-    log.step(&format!("running system {base}, generation's system {target}"));
+    log.step(&format!(
+        "running system {base}, generation's system {target}"
+    ));
     if target == base {
         return Err(format!(
             "generation {generation} of the profile {} is the running \
