@@ -43,7 +43,7 @@ countersign_setup() {
         "${sudo[@]}" apt-get update -qq
         # shellcheck disable=SC2086
         DEBIAN_FRONTEND=noninteractive "${sudo[@]}" \
-            apt-get install -y -qq --no-install-recommends $missing >&2
+            apt-get install -y -qq $missing >&2
     fi
     if ! command -v cargo >/dev/null; then
         if [ -x "$HOME/.cargo/bin/cargo" ]; then
