@@ -2,18 +2,20 @@
 //! names) could hold escape sequences that rewrite what an approver sees,
 //! so every such string passes through [`sanitize`] before printing.
 
-/// Replaces control characters other than newline and tab with visible
-/// escapes such as `\x1b`.
+use countersign_nix::escape_control_chars;
+
+/// Escapes control and bidirectional formatting characters other than
+/// newline and tab, with the same escapes as the diff's text rendering.
 pub fn sanitize(text: &str) -> String {
-    let mut clean = String::with_capacity(text.len());
-    for character in text.chars() {
-        if character.is_control() && character != '\n' && character != '\t' {
-            clean.extend(character.escape_default());
-        } else {
-            clean.push(character);
-        }
-    }
-    clean
+    text.split('\n')
+        .map(|line| {
+            line.split('\t')
+                .map(escape_control_chars)
+                .collect::<Vec<_>>()
+                .join("\t")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Formats a duration in seconds for people: `3 h 12 min`, `45 s`.
@@ -35,8 +37,9 @@ mod tests {
 
     #[test]
     fn sanitize_escapes_terminal_controls() {
-        assert_eq!(sanitize("a\u{1b}[2Jb"), "a\\u{1b}[2Jb");
-        assert_eq!(sanitize("x\ry"), "x\\ry");
+        assert_eq!(sanitize("a\u{1b}[2Jb"), "a\\x1b[2Jb");
+        assert_eq!(sanitize("x\ry"), "x\\x0dy");
+        assert_eq!(sanitize("a\u{202e}b"), "a\\u{202e}b");
         assert_eq!(sanitize("keep\ttab\nline"), "keep\ttab\nline");
     }
 

@@ -1,12 +1,13 @@
 //! `countersign demo`: the whole flow on one machine, in one folder.
 //!
 //! The demo makes a sample repository whose flake builds a NixOS-shaped
-//! system without nixpkgs, two approver keys and a policy, installs the
-//! first system into a profile inside the folder (as the first ordinary
-//! `nixos-rebuild` would), starts the activator and the server as
-//! separate processes, commits a change and proposes it. Interactive, it
-//! prints the commands that approve the change with each key and waits;
-//! with `--unattended` it runs them itself and checks the result.
+//! system without nixpkgs, two approver keys and a policy. It installs
+//! the first system into a profile inside the folder, as the first
+//! ordinary `nixos-rebuild` would. It then starts the activator and the
+//! server as separate processes, commits a change and proposes it.
+//! Interactive, it prints the commands that approve the change with each
+//! key and waits. With `--unattended` it runs them itself and checks the
+//! result.
 //!
 //! The pages run on `http://localhost:PORT`, and the policy names that
 //! origin and the relying party `localhost`, so a passkey can be enrolled
@@ -151,7 +152,7 @@ impl Environment {
         })
     }
 
-    /// Starts the activator, then the server, and waits until both answer.
+    /// Starts the activator, then the server, and waits until both respond.
     pub fn start(&mut self) -> Result<()> {
         step("Starting the activator and the server as separate processes");
         self.start_activator()?;
@@ -673,7 +674,7 @@ fn wait_for_server(url: &str, processes: &mut Processes) -> Result<()> {
             }
         }
         if start.elapsed() > Duration::from_secs(30) {
-            bail!("the server did not answer within 30 s; see its log");
+            bail!("the server did not respond within 30 s; see its log");
         }
         std::thread::sleep(Duration::from_millis(100));
     }
