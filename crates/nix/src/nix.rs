@@ -112,21 +112,16 @@ impl Nix {
     /// that points Nix elsewhere. Only then may the Nix database be read
     /// directly in place of asking `nix`.
     ///
-    /// NOTE: a `store` setting in `/etc/nix/nix.conf` is not looked at;
-    /// such a store keeps its own database, so the systems are missing
-    /// from the default one and the caller falls back to `nix`.
+    /// The configuration files that Nix reads are looked at too
+    /// (`nix.conf` in `NIX_CONF_DIR` or `/etc/nix`, the user's files and
+    /// the files they include), since a `store` setting there moves the
+    /// store as well.
     pub fn uses_default_store(&self) -> bool {
         const MOVED: [&str; 4] =
             ["NIX_STORE_DIR", "NIX_STATE_DIR", "NIX_DB_DIR", "NIX_STORE"];
-        let remote_ok = |value: &OsStr| {
-            matches!(value.to_str(), Some("" | "daemon" | "local" | "auto"))
-        };
-        let config_ok = |value: &OsStr| {
-            !value.to_string_lossy().lines().any(|line| {
-                line.split_once('=')
-                    .is_some_and(|(key, _)| key.trim() == "store")
-            })
-        };
+        let remote_ok =
+            |value: &OsStr| value.to_str().is_some_and(default_store);
+        let config_ok = |value: &OsStr| !sets_store(&value.to_string_lossy());
         if self.options.iter().any(|(name, _)| name == "store") {
             return false;
         }
@@ -139,12 +134,27 @@ impl Nix {
                 return false;
             }
         }
-        if self.clear_env {
-            return true;
+        let inherited = !self.clear_env;
+        if inherited
+            && !(MOVED.iter().all(|key| std::env::var_os(key).is_none())
+                && std::env::var_os("NIX_REMOTE")
+                    .is_none_or(|v| remote_ok(&v))
+                && std::env::var_os("NIX_CONFIG")
+                    .is_none_or(|v| config_ok(&v)))
+        {
+            return false;
         }
-        MOVED.iter().all(|key| std::env::var_os(key).is_none())
-            && std::env::var_os("NIX_REMOTE").is_none_or(|v| remote_ok(&v))
-            && std::env::var_os("NIX_CONFIG").is_none_or(|v| config_ok(&v))
+        let var = |key: &str| {
+            self.env
+                .iter()
+                .rev()
+                .find(|(name, _)| name == key)
+                .map(|(_, value)| value.clone())
+                .or_else(|| inherited.then(|| std::env::var_os(key)).flatten())
+        };
+        !config_files(var)
+            .iter()
+            .any(|file| file_sets_store(file, 0))
     }
 
     /// Builds the command for the subcommand `args`, with the settings
@@ -169,6 +179,73 @@ impl Nix {
         command.args(args);
         command
     }
+}
+
+/// Tells whether a `store` setting of `value` names the default local
+/// store.
+fn default_store(value: &str) -> bool {
+    matches!(value.trim(), "" | "daemon" | "local" | "auto")
+}
+
+/// Tells whether configuration text in `nix.conf` syntax sets `store`
+/// to anything other than the default store.
+fn sets_store(text: &str) -> bool {
+    text.lines().any(|line| {
+        let line = line.split('#').next().unwrap_or_default();
+        line.split_once('=').is_some_and(|(key, value)| {
+            key.trim() == "store" && !default_store(value)
+        })
+    })
+}
+
+/// Lists the configuration files Nix reads, in its order: the system's
+/// `nix.conf`, then `NIX_USER_CONF_FILES` or the XDG places. `var` looks
+/// up the environment that Nix runs with.
+fn config_files(var: impl Fn(&str) -> Option<OsString>) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let system = var("NIX_CONF_DIR").unwrap_or_else(|| "/etc/nix".into());
+    files.push(Path::new(&system).join("nix.conf"));
+    if let Some(list) = var("NIX_USER_CONF_FILES") {
+        files.extend(std::env::split_paths(&list));
+        return files;
+    }
+    let dirs = var("XDG_CONFIG_DIRS").unwrap_or_else(|| "/etc/xdg".into());
+    let home_config = var("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| var("HOME").map(|home| Path::new(&home).join(".config")));
+    for dir in home_config.into_iter().chain(std::env::split_paths(&dirs)) {
+        files.push(dir.join("nix").join("nix.conf"));
+    }
+    files
+}
+
+/// The depth to which `include` lines of configuration files are
+/// followed.
+const MAX_INCLUDE_DEPTH: usize = 4;
+
+/// Tells whether the configuration file at `path`, or a file it
+/// includes, sets `store` to another store. A file that cannot be read
+/// sets nothing, since Nix skips missing files. A file included deeper
+/// than [`MAX_INCLUDE_DEPTH`] counts as setting it, so that the caller
+/// asks `nix` rather than guess.
+fn file_sets_store(path: &Path, depth: usize) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    if sets_store(&text) {
+        return true;
+    }
+    let base = path.parent().unwrap_or(Path::new("/"));
+    text.lines().any(|line| {
+        let line = line.split('#').next().unwrap_or_default().trim();
+        let included = line
+            .strip_prefix("include ")
+            .or_else(|| line.strip_prefix("!include "));
+        included.is_some_and(|name| {
+            depth >= MAX_INCLUDE_DEPTH
+                || file_sets_store(&base.join(name.trim()), depth + 1)
+        })
+    })
 }
 
 /// The Nix database's record of one store path.
@@ -369,6 +446,50 @@ fn encode_base64(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Makes a runner that reads only the configuration in `dir`.
+    fn runner_with_config(dir: &Path) -> Nix {
+        Nix::new()
+            .with_clear_env()
+            .with_env("NIX_CONF_DIR", dir)
+            .with_env("NIX_USER_CONF_FILES", dir.join("user.conf"))
+    }
+
+    #[test]
+    fn store_setting_in_config_files_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let nix = runner_with_config(dir.path());
+        assert!(nix.uses_default_store(), "no configuration file");
+
+        let conf = dir.path().join("nix.conf");
+        std::fs::write(&conf, "sandbox = false\nstore = daemon # d\n")
+            .unwrap();
+        assert!(nix.uses_default_store(), "the daemon is the default store");
+
+        std::fs::write(&conf, "# store = /mnt\nstore=local?root=/mnt\n")
+            .unwrap();
+        assert!(!nix.uses_default_store(), "store set in nix.conf");
+
+        std::fs::write(&conf, "!include extra.conf\n").unwrap();
+        assert!(nix.uses_default_store(), "a missing include is skipped");
+        std::fs::write(dir.path().join("extra.conf"), "store = ssh-ng://b")
+            .unwrap();
+        assert!(!nix.uses_default_store(), "store set in an include");
+
+        std::fs::write(&conf, "").unwrap();
+        std::fs::write(dir.path().join("user.conf"), "store = /mnt").unwrap();
+        assert!(!nix.uses_default_store(), "store set in a user file");
+    }
+
+    #[test]
+    fn include_loops_end() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("nix.conf"), "include nix.conf\n")
+            .unwrap();
+        // The loop is cut at the depth limit, and the store counts as
+        // moved, so that nix is asked.
+        assert!(!runner_with_config(dir.path()).uses_default_store());
+    }
 
     #[test]
     fn nar_hash_validation() {
