@@ -112,6 +112,7 @@ mod prepare;
 mod server;
 mod source_check;
 pub mod state;
+pub mod switch;
 pub mod system;
 pub mod users;
 
@@ -127,6 +128,7 @@ pub use intent::{Intent, IntentStep};
 pub use server::{Daemon, bind, run};
 pub use source_check::VERIFIED_SOURCES_DIR;
 pub use state::{ActivatorState, STATE_FILE, StateError, read_state};
+pub use switch::{RunnerArgs, SWITCH_RUNS_DIR, run_runner};
 
 /// An error that stops the activator from starting or serving.
 #[derive(Debug, thiserror::Error)]
