@@ -349,9 +349,9 @@ impl Activator {
     /// stopped, by the recovery rule of [`crate::intent`], and records
     /// it. Runs at start, before the socket accepts requests. When the
     /// target's switch may still run or finished with status 0, the rest
-    /// runs on a thread of its own that holds the activation lock, so
-    /// that the socket serves status and `confirm` requests meanwhile;
-    /// this returns once that thread holds the lock.
+    /// runs on a thread that holds the activation lock, so that the
+    /// socket serves status and `confirm` requests meanwhile. This
+    /// returns once that thread holds the lock.
     pub(crate) fn recover(activator: &Arc<Self>) {
         let mut history = activator.lock();
         let state = match crate::state::read_state(&activator.config.state_dir)
@@ -497,7 +497,7 @@ impl Activator {
     }
 
     /// Restores the base of an activation that did not finish and
-    /// records a `recovered` entry; `cause` says why, when known.
+    /// records a `recovered` entry. `cause` is the reason, when known.
     fn recover_by_rollback(
         &self,
         history: &mut History,

@@ -81,7 +81,7 @@ const WAIT_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Exit status of a runner that did not run the script because its run
 /// was abandoned or had run before.
-const RUNNER_REFUSED: u8 = 3;
+const RUNNER_SKIPPED: u8 = 3;
 
 /// One run of a switch script and its files.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,7 +189,7 @@ impl Run {
     pub(crate) fn settle(&self) -> Result<RunEnd, String> {
         let lock = self.open_lock().map_err(|error| {
             format!(
-                "cannot open the switch lock {}: {error}",
+                "opening the switch lock file {} failed: {error}; check that the state directory is writable",
                 self.file("lock").display()
             )
         })?;
@@ -201,7 +201,7 @@ impl Run {
                 Err(TryLockError::WouldBlock) => {}
                 Err(TryLockError::Error(error)) => {
                     return Err(format!(
-                        "cannot lock the switch lock {}: {error}",
+                        "locking the switch lock file {} failed: {error}",
                         self.file("lock").display()
                     ));
                 }
@@ -220,11 +220,11 @@ impl Run {
     }
 
     /// Returns how the run ended, or `None` while a runner holds its
-    /// lock; never waits.
+    /// lock, without waiting.
     pub(crate) fn try_settle(&self) -> Result<Option<RunEnd>, String> {
         let lock = self.open_lock().map_err(|error| {
             format!(
-                "cannot open the switch lock {}: {error}",
+                "opening the switch lock file {} failed: {error}; check that the state directory is writable",
                 self.file("lock").display()
             )
         })?;
@@ -232,7 +232,7 @@ impl Run {
             Ok(()) => self.classify_locked().map(Some),
             Err(TryLockError::WouldBlock) => Ok(None),
             Err(TryLockError::Error(error)) => Err(format!(
-                "cannot lock the switch lock {}: {error}",
+                "locking the switch lock file {} failed: {error}",
                 self.file("lock").display()
             )),
         }
@@ -265,11 +265,14 @@ pub(crate) enum RunStatus {
     NotRun { error: String },
 }
 
-/// How a run ended, as the activator finds it.
+/// The end of a run, as the activator finds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum RunEnd {
     Finished(RunStatus),
     /// The runner died after its `started` marker and recorded no status.
+    // NOTE: without systemd, a runner killed on its own leaves its script
+    // running without the lock, so a rollback may overlap it; with
+    // systemd, the end of the runner's unit stops the script too.
     DiedWithoutStatus,
     /// The runner never started the script, and the run is abandoned.
     NeverStarted,
@@ -311,7 +314,7 @@ impl RunEnd {
     }
 }
 
-/// How a runner is launched.
+/// The way a runner is launched.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Launcher {
     /// A transient service unit through this `systemd-run`.
@@ -372,12 +375,12 @@ fn runner_args(
 }
 
 /// Returns the arguments of `systemd-run` that start `runner` with
-/// `runner_args` as the transient service `unit`: type `exec`, so that
-/// `systemd-run` reports a runner that cannot be executed; no password
-/// prompt; garbage-collected when it ends, even after a failure, so that
-/// its name can be reused; and with `LOCALE_ARCHIVE` when the activator
-/// has it. The service gets the manager's environment, not the
-/// activator's, so `NIXOS_INSTALL_BOOTLOADER` never reaches it.
+/// `runner_args` as the transient service `unit`. The type `exec` makes
+/// `systemd-run` report a runner that cannot be executed. The unit asks
+/// for no password and is garbage-collected when it ends, even after a
+/// failure. It gets `LOCALE_ARCHIVE` when the activator has it, and
+/// otherwise the manager's environment, not the activator's, so
+/// `NIXOS_INSTALL_BOOTLOADER` never reaches it.
 pub(crate) fn systemd_run_args(
     unit: &str,
     description: &str,
@@ -427,7 +430,7 @@ pub(crate) fn run_detached(
     }
     let lock = run.open_lock().map_err(|error| {
         format!(
-            "cannot create the switch lock {}: {error}",
+            "creating the switch lock file {} failed: {error}; check that the state directory is writable",
             run.file("lock").display()
         )
     })?;
@@ -583,7 +586,7 @@ fn follow_run(
             Err(TryLockError::WouldBlock) => {}
             Err(TryLockError::Error(error)) => {
                 return Err(format!(
-                    "cannot lock the switch lock {}: {error}",
+                    "locking the switch lock file {} failed: {error}",
                     run.file("lock").display()
                 ));
             }
@@ -774,7 +777,7 @@ fn runner(args: &RunnerArgs) -> Result<u8, String> {
                  `{toplevel}/{SWITCH_SCRIPT} {action}`, because {} exists",
                 run.file(marker).display()
             );
-            return Ok(RUNNER_REFUSED);
+            return Ok(RUNNER_SKIPPED);
         }
     }
     state::write_atomically(
@@ -936,7 +939,7 @@ mod tests {
             toplevel: toplevel().as_str().to_owned(),
             action: "switch".to_owned(),
         });
-        assert_eq!(code, RUNNER_REFUSED);
+        assert_eq!(code, RUNNER_SKIPPED);
         assert!(!run.file("started").exists());
     }
 

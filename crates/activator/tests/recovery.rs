@@ -1,7 +1,7 @@
 //! Crash safety: the activator and its process group are killed with
 //! SIGKILL at each step of an activation. The switch script runs
-//! detached and survives; the restarted activator resumes an activation
-//! whose switch finished with status 0, and otherwise must put the base
+//! detached and survives. The restarted activator resumes an activation
+//! whose switch finished with status 0. Otherwise it must put the base
 //! back, record what happened and refuse the certificate.
 
 mod support;
