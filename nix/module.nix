@@ -237,6 +237,9 @@ let
         socket_group = serverGroup;
         profile = cfg.profile;
         current_system = "/run/current-system";
+        # Each switch runs as a transient unit started by systemd-run, so
+        # that stopping the activator's unit does not stop the switch.
+        systemd_run = "${config.systemd.package}/bin/systemd-run";
         verify_evaluation = cfg.verifyEvaluation;
         confirm_timeout_secs = cfg.confirmTimeout;
       }
@@ -1275,9 +1278,12 @@ in
         NIX_REMOTE = "daemon";
         XDG_CACHE_HOME = "/var/cache/countersign-activator";
       };
-      # The activator runs switch-to-configuration as its child, so a
-      # switch must not stop or restart it: a changed activator takes
-      # effect at the next boot or `systemctl restart`.
+      # switch-to-configuration runs in a transient unit of its own and
+      # survives a restart of the activator, which then resumes the
+      # activation. A switch still does not restart the activator, so that
+      # the health checks and the confirmation window follow the switch
+      # without a pause: a changed activator takes effect at the next boot
+      # or `systemctl restart`.
       restartIfChanged = false;
       stopIfChanged = false;
       serviceConfig = {
@@ -1294,7 +1300,10 @@ in
         Restart = "on-failure";
         RestartSec = "5s";
         UMask = "0022";
-        # No sandboxing: switch-to-configuration changes the whole system.
+        # No sandboxing: switch-to-configuration changes the whole system,
+        # and systemd-run must reach the manager as root through its
+        # private socket /run/systemd/private (AF_UNIX, no restricted
+        # address families or system calls).
       };
     };
 

@@ -50,6 +50,10 @@ in
       type = types.package;
       default = stubPackage "nix";
     };
+    systemd.package = mkOption {
+      type = types.package;
+      default = stubPackage "systemd";
+    };
   };
 
   config._module.args.pkgs = {

@@ -16,6 +16,8 @@ pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
 pub const DEFAULT_PROFILE: &str = "/nix/var/nix/profiles/system";
 /// Default link to the running system on NixOS.
 pub const DEFAULT_CURRENT_SYSTEM: &str = "/run/current-system";
+/// Default `systemd-run` of the running NixOS system.
+pub const DEFAULT_SYSTEMD_RUN: &str = "/run/current-system/sw/bin/systemd-run";
 
 /// The loaded activator configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -44,6 +46,13 @@ pub struct Config {
     /// the base of every statement.
     #[serde(default = "default_current_system")]
     pub current_system: PathBuf,
+    /// The `systemd-run` that starts each switch script as a transient
+    /// service unit, so that stopping the activator does not stop the
+    /// switch. It is used when systemd runs the machine
+    /// (`/run/systemd/system` is a directory) and this is an executable
+    /// file; otherwise the switch runs as a process of its own.
+    #[serde(default = "default_systemd_run")]
+    pub systemd_run: PathBuf,
     /// Whether to evaluate the approved source and require that it
     /// yields exactly the target.
     #[serde(default = "default_true")]
@@ -212,6 +221,7 @@ impl Config {
             ("socket", &self.socket),
             ("profile", &self.profile),
             ("current_system", &self.current_system),
+            ("systemd_run", &self.systemd_run),
         ];
         for (key, path) in paths {
             if !path.is_absolute() {
@@ -344,6 +354,10 @@ fn default_current_system() -> PathBuf {
     PathBuf::from(DEFAULT_CURRENT_SYSTEM)
 }
 
+fn default_systemd_run() -> PathBuf {
+    PathBuf::from(DEFAULT_SYSTEMD_RUN)
+}
+
 fn default_true() -> bool {
     true
 }
@@ -392,6 +406,7 @@ mod tests {
         assert_eq!(config.socket_mode, SocketMode(0o660));
         assert_eq!(config.profile, Path::new(DEFAULT_PROFILE));
         assert_eq!(config.current_system, Path::new(DEFAULT_CURRENT_SYSTEM));
+        assert_eq!(config.systemd_run, Path::new(DEFAULT_SYSTEMD_RUN));
         assert!(config.verify_evaluation);
         assert_eq!(config.evaluator_user, None);
         assert!(config.nix.options.is_empty());
@@ -402,6 +417,7 @@ mod tests {
         let text = format!(
             "{MINIMAL}socket_mode = \"0600\"\nsocket_group = \"countersign\"\n\
              profile = \"/tmp/p\"\ncurrent_system = \"/tmp/c\"\n\
+             systemd_run = \"/usr/bin/systemd-run\"\n\
              verify_evaluation = false\nevaluator_user = \"eval\"\n\
              [nix]\noptions = {{ \"experimental-features\" = \"nix-command flakes\" }}\n"
         );
@@ -410,6 +426,7 @@ mod tests {
         assert_eq!(config.socket_group.as_deref(), Some("countersign"));
         assert!(!config.verify_evaluation);
         assert_eq!(config.evaluator_user.as_deref(), Some("eval"));
+        assert_eq!(config.systemd_run, Path::new("/usr/bin/systemd-run"));
         assert_eq!(
             config.nix.options["experimental-features"],
             "nix-command flakes"

@@ -3,6 +3,9 @@
 //! certificate's base, and the recovery of an activation that a crash
 //! or a power loss interrupted.
 
+use std::path::Path;
+use std::sync::{Arc, mpsc};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use countersign_core::protocol::{Event, Outcome, Step};
@@ -10,9 +13,10 @@ use countersign_core::{Action, StorePath};
 
 use crate::activate::{Activator, EventSink, now, progress};
 use crate::health::{self, ActivationInfo};
-use crate::history::HistoryRecord;
+use crate::history::{History, HistoryRecord};
 use crate::intent::{self, Intent, IntentStep};
-use crate::system::{self, SWITCH_SCRIPT};
+use crate::switch::{self, Launcher, Run, RunEnd, SYSTEMD_RUNTIME_DIR};
+use crate::system::SWITCH_SCRIPT;
 
 impl Activator {
     /// Returns the profile generation that points at `base`, when the
@@ -100,10 +104,30 @@ impl Activator {
             Step::Switch,
             format!("running {target}/{SWITCH_SCRIPT} {action}"),
         );
-        if let Err(error) = run_switch_logged(&target, action, events) {
+        let run = Run::target(&self.config.state_dir, proposal);
+        if let Err(error) = self.run_switch(&run, &target, action, events) {
             return self.roll_back(intent, error, events);
         }
+        self.after_switch(intent, events)
+    }
 
+    /// Runs the steps after a successful switch (health checks and the
+    /// confirmation window) and rolls back on failure.
+    fn after_switch(
+        &self,
+        intent: &mut Intent,
+        events: &mut dyn EventSink,
+    ) -> (Outcome, String) {
+        let proposal = intent.proposal;
+        let action = intent.action;
+        let target = intent.target.clone();
+        let base = intent.base.clone();
+        let info = ActivationInfo {
+            proposal,
+            action,
+            base: &base,
+            target: &target,
+        };
         if action == Action::Boot {
             // `boot` changes nothing that runs before the next boot, so
             // there is nothing to check or confirm now.
@@ -264,7 +288,8 @@ impl Activator {
             }
         }
         if intent.switch_started {
-            match run_switch_logged(&intent.base, intent.action, events) {
+            let run = Run::next_base(&self.config.state_dir, intent.proposal);
+            match self.run_switch(&run, &intent.base, intent.action, events) {
                 Ok(()) => done.push(format!(
                     "the base's switch-to-configuration {} ran",
                     intent.action
@@ -321,17 +346,16 @@ impl Activator {
     }
 
     /// Finishes an activation that did not finish before the activator
-    /// stopped, by the recovery rule of [`crate::intent`], and records it.
-    /// Runs at start, before the socket accepts requests.
-    ///
-    /// NOTE: this assumes that the target's switch script died with the
-    /// activator, as it does on a power loss and under systemd, which
-    /// stops the whole control group of a service whose main process was
-    /// killed. An activator killed alone can leave the script running
-    /// while the base's script starts here.
-    pub(crate) fn recover(&self) {
-        let mut history = self.lock();
-        let state = match crate::state::read_state(&self.config.state_dir) {
+    /// stopped, by the recovery rule of [`crate::intent`], and records
+    /// it. Runs at start, before the socket accepts requests. When the
+    /// target's switch may still run or finished with status 0, the rest
+    /// runs on a thread that holds the activation lock, so that the
+    /// socket serves status and `confirm` requests meanwhile. This
+    /// returns once that thread holds the lock.
+    pub(crate) fn recover(activator: &Arc<Self>) {
+        let mut history = activator.lock();
+        let state = match crate::state::read_state(&activator.config.state_dir)
+        {
             Ok(state) => state,
             Err(error) => {
                 tracing::error!(
@@ -345,21 +369,152 @@ impl Activator {
         let Some(intent) = state.intent else {
             return;
         };
-        let proposal = intent.proposal;
-        let step = intent.step;
         tracing::warn!(
-            proposal,
-            %step,
+            proposal = intent.proposal,
+            step = %intent.step,
             action = %intent.action,
             base = %intent.base,
             target = %intent.target,
-            "the activator stopped during an activation; restoring the base"
+            "the activator stopped during an activation"
         );
-        let stopped = format!(
+        if intent.step != IntentStep::Switch {
+            activator.recover_by_rollback(&mut history, &intent, None);
+            return;
+        }
+        let run = Run::target(&activator.config.state_dir, intent.proposal);
+        let end = match run.try_settle() {
+            Ok(Some(end)) if !end.succeeded() => {
+                activator.recover_after_switch(&mut history, intent, end);
+                return;
+            }
+            Ok(end) => end,
+            Err(error) => {
+                // Without the run's files the activator cannot tell
+                // whether the target's switch still runs, so running the
+                // base's switch now could overlap it.
+                tracing::error!(
+                    proposal = intent.proposal,
+                    %error,
+                    "cannot tell how the detached switch ended; the \
+                     activation stays unfinished until the next start"
+                );
+                return;
+            }
+        };
+        drop(history);
+
+        let (locked, lock_taken) = mpsc::channel();
+        let resumer = Arc::clone(activator);
+        let spawned =
+            thread::Builder::new()
+                .name("recovery".into())
+                .spawn(move || {
+                    let mut history = resumer.lock();
+                    let _ = locked.send(());
+                    let end = match end {
+                        Some(end) => end,
+                        None => match run.settle() {
+                            Ok(end) => end,
+                            Err(error) => {
+                                tracing::error!(
+                                    proposal = intent.proposal,
+                                    %error,
+                                    "cannot wait for the detached switch; the \
+                                     activation stays unfinished until the \
+                                     next start"
+                                );
+                                return;
+                            }
+                        },
+                    };
+                    resumer.recover_after_switch(&mut history, intent, end);
+                });
+        match spawned {
+            Ok(_) => {
+                // The thread holds the activation lock before any
+                // request can be served.
+                let _ = lock_taken.recv();
+            }
+            Err(error) => tracing::error!(
+                %error,
+                "cannot start the recovery thread; the activation stays \
+                 unfinished until the next start"
+            ),
+        }
+    }
+
+    /// Finishes an activation whose target's switch ran detached while
+    /// the activator restarted: resumes it after status 0, and rolls it
+    /// back otherwise. The same certificate is never switched again.
+    fn recover_after_switch(
+        &self,
+        history: &mut History,
+        mut intent: Intent,
+        end: RunEnd,
+    ) {
+        let proposal = intent.proposal;
+        let description =
+            format!("{}/{SWITCH_SCRIPT} {}", intent.target, intent.action);
+        if let Err(cause) = end.into_result(&description) {
+            self.recover_by_rollback(history, &intent, Some(cause));
+            return;
+        }
+        tracing::warn!(
+            proposal,
+            "the detached switch-to-configuration finished with status 0 \
+             while the activator restarted; resuming the activation"
+        );
+        let (outcome, message) = self.after_switch(&mut intent, &mut LogOnly);
+        let message = format!(
+            "{message}; the activator restarted during the switch, and \
+             `{description}` finished with status 0 without it"
+        );
+        let record = HistoryRecord::Finished {
+            time: now(),
+            proposal,
+            outcome,
+            message: message.clone(),
+        };
+        match history.record(&record, |state| state.intent = None) {
+            Ok(()) if outcome == Outcome::Activated => tracing::info!(
+                proposal,
+                %message,
+                "resumed activation finished"
+            ),
+            Ok(()) => tracing::error!(
+                proposal,
+                outcome = ?outcome,
+                %message,
+                "resumed activation failed"
+            ),
+            Err(error) => tracing::error!(
+                proposal,
+                %error,
+                %message,
+                "cannot record the outcome of a resumed activation"
+            ),
+        }
+    }
+
+    /// Restores the base of an activation that did not finish and
+    /// records a `recovered` entry. `cause` is the reason, when known.
+    fn recover_by_rollback(
+        &self,
+        history: &mut History,
+        intent: &Intent,
+        cause: Option<String>,
+    ) {
+        let proposal = intent.proposal;
+        let step = intent.step;
+        let mut stopped = format!(
             "the activator stopped during the step {step} of proposal \
              {proposal}, which did not finish"
         );
-        let (outcome, message) = match self.restore_base(&intent, &mut LogOnly)
+        if let Some(cause) = cause {
+            stopped = format!("{stopped}, and {cause}");
+        }
+        tracing::warn!(proposal, %step, reason = %stopped, "restoring the base");
+        let (outcome, message) = match self.restore_base(intent, &mut LogOnly)
         {
             Ok(done) if done.is_empty() => (
                 Outcome::RolledBack,
@@ -408,6 +563,27 @@ impl Activator {
             ),
         }
     }
+
+    /// Runs a switch script detached as `run` and sends its output as
+    /// log events.
+    fn run_switch(
+        &self,
+        run: &Run,
+        toplevel: &StorePath,
+        action: Action,
+        events: &mut dyn EventSink,
+    ) -> Result<(), String> {
+        let launcher = Launcher::choose(
+            Path::new(SYSTEMD_RUNTIME_DIR),
+            &self.config.systemd_run,
+        );
+        switch::run_detached(&launcher, run, toplevel, action, &mut |line| {
+            tracing::info!(toplevel = %toplevel, line, "switch-to-configuration");
+            events.send(&Event::Log {
+                line: line.to_owned(),
+            });
+        })
+    }
 }
 
 /// The events of a recovery, which has no client: they go to the log.
@@ -415,18 +591,4 @@ struct LogOnly;
 
 impl EventSink for LogOnly {
     fn send(&mut self, _event: &Event) {}
-}
-
-/// Runs a switch script and sends its output as log events.
-fn run_switch_logged(
-    toplevel: &StorePath,
-    action: Action,
-    events: &mut dyn EventSink,
-) -> Result<(), String> {
-    system::run_switch(toplevel, action, &mut |line| {
-        tracing::info!(toplevel = %toplevel, line, "switch-to-configuration");
-        events.send(&Event::Log {
-            line: line.to_owned(),
-        });
-    })
 }

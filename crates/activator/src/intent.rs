@@ -6,14 +6,32 @@
 //! # Recovery rule
 //!
 //! An intent that is still in the state file at start means that its
-//! activation did not finish, so it is not kept: the activator puts the
-//! profile back at the base (the base's recorded profile generation when
-//! that still points at the base, otherwise a new generation) and, if
-//! the target's `switch-to-configuration` was started, runs the base's
+//! activation did not finish.
+//!
+//! When the interrupted step is the switch, the target's
+//! `switch-to-configuration` ran detached (see [`crate::switch`]), so it
+//! may have finished, or may still run, without the activator. The
+//! activator first waits for its runner to end, logging every few
+//! seconds, while its socket serves status requests that show the
+//! activation in progress. If the script exited with status 0, the
+//! activation resumes without switching again: the health checks, then
+//! the confirmation window, then a `finished` history entry whose
+//! message states that the activator restarted during the switch. If the
+//! script exited with another status, or its runner never started it or
+//! ended without recording a status, the activation is rolled back as
+//! below, with that reason in the history entry and the log.
+//!
+//! At every other step, and after a failed switch, the activation is not
+//! kept: the activator puts the profile back at the base (the base's
+//! recorded profile generation when that still points at the base,
+//! otherwise a new generation) and, if the target's
+//! `switch-to-configuration` was started, runs the base's
 //! `switch-to-configuration` with the same action, because the target's
-//! may have run partly. It then records a `recovered` history entry with
-//! the step and clears the intent. The proposal number stays used, so
-//! the certificate is never activated again.
+//! may have run partly. The base's script starts only after every
+//! earlier switch run has ended. The activator then records a
+//! `recovered` history entry with the step and clears the intent. Either
+//! way the proposal number stays used, so the certificate is never
+//! activated again.
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -72,7 +72,8 @@
 //! Before each step the activator writes its intent (proposal, action,
 //! step, base, target, the base's profile generation) to the state file
 //! durably; see [`intent`] for the rule by which a restarted activator
-//! restores the base when an activation did not finish. The steps:
+//! resumes an activation whose switch finished, or restores the base
+//! when an activation did not finish. The steps:
 //!
 //! 1. `[[pre_switch]]` commands from the activator's configuration, such
 //!    as a file system snapshot. One that fails or runs out of time
@@ -81,8 +82,10 @@
 //! 2. For `switch` and `boot`, `nix-env --set` points the profile at the
 //!    target, as `nixos-rebuild` does; `test` leaves the profile alone.
 //! 3. The target's `switch-to-configuration ACTION` runs with a cleared
-//!    environment. Any non-zero exit status is a failure, including 4
-//!    ("some units failed").
+//!    environment, detached from the activator (see [`switch`]), so that
+//!    stopping or restarting the activator does not cut it short. Any
+//!    non-zero exit status is a failure, including 4 ("some units
+//!    failed").
 //! 4. For `switch` and `test`, the `[health]` checks of the activator's
 //!    configuration: units that `systemctl is-active` reports active,
 //!    commands that exit 0, and loopback URLs that answer 2xx, each
@@ -112,6 +115,7 @@ mod prepare;
 mod server;
 mod source_check;
 pub mod state;
+pub mod switch;
 pub mod system;
 pub mod users;
 
@@ -127,6 +131,7 @@ pub use intent::{Intent, IntentStep};
 pub use server::{Daemon, bind, run};
 pub use source_check::VERIFIED_SOURCES_DIR;
 pub use state::{ActivatorState, STATE_FILE, StateError, read_state};
+pub use switch::{RunnerArgs, SWITCH_RUNS_DIR, run_runner};
 
 /// An error that stops the activator from starting or serving.
 #[derive(Debug, thiserror::Error)]

@@ -66,10 +66,11 @@ pub fn bind(config: Config) -> Result<Daemon, Error> {
     let nix = NixTools::new(&config.nix.options, evaluator.as_ref())
         .map_err(Error::NixSettings)?;
     let history = History::open(&config.state_dir)?;
-    let activator = Activator::new(config, nix, history);
-    // An activation that a crash interrupted is finished before any new
-    // request can arrive.
-    activator.recover();
+    let activator = Arc::new(Activator::new(config, nix, history));
+    // An activation that a crash interrupted is finished, or continues
+    // on a thread that holds the activation lock, before any request is
+    // served.
+    Activator::recover(&activator);
     let config = &activator.config;
     let (listener, socket_source) = match activated {
         Some(listener) => {
@@ -95,7 +96,7 @@ pub fn bind(config: Config) -> Result<Daemon, Error> {
     );
     Ok(Daemon {
         listener,
-        activator: Arc::new(activator),
+        activator,
     })
 }
 

@@ -1,26 +1,20 @@
 //! The running system, the switch script of a toplevel and running it.
 
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::thread;
+use std::process::{Command, Stdio};
 
 use countersign_core::store_path::STORE_DIR;
 use countersign_core::{Action, StorePath};
 
-use crate::nix::{CLEAN_PATH, describe};
+use crate::nix::CLEAN_PATH;
 
 /// Path of the switch script inside a NixOS toplevel.
 pub const SWITCH_SCRIPT: &str = "bin/switch-to-configuration";
 
 /// Symlinks followed before a path is treated as a loop.
 const MAX_SYMLINK_HOPS: usize = 40;
-
-/// Maximum bytes of one output line; a longer line arrives in pieces.
-const MAX_LOG_LINE_BYTES: usize = 16 * 1024;
 
 /// Returns the store path that `link` (such as `/run/current-system`)
 /// resolves to.
@@ -143,15 +137,10 @@ fn components(path: &Path) -> Result<Vec<OsString>, String> {
     Ok(names)
 }
 
-/// Runs `TOPLEVEL/bin/switch-to-configuration ACTION` with a cleared
-/// environment and passes each line of its output to `on_line`. Any exit
-/// status other than 0 is a failure, including 4, with which NixOS
-/// reports that some units failed after the switch.
-pub fn run_switch(
-    toplevel: &StorePath,
-    action: Action,
-    on_line: &mut dyn FnMut(&str),
-) -> Result<(), String> {
+/// Returns the command `TOPLEVEL/bin/switch-to-configuration ACTION`
+/// with a cleared environment, run in `/` with no input. The runner of
+/// [`crate::switch`] runs it; the caller chooses where its output goes.
+pub fn switch_command(toplevel: &StorePath, action: Action) -> Command {
     let script = toplevel.as_path().join(SWITCH_SCRIPT);
     let mut command = Command::new(&script);
     command
@@ -159,71 +148,14 @@ pub fn run_switch(
         .env_clear()
         .env("PATH", CLEAN_PATH)
         .current_dir("/")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stdin(Stdio::null());
     // The locale archive is passed on unchanged, so that programs the
-    // script starts print messages as before. Every other variable of
-    // the activator is dropped, NIXOS_INSTALL_BOOTLOADER included.
+    // script starts print messages as before. Every other variable is
+    // dropped, NIXOS_INSTALL_BOOTLOADER included.
     if let Some(archive) = std::env::var_os("LOCALE_ARCHIVE") {
         command.env("LOCALE_ARCHIVE", archive);
     }
-    let description = describe(&command);
-    let status = run_streaming(&mut command, on_line)
-        .map_err(|error| format!("`{description}` failed: {error}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("`{description}` exited with {status}"))
-    }
-}
-
-/// Runs `command` and passes each line of its standard output and
-/// standard error to `on_line` as it arrives.
-fn run_streaming(
-    command: &mut Command,
-    on_line: &mut dyn FnMut(&str),
-) -> std::io::Result<ExitStatus> {
-    let mut child = command.spawn()?;
-    let (sender, receiver) = mpsc::channel::<String>();
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let stderr = child.stderr.take().expect("stderr is piped");
-    let readers = [
-        forward_lines(stdout, sender.clone()),
-        forward_lines(stderr, sender),
-    ];
-    for line in receiver {
-        on_line(&line);
-    }
-    for reader in readers {
-        reader.join().expect("an output reader does not panic");
-    }
-    child.wait()
-}
-
-fn forward_lines(
-    stream: impl Read + Send + 'static,
-    sender: mpsc::Sender<String>,
-) -> thread::JoinHandle<()> {
-    thread::spawn(move || {
-        let mut reader = BufReader::new(stream);
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            match (&mut reader)
-                .take(MAX_LOG_LINE_BYTES as u64)
-                .read_until(b'\n', &mut line)
-            {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-            let text = String::from_utf8_lossy(&line);
-            let text = text.trim_end_matches(['\n', '\r']).to_owned();
-            if sender.send(text).is_err() {
-                break;
-            }
-        }
-    })
+    command
 }
 
 #[cfg(test)]

@@ -1,14 +1,20 @@
-//! Crash safety: the activator and its children are killed with SIGKILL
-//! at each step of an activation, and the restarted activator must put
-//! the base back, record what happened and refuse the certificate.
+//! Crash safety: the activator and its process group are killed with
+//! SIGKILL at each step of an activation. The switch script runs
+//! detached and survives. The restarted activator resumes an activation
+//! whose switch finished with status 0. Otherwise it must put the base
+//! back, record what happened and refuse the certificate.
 
 mod support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::thread;
 
-use countersign_activator::{IntentStep, read_state, verify_history};
+use countersign_activator::state::write_state;
+use countersign_activator::{
+    IntentStep, SWITCH_RUNS_DIR, read_state, verify_history,
+};
 use countersign_core::Certificate;
 use countersign_core::protocol::{Event, Outcome, Request};
 use support::{
@@ -77,6 +83,13 @@ fn activate_and_kill(
         activator.kill_group();
         reply.join().unwrap()
     })
+}
+
+const STATUS_REQUEST: &[u8] = b"{\"request\":\"status\"}\n";
+
+/// Returns the path of the file `name` of the detached switch runs.
+fn run_file(activator: &Activator, name: &str) -> PathBuf {
+    activator.state_dir.join(SWITCH_RUNS_DIR).join(name)
 }
 
 fn intent_step(activator: &Activator) -> Option<IntentStep> {
@@ -190,42 +203,68 @@ fn kill_during_profile_switch_recovers() {
 }
 
 #[test]
-fn kill_after_profile_switch_recovers() {
-    let world = World::build(WorldOptions {
-        switch_delay_secs: 60,
-        ..WorldOptions::default()
-    });
-    let mut activator = Activator::start(&world, "");
+fn switch_never_started_rolls_back() {
+    let world = World::build(WorldOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let (wrapper, script) = pausing_nix_env(dir.path(), Pause::AfterNixEnv);
+    let mut activator =
+        Activator::start_with_programs(&world, "", &[("nix-env", script)]);
+    fs::write(&wrapper.armed, "").unwrap();
     let certificate = approved(&world.statement(&policy_text(), 1));
 
-    activate_and_kill(&activator, &certificate, "the switch step", || {
-        intent_step(&activator) == Some(IntentStep::Switch)
+    activate_and_kill(&activator, &certificate, "nix-env to pause", || {
+        wrapper.paused.exists()
     });
     assert_eq!(activator.profile_target(), world.target.as_path());
+    // The state of an activator that died after it recorded the switch
+    // step and before it launched the runner.
+    let mut state = read_state(&activator.state_dir).unwrap();
+    let intent = state.intent.as_mut().unwrap();
+    intent.step = IntentStep::Switch;
+    intent.switch_started = true;
+    write_state(&activator.state_dir, &state).unwrap();
 
     activator.restart();
     let message = assert_recovered(&activator, &world, &certificate, "switch");
+    assert!(message.contains("never started the script"), "{message}");
     assert!(message.contains("generation 1"), "{message}");
     assert!(
         message.contains("the base's switch-to-configuration switch ran"),
         "{message}"
     );
-    // The target's script may or may not have logged before the kill.
-    let lines = world.switch_log_lines();
-    assert_eq!(
-        lines.last(),
-        Some(&format!("switch {}", world.base)),
-        "{lines:?}"
-    );
+    assert_eq!(world.switch_log_lines(), [format!("switch {}", world.base)]);
+    assert!(run_file(&activator, "switch-1.abandoned").exists());
+
+    // A runner that arrives late finds the run abandoned and does not
+    // run the target's script.
+    let output = Command::new(env!("CARGO_BIN_EXE_countersign-activator"))
+        .arg("run-switch")
+        .arg("--directory")
+        .arg(activator.state_dir.join(SWITCH_RUNS_DIR))
+        .args(["--run", "switch-1", "--toplevel", world.target.as_str()])
+        .args(["--action", "switch"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(3), "{output:?}");
+    assert!(!run_file(&activator, "switch-1.started").exists());
+    assert_eq!(world.switch_log_lines(), [format!("switch {}", world.base)]);
 }
 
 #[test]
-fn kill_during_switch_script_recovers() {
+fn kill_during_switch_resumes_after_restart() {
     let world = World::build(WorldOptions {
-        switch_delay_secs: 60,
+        switch_delay_secs: 3,
         ..WorldOptions::default()
     });
-    let mut activator = Activator::start(&world, "");
+    let checks = tempfile::tempdir().unwrap();
+    let health_log = checks.path().join("health.log");
+    let extra = format!(
+        "confirm_timeout_secs = 600\n\
+         [[health.commands]]\n\
+         command = [\"/bin/sh\", \"-c\", \"echo checked >> '{}'\"]\n",
+        health_log.display()
+    );
+    let mut activator = Activator::start(&world, &extra);
     let certificate = approved(&world.statement(&policy_text(), 1));
 
     let events = activate_and_kill(
@@ -237,8 +276,147 @@ fn kill_during_switch_script_recovers() {
     assert_eq!(finished_events(&events), 0, "{events:?}");
     assert_eq!(intent_step(&activator), Some(IntentStep::Switch));
 
+    // The switch finishes without the activator.
+    let status = run_file(&activator, "switch-1.status");
+    wait_for("the detached switch to finish", || status.exists());
+    let recorded: serde_json::Value =
+        serde_json::from_slice(&fs::read(&status).unwrap()).unwrap();
+    assert_eq!(recorded, serde_json::json!({"exited": {"wait_status": 0}}));
+    assert_eq!(
+        world.switch_log_lines(),
+        [format!("switch {}", world.target)]
+    );
+    assert!(!health_log.exists());
+
     activator.restart();
-    assert_recovered(&activator, &world, &certificate, "switch");
+    let mut awaiting = None;
+    wait_for("the resumed confirmation window", || {
+        awaiting = Some(activator.request(STATUS_REQUEST));
+        matches!(
+            awaiting.as_ref().unwrap().last(),
+            Some(Event::Status {
+                awaiting_confirmation: Some(1),
+                ..
+            })
+        )
+    });
+    assert!(
+        matches!(
+            awaiting.unwrap().last(),
+            Some(Event::Status {
+                activating: Some(1),
+                last_proposal: 1,
+                ..
+            })
+        ),
+        "the status shows the activation in progress"
+    );
+    assert_eq!(fs::read_to_string(&health_log).unwrap(), "checked\n");
+    assert_eq!(activator.confirm(1), [Event::Confirmed { proposal: 1 }]);
+
+    wait_for("the resumed activation to finish", || {
+        activator.record_kinds().len() == 2
+    });
+    assert_eq!(
+        activator.record_kinds(),
+        ["accepted 1", "finished 1 Activated"],
+        "{}",
+        activator.log()
+    );
+    let message = activator.last_message();
+    assert!(message.contains("restarted during the switch"), "{message}");
+    assert!(message.contains("finished with status 0"), "{message}");
+    assert_eq!(activator.profile_target(), world.target.as_path());
+    assert_eq!(
+        world.switch_log_lines(),
+        [format!("switch {}", world.target)]
+    );
+    let state = read_state(&activator.state_dir).unwrap();
+    assert_eq!(state.intent, None);
+    verify_history(&activator.state_dir).unwrap();
+
+    let (outcome, _, message) = finished(&activator.activate(&certificate));
+    assert_eq!(outcome, Outcome::Refused, "{message}");
+}
+
+#[test]
+fn kill_during_failing_switch_rolls_back() {
+    let world = World::build(WorldOptions {
+        fail_switch: true,
+        switch_delay_secs: 2,
+    });
+    let mut activator = Activator::start(&world, "");
+    let certificate = approved(&world.statement(&policy_text(), 1));
+
+    activate_and_kill(
+        &activator,
+        &certificate,
+        "the target's switch-to-configuration",
+        || !world.switch_log_lines().is_empty(),
+    );
+    let status = run_file(&activator, "switch-1.status");
+    wait_for("the detached switch to finish", || status.exists());
+
+    activator.restart();
+    let message = assert_recovered(&activator, &world, &certificate, "switch");
+    assert!(message.contains("exited with exit status: 1"), "{message}");
+    assert!(message.contains("generation 1"), "{message}");
+    assert_eq!(
+        world.switch_log_lines(),
+        [
+            format!("switch {}", world.target),
+            format!("switch {}", world.base)
+        ]
+    );
+}
+
+#[test]
+fn restart_waits_for_running_switch() {
+    let world = World::build(WorldOptions {
+        fail_switch: true,
+        switch_delay_secs: 6,
+    });
+    let mut activator = Activator::start(&world, "");
+    let certificate = approved(&world.statement(&policy_text(), 1));
+
+    activate_and_kill(
+        &activator,
+        &certificate,
+        "the target's switch-to-configuration",
+        || !world.switch_log_lines().is_empty(),
+    );
+    activator.restart();
+    let status = run_file(&activator, "switch-1.status");
+    assert!(
+        !status.exists(),
+        "the target's switch ended before the restart"
+    );
+    let reply = activator.request(STATUS_REQUEST);
+    assert!(
+        matches!(
+            reply.last(),
+            Some(Event::Status {
+                activating: Some(1),
+                ..
+            })
+        ),
+        "{reply:?}"
+    );
+
+    // The base's switch may start only after the target's ended: the
+    // status file is written before the runner releases its lock.
+    wait_for("the recovery", || {
+        let lines = world.switch_log_lines();
+        let target_ended = status.exists();
+        assert!(
+            lines.len() == 1 || target_ended,
+            "the base's switch started while the target's still ran: \
+             {lines:?}"
+        );
+        activator.record_kinds().len() == 2
+    });
+    let message = assert_recovered(&activator, &world, &certificate, "switch");
+    assert!(message.contains("exited with exit status: 1"), "{message}");
     assert_eq!(
         world.switch_log_lines(),
         [
@@ -278,10 +456,10 @@ fn kill_in_confirmation_window_recovers() {
 }
 
 #[test]
-fn kill_of_test_action_recovers() {
+fn failing_test_action_recovers() {
     let world = World::build(WorldOptions {
-        switch_delay_secs: 60,
-        ..WorldOptions::default()
+        fail_switch: true,
+        switch_delay_secs: 2,
     });
     let mut activator = Activator::start(&world, "");
     let mut statement = world.statement(&policy_text(), 1);
@@ -294,6 +472,8 @@ fn kill_of_test_action_recovers() {
         "the target's switch-to-configuration",
         || !world.switch_log_lines().is_empty(),
     );
+    let status = run_file(&activator, "switch-1.status");
+    wait_for("the detached switch to finish", || status.exists());
 
     activator.restart();
     let message = assert_recovered(&activator, &world, &certificate, "switch");
@@ -307,4 +487,5 @@ fn kill_of_test_action_recovers() {
         ]
     );
     assert!(!message.contains("profile"), "{message}");
+    assert!(message.contains("exited with exit status: 1"), "{message}");
 }

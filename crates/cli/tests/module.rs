@@ -384,6 +384,12 @@ fn activator_options_reach_config() {
     let activator = countersign_activator::Config::parse(text)
         .unwrap_or_else(|error| panic!("{error}:\n{text}"));
     assert_eq!(activator.profile, Path::new("/nix/var/nix/profiles/other"));
+    assert_eq!(
+        activator.systemd_run,
+        Path::new(
+            "/nix/store/00000000000000000000000000000000-systemd/bin/systemd-run"
+        )
+    );
     assert_eq!(activator.confirm_timeout_secs, 300);
     assert_eq!(activator.pre_switch.len(), 1);
     assert_eq!(activator.pre_switch[0].command, ["/bin/snapshot", "root"]);

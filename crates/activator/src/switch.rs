@@ -1,0 +1,992 @@
+//! The detached run of a switch script, so that stopping or restarting
+//! the activator cannot cut a switch short.
+//!
+//! Each run of `TOPLEVEL/bin/switch-to-configuration ACTION` has a name
+//! (`switch-<proposal>` for the target, `rollback-<proposal>-<attempt>`
+//! for the base) and a set of files in [`SWITCH_RUNS_DIR`] of the state
+//! directory:
+//!
+//! - `NAME.lock`: the runner holds an exclusive `flock` on it for its
+//!   whole life;
+//! - `NAME.started`: written durably by the runner, while it holds the
+//!   lock, before it starts the script;
+//! - `NAME.log`: the script's standard output and standard error;
+//! - `NAME.status`: the script's wait status, written durably by the
+//!   runner before it exits;
+//! - `NAME.abandoned`: written durably by the activator, while it holds
+//!   the lock, when the runner had not started; a runner that takes the
+//!   lock later finds it and exits without running the script.
+//!
+//! The runner is the activator's own binary in its hidden `run-switch`
+//! mode ([`run_runner`]). With systemd (`/run/systemd/system` is a
+//! directory and the configured `systemd_run` is an executable file) it
+//! runs as a transient service unit, outside the activator's control
+//! group. Otherwise it runs as a process in a process group of its own,
+//! with its output going to the log file, never to a pipe.
+//!
+//! # Crash windows
+//!
+//! The intent for the switch step is written before the runner starts.
+//! Whoever takes the lock of a run when the runner does not hold it
+//! learns how the run ended ([`RunEnd`]): a status file means that the
+//! script finished with that status; a `started` marker without a status
+//! means that the runner died after it may have started the script; no
+//! marker at all means that the script never started, and the
+//! `abandoned` marker written then keeps a runner that is still on its
+//! way from starting it. The activator therefore never has to guess
+//! whether a runner is about to start, and before it starts a run it
+//! waits for every other run in the directory to end, so two switch
+//! scripts never run at once.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::{self, Read};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use countersign_core::{Action, StorePath};
+use serde::{Deserialize, Serialize};
+
+use crate::nix::CLEAN_PATH;
+use crate::state;
+use crate::system::SWITCH_SCRIPT;
+
+/// Directory of the run files inside the state directory.
+pub const SWITCH_RUNS_DIR: &str = "switch-runs";
+
+/// The directory that exists when systemd is the init system, as
+/// `sd_booted(3)` checks.
+pub const SYSTEMD_RUNTIME_DIR: &str = "/run/systemd/system";
+
+/// Name of the hidden subcommand of `countersign-activator` that runs a
+/// switch script detached.
+pub const RUNNER_SUBCOMMAND: &str = "run-switch";
+
+/// Maximum bytes of one output line; a longer line arrives in pieces.
+const MAX_LOG_LINE_BYTES: usize = 16 * 1024;
+
+/// How long a runner may take from its launch to its `started` marker
+/// before the activator abandons it.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Pause between two looks at the run files.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Interval of the log messages while the activator waits for a runner
+/// that it did not start itself.
+const WAIT_REPORT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Exit status of a runner that did not run the script because its run
+/// was abandoned or had run before.
+const RUNNER_SKIPPED: u8 = 3;
+
+/// One run of a switch script and its files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Run {
+    directory: PathBuf,
+    name: String,
+}
+
+impl Run {
+    /// Returns the run of the target's script of `proposal`; a proposal
+    /// is activated once, so its name is used once.
+    pub(crate) fn target(state_dir: &Path, proposal: u64) -> Self {
+        Self {
+            directory: state_dir.join(SWITCH_RUNS_DIR),
+            name: format!("switch-{proposal}"),
+        }
+    }
+
+    /// Returns the next unused run of the base's script of `proposal`.
+    /// A rollback that a crash interrupted runs again under a new name,
+    /// so no name ever belongs to two runners.
+    pub(crate) fn next_base(state_dir: &Path, proposal: u64) -> Self {
+        let directory = state_dir.join(SWITCH_RUNS_DIR);
+        let mut attempt = 1;
+        loop {
+            let run = Self {
+                directory: directory.clone(),
+                name: format!("rollback-{proposal}-{attempt}"),
+            };
+            if !run.file("lock").exists() {
+                return run;
+            }
+            attempt += 1;
+        }
+    }
+
+    fn file(&self, extension: &str) -> PathBuf {
+        self.directory.join(format!("{}.{extension}", self.name))
+    }
+
+    /// Returns the name of the transient systemd unit of this run.
+    pub(crate) fn unit_name(&self) -> String {
+        format!("countersign-{}.service", self.name)
+    }
+
+    /// Returns the proposal number in the run's name.
+    fn proposal(&self) -> Option<u64> {
+        let rest = self
+            .name
+            .strip_prefix("switch-")
+            .or_else(|| self.name.strip_prefix("rollback-"))?;
+        rest.split('-').next()?.parse().ok()
+    }
+
+    fn open_lock(&self) -> io::Result<File> {
+        fs::create_dir_all(&self.directory)?;
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(self.file("lock"))
+    }
+
+    /// Returns how the run ended, from its files; the caller holds its
+    /// lock, so no runner of it runs now. A run that had not started is
+    /// marked abandoned durably.
+    fn classify_locked(&self) -> Result<RunEnd, String> {
+        let status_path = self.file("status");
+        match fs::read(&status_path) {
+            Ok(bytes) => {
+                let status: RunStatus = serde_json::from_slice(&bytes)
+                    .map_err(|error| {
+                        format!(
+                            "the switch status file {} is invalid: {error}",
+                            status_path.display()
+                        )
+                    })?;
+                return Ok(RunEnd::Finished(status));
+            }
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => {
+                return Err(format!(
+                    "cannot read the switch status file {}: {error}",
+                    status_path.display()
+                ));
+            }
+        }
+        if self.file("started").exists() {
+            return Ok(RunEnd::DiedWithoutStatus);
+        }
+        state::write_atomically(&self.file("abandoned"), b"abandoned\n")
+            .map_err(|error| {
+                format!(
+                    "cannot mark the switch run {} as abandoned: {error}",
+                    self.name
+                )
+            })?;
+        Ok(RunEnd::NeverStarted)
+    }
+
+    /// Waits until no runner of this run holds its lock, logging every
+    /// few seconds, and returns how the run ended.
+    pub(crate) fn settle(&self) -> Result<RunEnd, String> {
+        let lock = self.open_lock().map_err(|error| {
+            format!(
+                "opening the switch lock file {} failed: {error}; check that the state directory is writable",
+                self.file("lock").display()
+            )
+        })?;
+        let started = Instant::now();
+        let mut reported = started;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(TryLockError::WouldBlock) => {}
+                Err(TryLockError::Error(error)) => {
+                    return Err(format!(
+                        "locking the switch lock file {} failed: {error}",
+                        self.file("lock").display()
+                    ));
+                }
+            }
+            if reported.elapsed() >= WAIT_REPORT_INTERVAL {
+                reported = Instant::now();
+                tracing::info!(
+                    run = %self.name,
+                    waited_secs = started.elapsed().as_secs(),
+                    "waiting for a detached switch-to-configuration to end"
+                );
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+        self.classify_locked()
+    }
+
+    /// Returns how the run ended, or `None` while a runner holds its
+    /// lock, without waiting.
+    pub(crate) fn try_settle(&self) -> Result<Option<RunEnd>, String> {
+        let lock = self.open_lock().map_err(|error| {
+            format!(
+                "opening the switch lock file {} failed: {error}; check that the state directory is writable",
+                self.file("lock").display()
+            )
+        })?;
+        match lock.try_lock() {
+            Ok(()) => self.classify_locked().map(Some),
+            Err(TryLockError::WouldBlock) => Ok(None),
+            Err(TryLockError::Error(error)) => Err(format!(
+                "locking the switch lock file {} failed: {error}",
+                self.file("lock").display()
+            )),
+        }
+    }
+
+    fn remove_files(&self) {
+        for extension in ["log", "status", "started", "abandoned", "lock"] {
+            let path = self.file(extension);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(error) => tracing::warn!(
+                    path = %path.display(),
+                    %error,
+                    "cannot remove the file of an old switch run"
+                ),
+            }
+        }
+    }
+}
+
+/// The wait status of a switch script, or why it could not be started,
+/// as the runner records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub(crate) enum RunStatus {
+    /// The script ran; the raw wait status of `waitpid(2)`.
+    Exited { wait_status: i32 },
+    /// The runner could not start the script.
+    NotRun { error: String },
+}
+
+/// The end of a run, as the activator finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RunEnd {
+    Finished(RunStatus),
+    /// The runner died after its `started` marker and recorded no status.
+    // NOTE: without systemd, a runner killed on its own leaves its script
+    // running without the lock, so a rollback may overlap it; with
+    // systemd, the end of the runner's unit stops the script too.
+    DiedWithoutStatus,
+    /// The runner never started the script, and the run is abandoned.
+    NeverStarted,
+}
+
+impl RunEnd {
+    /// Returns whether the script exited with status 0.
+    pub(crate) fn succeeded(&self) -> bool {
+        matches!(
+            self,
+            Self::Finished(RunStatus::Exited { wait_status })
+                if ExitStatus::from_raw(*wait_status).success()
+        )
+    }
+
+    /// Returns `Ok` when the script exited with status 0, and otherwise
+    /// an error that names the script as `description`.
+    pub(crate) fn into_result(self, description: &str) -> Result<(), String> {
+        match self {
+            Self::Finished(RunStatus::Exited { wait_status }) => {
+                let status = ExitStatus::from_raw(wait_status);
+                if status.success() {
+                    Ok(())
+                } else {
+                    Err(format!("`{description}` exited with {status}"))
+                }
+            }
+            Self::Finished(RunStatus::NotRun { error }) => {
+                Err(format!("`{description}` failed: {error}"))
+            }
+            Self::DiedWithoutStatus => Err(format!(
+                "the runner of `{description}` ended without recording an \
+                 exit status, so the script may have stopped part-way"
+            )),
+            Self::NeverStarted => Err(format!(
+                "the runner of `{description}` never started the script"
+            )),
+        }
+    }
+}
+
+/// The way a runner is launched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Launcher {
+    /// A transient service unit through this `systemd-run`.
+    Systemd { systemd_run: PathBuf },
+    /// A process in a process group of its own.
+    Process,
+}
+
+impl Launcher {
+    /// Chooses systemd when `runtime_dir` (normally
+    /// [`SYSTEMD_RUNTIME_DIR`]) is a directory and `systemd_run` an
+    /// executable file, and a process otherwise.
+    pub(crate) fn choose(runtime_dir: &Path, systemd_run: &Path) -> Self {
+        if !runtime_dir.is_dir() {
+            return Self::Process;
+        }
+        if is_executable_file(systemd_run) {
+            return Self::Systemd {
+                systemd_run: systemd_run.to_owned(),
+            };
+        }
+        tracing::warn!(
+            systemd_run = %systemd_run.display(),
+            "systemd runs this machine, but `systemd_run` is not an \
+             executable file, so the switch runs as a process in the \
+             activator's own control group, and stopping the activator's \
+             unit stops it too; set `systemd_run` to the path of \
+             systemd-run"
+        );
+        Self::Process
+    }
+}
+
+fn is_executable_file(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(path).is_ok_and(|metadata| {
+        metadata.is_file() && metadata.permissions().mode() & 0o111 != 0
+    })
+}
+
+/// Returns the arguments of the runner subcommand for `run`.
+fn runner_args(
+    run: &Run,
+    toplevel: &StorePath,
+    action: Action,
+) -> Vec<OsString> {
+    vec![
+        RUNNER_SUBCOMMAND.into(),
+        "--directory".into(),
+        run.directory.clone().into(),
+        "--run".into(),
+        run.name.clone().into(),
+        "--toplevel".into(),
+        toplevel.as_str().into(),
+        "--action".into(),
+        action.as_str().into(),
+    ]
+}
+
+/// Returns the arguments of `systemd-run` that start `runner` with
+/// `runner_args` as the transient service `unit`. The type `exec` makes
+/// `systemd-run` report a runner that cannot be executed. The unit asks
+/// for no password and is garbage-collected when it ends, even after a
+/// failure. It gets `LOCALE_ARCHIVE` when the activator has it, and
+/// otherwise the manager's environment, not the activator's, so
+/// `NIXOS_INSTALL_BOOTLOADER` never reaches it.
+pub(crate) fn systemd_run_args(
+    unit: &str,
+    description: &str,
+    runner: &Path,
+    runner_args: &[OsString],
+    locale_archive: Option<&OsStr>,
+) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec![
+        format!("--unit={unit}").into(),
+        format!("--description={description}").into(),
+        "--service-type=exec".into(),
+        "--no-ask-password".into(),
+        "--quiet".into(),
+        "--collect".into(),
+        "--working-directory=/".into(),
+    ];
+    if let Some(archive) = locale_archive {
+        let mut setting = OsString::from("--setenv=LOCALE_ARCHIVE=");
+        setting.push(archive);
+        args.push(setting);
+    }
+    args.push(runner.into());
+    args.extend(runner_args.iter().cloned());
+    args
+}
+
+/// Runs `TOPLEVEL/bin/switch-to-configuration ACTION` detached as `run`,
+/// passes each line of its output to `on_line`, and returns when it
+/// ended. Any exit status other than 0 is a failure, including 4, with
+/// which NixOS reports that some units failed after the switch.
+pub(crate) fn run_detached(
+    launcher: &Launcher,
+    run: &Run,
+    toplevel: &StorePath,
+    action: Action,
+    on_line: &mut dyn FnMut(&str),
+) -> Result<(), String> {
+    let description = format!("{toplevel}/{SWITCH_SCRIPT} {action}");
+    settle_other_runs(run)?;
+    if run.file("lock").exists() {
+        return Err(format!(
+            "the switch run {} has files in {} already, so it may have run \
+             before; move them away and propose again",
+            run.name,
+            run.directory.display()
+        ));
+    }
+    let lock = run.open_lock().map_err(|error| {
+        format!(
+            "creating the switch lock file {} failed: {error}; check that the state directory is writable",
+            run.file("lock").display()
+        )
+    })?;
+    let log_path = run.file("log");
+    let log = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(&log_path)
+        .map_err(|error| {
+            format!(
+                "cannot create the switch log {}: {error}",
+                log_path.display()
+            )
+        })?;
+    let mut follower = LogFollower::open(&log_path)?;
+
+    let mut child =
+        launch(launcher, run, toplevel, action, log, &description)?;
+    tracing::info!(
+        run = %run.name,
+        launcher = ?launcher,
+        "switch-to-configuration launched detached"
+    );
+    let end = follow_run(run, &lock, child.as_mut(), &mut follower, on_line);
+    if let Some(mut child) = child
+        && let Err(error) = child.wait()
+    {
+        tracing::warn!(run = %run.name, %error, "cannot reap the runner");
+    }
+    end?.into_result(&description)
+}
+
+/// Starts the runner of `run` with `launcher`; returns the child when it
+/// is a process of the activator's.
+fn launch(
+    launcher: &Launcher,
+    run: &Run,
+    toplevel: &StorePath,
+    action: Action,
+    log: File,
+    description: &str,
+) -> Result<Option<Child>, String> {
+    let runner = std::env::current_exe().map_err(|error| {
+        format!(
+            "cannot find the activator's own binary to run `{description}`: \
+             {error}"
+        )
+    })?;
+    let args = runner_args(run, toplevel, action);
+    let locale_archive = std::env::var_os("LOCALE_ARCHIVE");
+    let launched = match launcher {
+        // NOTE: this branch needs systemd as the init system, which the
+        // test machines lack; only its argument list is tested.
+        Launcher::Systemd { systemd_run } => {
+            let unit = run.unit_name();
+            let mut command = Command::new(systemd_run);
+            command
+                .args(systemd_run_args(
+                    &unit,
+                    &format!("countersign: {description}"),
+                    &runner,
+                    &args,
+                    locale_archive.as_deref(),
+                ))
+                .stdin(Stdio::null());
+            match command.output() {
+                Ok(output) if output.status.success() => Ok(None),
+                Ok(output) => Err(format!(
+                    "`{}` exited with {}: {}",
+                    systemd_run.display(),
+                    output.status,
+                    String::from_utf8_lossy(&output.stderr).trim()
+                )),
+                Err(error) => Err(format!(
+                    "cannot run {}: {error}",
+                    systemd_run.display()
+                )),
+            }
+        }
+        Launcher::Process => {
+            let errors = log.try_clone().map_err(|error| {
+                format!("cannot share the switch log: {error}")
+            })?;
+            let mut command = Command::new(&runner);
+            command
+                .args(&args)
+                .env_clear()
+                .env("PATH", CLEAN_PATH)
+                .current_dir("/")
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(log))
+                .stderr(Stdio::from(errors))
+                // A group of its own keeps the runner alive when the
+                // activator's group is killed, as by a terminal's
+                // interrupt or a test that kills the activator.
+                .process_group(0);
+            if let Some(archive) = &locale_archive {
+                command.env("LOCALE_ARCHIVE", archive);
+            }
+            command.spawn().map(Some).map_err(|error| {
+                format!("cannot start {}: {error}", runner.display())
+            })
+        }
+    };
+    launched.map_err(|error| {
+        // A runner that the manager starts later must not run the script.
+        if let Err(settle_error) = run.settle() {
+            tracing::error!(run = %run.name, error = %settle_error, "cannot abandon a switch run");
+        }
+        format!("starting the detached `{description}` failed: {error}")
+    })
+}
+
+/// Waits for the runner's `started` marker, then forwards the log until
+/// the runner releases the lock, and returns how the run ended.
+fn follow_run(
+    run: &Run,
+    lock: &File,
+    mut child: Option<&mut Child>,
+    follower: &mut LogFollower,
+    on_line: &mut dyn FnMut(&str),
+) -> Result<RunEnd, String> {
+    let launched = Instant::now();
+    let started_path = run.file("started");
+    while !started_path.exists() {
+        let exited = match child.as_deref_mut() {
+            Some(child) => child.try_wait().map_err(|error| {
+                format!("cannot check the switch runner {}: {error}", run.name)
+            })?,
+            None => None,
+        };
+        if exited.is_some() || launched.elapsed() >= START_TIMEOUT {
+            follower.finish(on_line);
+            let end = run.settle()?;
+            if end == RunEnd::NeverStarted {
+                tracing::error!(
+                    run = %run.name,
+                    runner_exit = ?exited,
+                    timeout_secs = START_TIMEOUT.as_secs(),
+                    "the switch runner did not start the script"
+                );
+            }
+            return Ok(end);
+        }
+        follower.poll(on_line);
+        std::thread::sleep(POLL_INTERVAL);
+    }
+    loop {
+        follower.poll(on_line);
+        match lock.try_lock() {
+            Ok(()) => break,
+            Err(TryLockError::WouldBlock) => {}
+            Err(TryLockError::Error(error)) => {
+                return Err(format!(
+                    "locking the switch lock file {} failed: {error}",
+                    run.file("lock").display()
+                ));
+            }
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+    follower.finish(on_line);
+    run.classify_locked()
+}
+
+/// Waits for every other run in the directory of `run` to end, so that
+/// no two switch scripts run at once, and removes the files of ended
+/// runs of earlier proposals.
+fn settle_other_runs(run: &Run) -> Result<(), String> {
+    let entries = match fs::read_dir(&run.directory) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            return Ok(());
+        }
+        Err(error) => {
+            return Err(format!(
+                "cannot list the switch runs in {}: {error}",
+                run.directory.display()
+            ));
+        }
+    };
+    let mut others = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|error| {
+            format!(
+                "cannot list the switch runs in {}: {error}",
+                run.directory.display()
+            )
+        })?;
+        let file_name = entry.file_name();
+        let Some(name) = file_name
+            .to_str()
+            .and_then(|name| name.strip_suffix(".lock"))
+        else {
+            continue;
+        };
+        if name != run.name {
+            others.push(Run {
+                directory: run.directory.clone(),
+                name: name.to_owned(),
+            });
+        }
+    }
+    for other in others {
+        let end = other.settle()?;
+        let ended =
+            matches!(end, RunEnd::Finished(_) | RunEnd::DiedWithoutStatus);
+        if ended && other.proposal() < run.proposal() {
+            other.remove_files();
+        }
+    }
+    Ok(())
+}
+
+/// Reads the lines that a runner appends to its log file.
+struct LogFollower {
+    file: File,
+    pending: Vec<u8>,
+}
+
+impl LogFollower {
+    fn open(path: &Path) -> Result<Self, String> {
+        let file = File::open(path).map_err(|error| {
+            format!("cannot read the switch log {}: {error}", path.display())
+        })?;
+        Ok(Self {
+            file,
+            pending: Vec::new(),
+        })
+    }
+
+    /// Passes each complete line read so far to `on_line`.
+    fn poll(&mut self, on_line: &mut dyn FnMut(&str)) {
+        let mut buffer = [0; 8192];
+        loop {
+            match self.file.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(read) => self.pending.extend_from_slice(&buffer[..read]),
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the switch log");
+                    break;
+                }
+            }
+        }
+        self.emit_lines(on_line);
+    }
+
+    /// Passes the rest of the log, a last line without a line break
+    /// included, to `on_line`.
+    fn finish(&mut self, on_line: &mut dyn FnMut(&str)) {
+        self.poll(on_line);
+        if !self.pending.is_empty() {
+            let rest = std::mem::take(&mut self.pending);
+            on_line(&text_of(&rest));
+        }
+    }
+
+    fn emit_lines(&mut self, on_line: &mut dyn FnMut(&str)) {
+        let mut start = 0;
+        loop {
+            let rest = &self.pending[start..];
+            let limit = rest.len().min(MAX_LOG_LINE_BYTES);
+            match rest[..limit].iter().position(|byte| *byte == b'\n') {
+                Some(end) => {
+                    on_line(&text_of(&rest[..end]));
+                    start += end + 1;
+                }
+                None if limit == MAX_LOG_LINE_BYTES => {
+                    on_line(&text_of(&rest[..limit]));
+                    start += limit;
+                }
+                None => break,
+            }
+        }
+        self.pending.drain(..start);
+    }
+}
+
+fn text_of(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes)
+        .trim_end_matches(['\n', '\r'])
+        .to_owned()
+}
+
+/// The arguments of the runner subcommand.
+#[derive(Debug, Clone)]
+pub struct RunnerArgs {
+    pub directory: PathBuf,
+    pub run: String,
+    pub toplevel: String,
+    pub action: String,
+}
+
+/// Runs the switch script of one run as the runner: takes the run's
+/// lock, writes the `started` marker, runs the script with its output
+/// appended to the run's log, and writes its wait status. Reads no
+/// configuration and opens no socket. Returns the process exit code.
+pub fn run_runner(args: &RunnerArgs) -> u8 {
+    match runner(args) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("countersign-activator {RUNNER_SUBCOMMAND}: {error}");
+            1
+        }
+    }
+}
+
+fn runner(args: &RunnerArgs) -> Result<u8, String> {
+    let valid_name = !args.run.is_empty()
+        && args
+            .run
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-');
+    if !valid_name || !args.directory.is_absolute() {
+        return Err(format!(
+            "invalid run {:?} in {}: give an absolute directory and a name \
+             of letters, digits and dashes",
+            args.run,
+            args.directory.display()
+        ));
+    }
+    let toplevel = StorePath::parse(&args.toplevel).map_err(|error| {
+        format!("invalid --toplevel {:?}: {error}", args.toplevel)
+    })?;
+    let action: Action = args.action.parse().map_err(|error| {
+        format!("invalid --action {:?}: {error}", args.action)
+    })?;
+    let run = Run {
+        directory: args.directory.clone(),
+        name: args.run.clone(),
+    };
+    let lock = run.open_lock().map_err(|error| {
+        format!("cannot open {}: {error}", run.file("lock").display())
+    })?;
+    lock.lock().map_err(|error| {
+        format!("cannot lock {}: {error}", run.file("lock").display())
+    })?;
+    for marker in ["abandoned", "started", "status"] {
+        if run.file(marker).exists() {
+            eprintln!(
+                "countersign-activator {RUNNER_SUBCOMMAND}: not running \
+                 `{toplevel}/{SWITCH_SCRIPT} {action}`, because {} exists",
+                run.file(marker).display()
+            );
+            return Ok(RUNNER_SKIPPED);
+        }
+    }
+    state::write_atomically(
+        &run.file("started"),
+        format!("{}\n", std::process::id()).as_bytes(),
+    )
+    .map_err(|error| error.to_string())?;
+
+    let status = run_script(&run, &toplevel, action);
+    let bytes = serde_json::to_vec(&status).expect("a run status serializes");
+    state::write_atomically(&run.file("status"), &bytes)
+        .map_err(|error| error.to_string())?;
+    // The lock is released when the process exits, after the status is
+    // durable.
+    drop(lock);
+    Ok(0)
+}
+
+/// Runs the script with its output appended to the run's log.
+fn run_script(run: &Run, toplevel: &StorePath, action: Action) -> RunStatus {
+    let spawned = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(run.file("log"))
+        .and_then(|log| {
+            let errors = log.try_clone()?;
+            crate::system::switch_command(toplevel, action)
+                .stdout(Stdio::from(log))
+                .stderr(Stdio::from(errors))
+                .spawn()
+        })
+        .and_then(|mut child| child.wait());
+    match spawned {
+        Ok(status) => RunStatus::Exited {
+            wait_status: status.into_raw(),
+        },
+        Err(error) => RunStatus::NotRun {
+            error: error.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toplevel() -> StorePath {
+        StorePath::parse(
+            "/nix/store/zyxwvsrqpnmlkjihgfdcba9876543210-nixos-system-b",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn systemd_run_arguments() {
+        let run = Run::target(Path::new("/var/lib/countersign-activator"), 7);
+        let args = systemd_run_args(
+            &run.unit_name(),
+            "countersign: switch",
+            Path::new("/nix/store/x-countersign/bin/countersign-activator"),
+            &runner_args(&run, &toplevel(), Action::Switch),
+            Some(OsStr::new("/nix/store/y-glibc-locales/lib/locale")),
+        );
+        let args: Vec<&str> =
+            args.iter().map(|arg| arg.to_str().unwrap()).collect();
+        assert_eq!(
+            args,
+            [
+                "--unit=countersign-switch-7.service",
+                "--description=countersign: switch",
+                "--service-type=exec",
+                "--no-ask-password",
+                "--quiet",
+                "--collect",
+                "--working-directory=/",
+                "--setenv=LOCALE_ARCHIVE=/nix/store/y-glibc-locales/lib/locale",
+                "/nix/store/x-countersign/bin/countersign-activator",
+                "run-switch",
+                "--directory",
+                "/var/lib/countersign-activator/switch-runs",
+                "--run",
+                "switch-7",
+                "--toplevel",
+                "/nix/store/zyxwvsrqpnmlkjihgfdcba9876543210-nixos-system-b",
+                "--action",
+                "switch",
+            ]
+        );
+    }
+
+    #[test]
+    fn systemd_run_without_locale_passes_no_environment() {
+        let run = Run::target(Path::new("/s"), 1);
+        let args = systemd_run_args(
+            "u",
+            "d",
+            Path::new("/r"),
+            &runner_args(&run, &toplevel(), Action::Test),
+            None,
+        );
+        assert!(
+            !args
+                .iter()
+                .any(|arg| arg.to_string_lossy().starts_with("--setenv")),
+            "{args:?}"
+        );
+        assert!(
+            !args
+                .iter()
+                .any(|arg| arg.to_string_lossy().contains("NIXOS_INSTALL")),
+            "{args:?}"
+        );
+    }
+
+    #[test]
+    fn launcher_without_systemd_is_process() {
+        let directory = tempfile::tempdir().unwrap();
+        let missing = directory.path().join("missing");
+        assert_eq!(
+            Launcher::choose(&missing, Path::new("/bin/sh")),
+            Launcher::Process
+        );
+        // systemd without an executable systemd-run falls back too.
+        assert_eq!(
+            Launcher::choose(directory.path(), &missing),
+            Launcher::Process
+        );
+        assert_eq!(
+            Launcher::choose(directory.path(), Path::new("/bin/sh")),
+            Launcher::Systemd {
+                systemd_run: PathBuf::from("/bin/sh")
+            }
+        );
+    }
+
+    #[test]
+    fn base_runs_get_new_names() {
+        let directory = tempfile::tempdir().unwrap();
+        let first = Run::next_base(directory.path(), 4);
+        assert_eq!(first.name, "rollback-4-1");
+        first.open_lock().unwrap();
+        let second = Run::next_base(directory.path(), 4);
+        assert_eq!(second.name, "rollback-4-2");
+        assert_eq!(second.proposal(), Some(4));
+        assert_eq!(Run::target(directory.path(), 12).proposal(), Some(12));
+    }
+
+    #[test]
+    fn unstarted_run_is_abandoned() {
+        let directory = tempfile::tempdir().unwrap();
+        let run = Run::target(directory.path(), 3);
+        assert_eq!(run.try_settle().unwrap(), Some(RunEnd::NeverStarted));
+        assert!(run.file("abandoned").exists());
+        // A runner that arrives after the recovery does not run.
+        let code = run_runner(&RunnerArgs {
+            directory: run.directory.clone(),
+            run: run.name.clone(),
+            toplevel: toplevel().as_str().to_owned(),
+            action: "switch".to_owned(),
+        });
+        assert_eq!(code, RUNNER_SKIPPED);
+        assert!(!run.file("started").exists());
+    }
+
+    #[test]
+    fn held_lock_means_running() {
+        let directory = tempfile::tempdir().unwrap();
+        let run = Run::target(directory.path(), 3);
+        let lock = run.open_lock().unwrap();
+        lock.lock().unwrap();
+        assert_eq!(run.try_settle().unwrap(), None);
+        assert!(!run.file("abandoned").exists());
+        drop(lock);
+        assert_eq!(run.try_settle().unwrap(), Some(RunEnd::NeverStarted));
+    }
+
+    #[test]
+    fn recorded_status_is_read() {
+        let directory = tempfile::tempdir().unwrap();
+        let run = Run::target(directory.path(), 3);
+        run.open_lock().unwrap();
+        fs::write(run.file("started"), "1\n").unwrap();
+        assert_eq!(run.try_settle().unwrap(), Some(RunEnd::DiedWithoutStatus));
+        let status = RunStatus::Exited {
+            wait_status: ExitStatus::from_raw(4 << 8).into_raw(),
+        };
+        fs::write(run.file("status"), serde_json::to_vec(&status).unwrap())
+            .unwrap();
+        let end = run.try_settle().unwrap().unwrap();
+        assert!(!end.succeeded());
+        let error = end.into_result("s switch").unwrap_err();
+        assert!(error.contains("exited with exit status: 4"), "{error}");
+    }
+
+    #[test]
+    fn long_lines_arrive_in_pieces() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("log");
+        let long = "x".repeat(MAX_LOG_LINE_BYTES + 10);
+        fs::write(&path, format!("one\n{long}\ntail")).unwrap();
+        let mut follower = LogFollower::open(&path).unwrap();
+        let mut lines = Vec::new();
+        follower.poll(&mut |line| lines.push(line.to_owned()));
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[0], "one");
+        assert_eq!(lines[1].len(), MAX_LOG_LINE_BYTES);
+        assert_eq!(lines[2], "x".repeat(10));
+        follower.finish(&mut |line| lines.push(line.to_owned()));
+        assert_eq!(lines.last().unwrap(), "tail");
+    }
+}
