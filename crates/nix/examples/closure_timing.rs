@@ -1,6 +1,6 @@
 //! Times the two ways of reading two closures: `nix path-info --json
-//! --recursive` (one call per system) and one recursive query of the Nix
-//! database per system; then the package diff and the system diff.
+//! --recursive` (one call per system) and the walk of the Nix database
+//! (both systems at once); then the package diff and the system diff.
 //!
 //! `closure_timing OLD NEW [ROUNDS]` prints the median of each, in
 //! milliseconds.

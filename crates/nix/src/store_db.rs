@@ -3,20 +3,23 @@
 //!
 //! `nix path-info --json --recursive` starts Nix, opens the store and
 //! serialises every path of the closure as JSON, one call per system.
-//! The same facts are in Nix's SQLite database, and one recursive query
-//! reads the union of both closures, thousands of paths, in a few
-//! milliseconds. The database is opened read-only with `query_only` set,
+//! The same facts are in Nix's SQLite database. A walk of the references
+//! there reads the union of both closures, thousands of paths, in a few
+//! milliseconds; each query reads one level of the walk, every path of
+//! it with its references. The database is opened read-only with
+//! `query_only` set,
 //! so this process can never change it. Whenever it cannot be used
 //! (another store is configured, the file cannot be opened, a system is
 //! not in it, the schema differs), the closures come from `nix
 //! path-info` instead, which returns the same closures.
 
-use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use countersign_core::StorePath;
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::closure::{ClosurePair, Side, is_store_path};
 use crate::error::{Error, Result};
@@ -52,8 +55,18 @@ pub fn closure_pair(
     Ok(ClosurePair::from_path_infos(&old_closure, &new_closure))
 }
 
+/// The most of the database that is mapped into memory for reading.
+/// Reading pages through the map saves a system call per page, and the
+/// query touches thousands of pages.
+const MMAP_BYTES: i64 = 1 << 30;
+
 /// Reads both closures from the Nix database at `db`. Returns `None`
 /// when a system is not a valid path there.
+///
+/// The two closures are walked on two threads, each with its own
+/// connection. A path is claimed by the first walk that reaches it, and
+/// only that walk reads it and follows its references, so the union is
+/// read once in all while the reading is shared between two cores.
 pub fn read_pair(
     db: &Path,
     old: Option<&StorePath>,
@@ -66,98 +79,192 @@ pub fn read_pair(
             format!("{error}; the diff asks nix path-info instead"),
         )
     };
+    let connection = open(db).map_err(sql_error)?;
+    // One read transaction per connection for all of its lookups,
+    // rather than one per statement.
+    let transaction = connection.unchecked_transaction().map_err(sql_error)?;
+    let Some(new_id) = root_id(&transaction, new).map_err(sql_error)? else {
+        return Ok(None);
+    };
+    let old_id = match old {
+        Some(old) => match root_id(&transaction, old).map_err(sql_error)? {
+            Some(id) => Some(id),
+            None => return Ok(None),
+        },
+        None => None,
+    };
+    let claimed = Mutex::new(FxHashSet::default());
+    let (new_walk, old_walk) = std::thread::scope(|scope| {
+        let old_walk = old_id.map(|id| {
+            let claimed = &claimed;
+            scope.spawn(move || {
+                let connection = open(db)?;
+                let transaction = connection.unchecked_transaction()?;
+                walk(&transaction, id, claimed)
+            })
+        });
+        let new_walk = walk(&transaction, new_id, &claimed);
+        let old_walk = old_walk.map(|thread| {
+            thread.join().expect("a closure walk does not panic")
+        });
+        (new_walk, old_walk)
+    });
+    let mut walks = vec![new_walk.map_err(sql_error)?];
+    if let Some(old_walk) = old_walk {
+        walks.push(old_walk.map_err(sql_error)?);
+    }
+    merge(walks, old_id, new_id).map_err(sql_error)
+}
+
+/// Opens the database at `db` for reading only.
+fn open(db: &Path) -> rusqlite::Result<Connection> {
     let connection = Connection::open_with_flags(
         db,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(sql_error)?;
-    connection
-        .busy_timeout(Duration::from_secs(2))
-        .map_err(sql_error)?;
-    connection
-        .pragma_update(None, "query_only", true)
-        .map_err(sql_error)?;
-    read_union(&connection, old, new).map_err(sql_error)
+    )?;
+    connection.busy_timeout(Duration::from_secs(2))?;
+    connection.pragma_update(None, "query_only", true)?;
+    connection.pragma_update(None, "mmap_size", MMAP_BYTES)?;
+    rusqlite::vtab::array::load_module(&connection)?;
+    Ok(connection)
 }
 
-/// Reads the union of both closures with one recursive query, since
-/// they overlap almost entirely, then walks each system's closure in
-/// memory to find its side.
-fn read_union(
+/// Returns the database id of `path`, or `None` when it is not a valid
+/// path.
+fn root_id(
     connection: &Connection,
-    old: Option<&StorePath>,
-    new: &StorePath,
-) -> rusqlite::Result<Option<ClosurePair>> {
-    let roots: Vec<&str> = old
-        .into_iter()
-        .chain([new])
-        .map(StorePath::as_str)
-        .collect();
-    let placeholders = vec!["?"; roots.len()].join(", ");
-    let sql = format!(
-        "WITH RECURSIVE closure(id) AS ( \
-           SELECT id FROM ValidPaths WHERE path IN ({placeholders}) \
-           UNION SELECT Refs.reference FROM Refs \
-           JOIN closure ON Refs.referrer = closure.id) \
-         SELECT ValidPaths.id, path, narSize, Refs.reference \
-         FROM closure JOIN ValidPaths ON ValidPaths.id = closure.id \
-         LEFT JOIN Refs ON Refs.referrer = closure.id"
-    );
-    let invalid = |path: &str, reason: &str| {
-        rusqlite::Error::InvalidColumnType(
-            1,
-            format!("{path}: {reason}"),
-            rusqlite::types::Type::Text,
+    path: &StorePath,
+) -> rusqlite::Result<Option<i64>> {
+    connection
+        .query_row(
+            "SELECT id FROM ValidPaths WHERE path = ?",
+            [path.as_str()],
+            |row| row.get(0),
         )
-    };
-    let mut pair = ClosurePair::default();
-    // One row per reference, or one for a path without references;
-    // `index` maps database ids to positions in `pair`.
-    let mut index: HashMap<i64, u32> = HashMap::new();
-    let mut references: Vec<Vec<i64>> = Vec::new();
-    {
-        let mut statement = connection.prepare(&sql)?;
-        let mut rows = statement.query(rusqlite::params_from_iter(&roots))?;
+        .optional()
+}
+
+fn invalid(what: &str, reason: &str) -> rusqlite::Error {
+    rusqlite::Error::InvalidColumnType(
+        1,
+        format!("{what}: {reason}"),
+        rusqlite::types::Type::Text,
+    )
+}
+
+/// The paths that one walk read: database id, path, NAR size and the
+/// ids of its references.
+#[derive(Default)]
+struct Walk {
+    ids: Vec<i64>,
+    paths: Vec<String>,
+    sizes: Vec<u64>,
+    references: Vec<Vec<i64>>,
+}
+
+/// Reads the paths reachable from `root` that no other walk claimed,
+/// one level at a time: each query reads every path of a level with its
+/// references.
+fn walk(
+    connection: &Connection,
+    root: i64,
+    claimed: &Mutex<FxHashSet<i64>>,
+) -> rusqlite::Result<Walk> {
+    let mut lookup = connection.prepare(
+        "SELECT ValidPaths.id, path, narSize, reference \
+         FROM rarray(?1) AS wanted \
+         JOIN ValidPaths ON ValidPaths.id = wanted.value \
+         LEFT JOIN Refs ON Refs.referrer = ValidPaths.id",
+    )?;
+    let mut found = Walk::default();
+    let mut level = vec![root];
+    while !level.is_empty() {
+        {
+            let mut claimed = claimed.lock().expect("no walk panics");
+            level.retain(|&id| claimed.insert(id));
+        }
+        if level.is_empty() {
+            break;
+        }
+        let wanted: rusqlite::vtab::array::Array = std::rc::Rc::new(
+            level
+                .iter()
+                .copied()
+                .map(rusqlite::types::Value::from)
+                .collect(),
+        );
+        let first = found.ids.len();
+        let mut next = Vec::new();
+        let mut rows = lookup.query([wanted])?;
         while let Some(row) = rows.next()? {
-            let id: i64 = row.get(0)?;
-            let at = match index.get(&id) {
-                Some(&at) => at as usize,
-                None => {
-                    let path: String = row.get(1)?;
-                    if !is_store_path(&path) {
-                        return Err(invalid(&path, "not a store path"));
-                    }
-                    let size: Option<i64> = row.get(2)?;
-                    index.insert(id, pair.paths.len() as u32);
-                    pair.paths.push(path);
-                    pair.sizes.push(
-                        size.and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
-                    );
-                    references.push(Vec::new());
-                    pair.paths.len() - 1
+            // Typed reads through `get_ref` skip the conversion layer of
+            // `get`, which shows in a walk of thousands of rows.
+            let id = row.get_ref(0)?.as_i64()?;
+            if found.ids.last() != Some(&id) || found.ids.len() == first {
+                let path = row.get_ref(1)?.as_str()?;
+                if !is_store_path(path) {
+                    return Err(invalid(path, "not a store path"));
                 }
-            };
-            if let Some(reference) = row.get::<_, Option<i64>>(3)? {
-                references[at].push(reference);
+                let size = row.get_ref(2)?.as_i64_or_null()?;
+                found.ids.push(id);
+                found.paths.push(path.to_owned());
+                found.sizes.push(
+                    size.and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
+                );
+                found.references.push(Vec::new());
+            }
+            if let Some(reference) = row.get_ref(3)?.as_i64_or_null()? {
+                found
+                    .references
+                    .last_mut()
+                    .expect("a path was read")
+                    .push(reference);
+                next.push(reference);
             }
         }
+        if found.ids.len() - first != level.len() {
+            return Err(invalid(
+                "a reference in the database",
+                "names no valid path",
+            ));
+        }
+        next.sort_unstable();
+        next.dedup();
+        level = next;
     }
-    for (at, refs) in references.iter().enumerate() {
-        let mut resolved = Vec::with_capacity(refs.len());
-        for reference in refs {
-            let position = *index.get(reference).ok_or_else(|| {
-                invalid(
-                    &pair.paths[at],
-                    "references a path not in the database",
-                )
+    Ok(found)
+}
+
+/// Puts the walks together into one pair and finds each path's side.
+fn merge(
+    walks: Vec<Walk>,
+    old: Option<i64>,
+    new: i64,
+) -> rusqlite::Result<Option<ClosurePair>> {
+    let mut pair = ClosurePair::default();
+    let mut index: FxHashMap<i64, u32> = FxHashMap::default();
+    let mut pending = Vec::new();
+    for walk in walks {
+        for (at, id) in walk.ids.iter().enumerate() {
+            index.insert(*id, (pair.paths.len() + at) as u32);
+        }
+        pair.paths.extend(walk.paths);
+        pair.sizes.extend(walk.sizes);
+        pending.extend(walk.references);
+    }
+    for references in &pending {
+        let mut resolved = Vec::with_capacity(references.len());
+        for reference in references {
+            let at = index.get(reference).ok_or_else(|| {
+                invalid("a reference in the database", "was not read")
             })?;
-            resolved.push(position);
+            resolved.push(*at);
         }
         pair.references.push(resolved);
     }
 
-    let reachable = |root: &str| -> Option<Vec<bool>> {
-        let start = pair.paths.iter().position(|path| path == root)?;
+    let reachable = |root: i64| -> Option<Vec<bool>> {
+        let start = *index.get(&root)? as usize;
         let mut seen = vec![false; pair.paths.len()];
         let mut stack = vec![start];
         seen[start] = true;
@@ -172,11 +279,11 @@ fn read_union(
         }
         Some(seen)
     };
-    let Some(in_new) = reachable(new.as_str()) else {
+    let Some(in_new) = reachable(new) else {
         return Ok(None);
     };
     let in_old = match old {
-        Some(old) => match reachable(old.as_str()) {
+        Some(old) => match reachable(old) {
             Some(seen) => seen,
             None => return Ok(None),
         },

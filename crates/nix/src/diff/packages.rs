@@ -7,9 +7,10 @@
 //! rules of `builtins.compareVersions`, which marks downgrades.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use countersign_core::StorePath;
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 
 use super::alerts::{Alert, AlertKind, Severity};
@@ -140,13 +141,19 @@ struct Group<'a> {
 }
 
 impl Group<'_> {
-    fn versions(&self) -> Vec<String> {
-        let unique: BTreeSet<&str> =
+    /// The distinct versions, in `builtins.compareVersions` order, with
+    /// equal-ranking spellings such as `1.0` and `1.00` kept apart.
+    fn version_list(&self) -> Vec<&str> {
+        let mut versions: Vec<&str> =
             self.paths.iter().map(|(version, _, _)| *version).collect();
-        let mut versions: Vec<String> =
-            unique.into_iter().map(str::to_owned).collect();
+        versions.sort_unstable();
+        versions.dedup();
         versions.sort_by(|a, b| compare_versions(a, b));
         versions
+    }
+
+    fn versions(&self) -> Vec<String> {
+        self.version_list().into_iter().map(str::to_owned).collect()
     }
 
     fn outputs(&self) -> Vec<String> {
@@ -177,7 +184,10 @@ pub fn diff_closures(old: &[PathInfo], new: &[PathInfo]) -> PackageDiff {
 /// can have changed, and in a system update those are a small part of
 /// the closure, so only their names are grouped and compared.
 pub fn diff_pair(pair: &ClosurePair) -> PackageDiff {
-    let mut changed_names: BTreeSet<&str> = BTreeSet::new();
+    let names: Vec<(&str, &str, Option<&str>)> = (0..pair.len())
+        .map(|at| split_name(pair.name(at)))
+        .collect();
+    let mut changed_names: FxHashSet<&str> = FxHashSet::default();
     let mut old_closure_size = 0u64;
     let mut new_closure_size = 0u64;
     let (mut old_path_count, mut new_path_count) = (0usize, 0usize);
@@ -191,15 +201,15 @@ pub fn diff_pair(pair: &ClosurePair) -> PackageDiff {
             new_path_count += 1;
         }
         if *side != Side::Both {
-            changed_names.insert(split_name(pair.name(at)).0);
+            changed_names.insert(names[at].0);
         }
     }
-    let mut old_groups: HashMap<&str, Group<'_>> = HashMap::new();
-    let mut new_groups: HashMap<&str, Group<'_>> = HashMap::new();
-    let mut counts: HashMap<(&str, &str, &str), (usize, usize)> =
-        HashMap::new();
+    let mut old_groups: FxHashMap<&str, Group<'_>> = FxHashMap::default();
+    let mut new_groups: FxHashMap<&str, Group<'_>> = FxHashMap::default();
+    let mut counts: FxHashMap<(&str, &str, &str), (usize, usize)> =
+        FxHashMap::default();
     for (at, side) in pair.sides.iter().enumerate() {
-        let (name, version, output) = split_name(pair.name(at));
+        let (name, version, output) = names[at];
         let output = output.unwrap_or("out");
         let count = counts.entry((name, version, output)).or_default();
         if side.in_old() {
@@ -250,6 +260,8 @@ pub fn diff_pair(pair: &ClosurePair) -> PackageDiff {
         regenerated: Vec::new(),
         largest_size_changes: Vec::new(),
     };
+    let mut changed_names: Vec<&str> = changed_names.into_iter().collect();
+    changed_names.sort_unstable();
     let mut size_changes = Vec::new();
     for name in &changed_names {
         let before = old_groups.get(name);
@@ -267,9 +279,14 @@ pub fn diff_pair(pair: &ClosurePair) -> PackageDiff {
             (None, Some(group)) => diff.added.push(group.describe(&name)),
             (Some(group), None) => diff.removed.push(group.describe(&name)),
             (Some(before), Some(after)) => {
-                let old_versions = before.versions();
-                let new_versions = after.versions();
-                if old_versions != new_versions {
+                let (old_list, new_list) =
+                    (before.version_list(), after.version_list());
+                if old_list != new_list {
+                    let owned = |list: Vec<&str>| -> Vec<String> {
+                        list.into_iter().map(str::to_owned).collect()
+                    };
+                    let (old_versions, new_versions) =
+                        (owned(old_list), owned(new_list));
                     let downgrade =
                         match (old_versions.last(), new_versions.last()) {
                             (Some(old), Some(new)) => {
@@ -286,13 +303,13 @@ pub fn diff_pair(pair: &ClosurePair) -> PackageDiff {
                         new_size: after.size,
                         size_delta,
                     });
-                } else if old_versions.iter().all(String::is_empty) {
+                } else if new_list.iter().all(|v| v.is_empty()) {
                     diff.regenerated.push(name);
                 } else {
                     let unexplained = same_references(pair, before, after);
                     diff.rebuilt.push(Rebuild {
                         name,
-                        versions: new_versions,
+                        versions: after.versions(),
                         size_delta,
                         unexplained,
                     });
@@ -320,13 +337,16 @@ fn same_references(
     before: &Group<'_>,
     after: &Group<'_>,
 ) -> bool {
-    let outside = |group: &Group<'_>| -> BTreeSet<u32> {
-        let own: Vec<usize> = group.paths.iter().map(|p| p.2).collect();
-        own.iter()
-            .flat_map(|&at| &pair.references[at])
+    let outside = |group: &Group<'_>| -> Vec<u32> {
+        let own = || group.paths.iter().map(|p| p.2 as u32);
+        let mut references: Vec<u32> = own()
+            .flat_map(|at| &pair.references[at as usize])
             .copied()
-            .filter(|&r| !own.contains(&(r as usize)))
-            .collect()
+            .filter(|&r| !own().any(|at| at == r))
+            .collect();
+        references.sort_unstable();
+        references.dedup();
+        references
     };
     outside(before) == outside(after)
 }

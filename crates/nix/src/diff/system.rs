@@ -517,7 +517,9 @@ fn node_of(resolved: Resolved) -> Result<Node> {
 fn hash_file(path: &Path) -> Result<String> {
     let mut file = File::open(path).map_err(|error| Error::io(path, error))?;
     let mut hasher = Sha256::new();
-    let mut buffer = [0u8; 64 * 1024];
+    // A small buffer: most files hashed are small, and the buffer is
+    // zeroed for each of the hundreds of them.
+    let mut buffer = [0u8; 8 * 1024];
     loop {
         let count = file
             .read(&mut buffer)

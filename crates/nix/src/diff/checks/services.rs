@@ -1,8 +1,8 @@
 //! Checks of what runs as root or opens the machine: setuid and capability
 //! wrappers, the firewall, activation snippets, tmpfiles and udev rules.
 
+use crate::Error;
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
 use std::path::Path;
 
 use countersign_core::StorePath;
@@ -553,8 +553,20 @@ fn commands_of(files: &SystemFiles) -> Result<BTreeMap<String, String>> {
     let Resolved::Directory { path } = resolve(&bin)? else {
         return Ok(commands);
     };
+    // The links are read relative to the opened folder, which spares
+    // the kernel a lookup of the whole path for each of the hundreds of
+    // commands.
+    let folder = rustix::fs::open(
+        &path,
+        rustix::fs::OFlags::RDONLY
+            | rustix::fs::OFlags::DIRECTORY
+            | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|error| Error::io(&path, error.into()))?;
     for name in read_dir_sorted(&path)? {
-        let provider = match fs::read_link(path.join(&name)) {
+        let provider = match rustix::fs::readlinkat(&folder, &name, Vec::new())
+        {
             Ok(link) => {
                 let link = link.to_string_lossy();
                 // The store path is the link's text up to the first `/`
