@@ -18,6 +18,7 @@ mod render;
 mod source;
 mod system;
 mod text;
+mod unit_file;
 
 use std::path::Path;
 
@@ -46,6 +47,7 @@ pub use system::{
     system_diff_from_nothing,
 };
 pub use text::{Hunk, NO_NEWLINE_MARKER};
+pub use unit_file::{DirectiveChange, UnitFile, directive_changes};
 
 use crate::error::{Error, Result};
 use crate::nix::Nix;

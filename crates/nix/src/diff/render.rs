@@ -377,6 +377,9 @@ fn render_entry_list(
                 escape(&bump.new_version)
             );
         }
+        for directive in &entry.directives {
+            let _ = writeln!(out, "{inner}{}", escape(&directive.describe()));
+        }
         if let Some(hunks) = &entry.hunks
             && !entry.only_store_paths_changed
         {

@@ -20,6 +20,7 @@ use super::redact::redact_secrets;
 use super::reduce::{VersionBump, reduce_store_paths, version_bumps};
 use super::references::{newly_named, regenerated_pairs};
 use super::text::{Hunk, as_text, diff_lines};
+use super::unit_file::{DirectiveChange, UnitFile, directive_changes};
 use crate::error::{Error, Result};
 use crate::store_read::{Resolved, read_dir_sorted, read_limited, resolve};
 
@@ -86,6 +87,11 @@ pub struct EntryChange {
     pub only_store_paths_changed: bool,
     /// Packages named in both texts with another version.
     pub version_bumps: Vec<VersionBump>,
+    /// For a systemd unit file or drop-in that is a file on both sides
+    /// or on one, the directives that differ, with store paths reduced.
+    /// Empty for other entries, and absent from the JSON when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub directives: Vec<DirectiveChange>,
     /// Changes inside generated, version-less store paths that the text
     /// names, such as a unit's `unit-script-*`, and the content of such
     /// paths that only the new text names. Their paths start with the
@@ -176,7 +182,7 @@ fn diff_systems(
         old_system: old.cloned(),
         new_system: new.clone(),
         toplevel: compare(&before.toplevel, &after.toplevel, 0)?,
-        units: compare(&before.units, &after.units, 0)?,
+        units: unit_changes(&before.units, &after.units)?,
         etc: compare(&before.etc, &after.etc, 0)?,
         specialisations,
         alerts: Vec::new(),
@@ -556,6 +562,7 @@ fn compare(
             lines_removed: None,
             only_store_paths_changed: false,
             version_bumps: Vec::new(),
+            directives: Vec::new(),
             referenced: Vec::new(),
         };
         add_text_diff(&mut change, depth)?;
@@ -602,6 +609,31 @@ fn add_text_diff(change: &mut EntryChange, depth: usize) -> Result<()> {
     change.lines_removed = Some(text.removed);
     change.hunks = Some(text.hunks);
     Ok(())
+}
+
+/// Compares the unit trees and adds to each unit file or drop-in that
+/// is a file the directives that differ.
+fn unit_changes(
+    old: &BTreeMap<String, Node>,
+    new: &BTreeMap<String, Node>,
+) -> Result<Vec<EntryChange>> {
+    let mut changes = compare(old, new, 0)?;
+    for change in &mut changes {
+        let parse = |node: &Option<Node>| -> Result<Option<UnitFile>> {
+            Ok(match node {
+                Some(node) => {
+                    node_text(node)?.map(|text| UnitFile::parse(&text))
+                }
+                None => Some(UnitFile::default()),
+            })
+        };
+        if let (Some(before), Some(after)) =
+            (parse(&change.old)?, parse(&change.new)?)
+        {
+            change.directives = directive_changes(&before, &after);
+        }
+    }
+    Ok(changes)
 }
 
 /// Compares the generated, version-less store paths that two texts

@@ -11,6 +11,7 @@
 mod access;
 mod boot;
 mod services;
+mod units;
 mod users;
 
 use std::collections::BTreeMap;
@@ -60,7 +61,7 @@ pub(super) fn run(
     sidecars(&mut ctx)?;
     other_etc(&mut ctx);
     services::system_path(&mut ctx)?;
-    units(&mut ctx)?;
+    units::check(&mut ctx)?;
     outside_links(&mut ctx);
     let mut alerts = ctx.alerts;
     super::alerts::sort_alerts(&mut alerts);
@@ -384,162 +385,6 @@ fn other_etc(ctx: &mut Ctx<'_>) {
         }
     }
     ctx.alerts.extend(found);
-}
-
-/// systemd units: added, removed, or changed beyond store paths.
-///
-/// NOTE: unit texts are compared line by line, not parsed into sections.
-/// Running as root, full-privilege command prefixes and removed
-/// sandboxing settings raise the severity; other settings get medium.
-fn units(ctx: &mut Ctx<'_>) -> Result<()> {
-    let mut found = Vec::new();
-    for change in &ctx.diff.units {
-        let enabling_link = change.path.contains(".wants/")
-            || change.path.contains(".requires/")
-            || change.path.contains(".upholds/");
-        if change.status == ChangeStatus::Changed
-            && (change.only_store_paths_changed || enabling_link)
-        {
-            // An enabling link's unit is reported on its own.
-            continue;
-        }
-        let old = ctx.old.unit_text(&change.path)?.unwrap_or_default();
-        let new = ctx.new.unit_text(&change.path)?.unwrap_or_default();
-        if change.status == ChangeStatus::Changed
-            && covered_elsewhere(change, &old, &new)
-        {
-            continue;
-        }
-        let (kind, severity, detail) = match change.status {
-            ChangeStatus::Added => {
-                let commands: Vec<String> = new
-                    .lines()
-                    .filter(|line| line.trim_start().starts_with("Exec"))
-                    .filter_map(|line| config_line(line, '\u{0}'))
-                    .collect();
-                let detail = if commands.is_empty() {
-                    "added".to_owned()
-                } else {
-                    format!("added, runs {}", quote_lines(&commands))
-                };
-                (AlertKind::UnitAdded, unit_severity(&[], &commands), detail)
-            }
-            ChangeStatus::Removed => (
-                AlertKind::UnitRemoved,
-                Severity::Medium,
-                "removed".to_owned(),
-            ),
-            ChangeStatus::Changed => {
-                let (added, removed) =
-                    line_changes(&old, &new, |line| config_line(line, '#'));
-                let mut detail = status_text(change);
-                let lines = added_removed(&added, &removed);
-                if !lines.is_empty() {
-                    detail.push_str(&format!(": {lines}"));
-                }
-                let mut severity = unit_severity(&removed, &added);
-                if runs_as_user(&old) && !runs_as_user(&new) {
-                    severity = Severity::High;
-                    detail.push_str("; now runs as root");
-                }
-                (AlertKind::UnitChanged, severity, detail)
-            }
-        };
-        let subject = format!("/etc/systemd/system/{}", change.path);
-        found.push(Alert::new(kind, severity, subject, detail));
-    }
-    ctx.alerts.extend(found);
-    Ok(())
-}
-
-/// systemd settings that confine a service; removing one widens what
-/// it may do.
-const SANDBOXING: &[&str] = &[
-    "User=",
-    "DynamicUser=",
-    "NoNewPrivileges=",
-    "ProtectSystem=",
-    "ProtectHome=",
-    "PrivateTmp=",
-    "PrivateDevices=",
-    "PrivateNetwork=",
-    "CapabilityBoundingSet=",
-    "AmbientCapabilities=",
-    "SystemCallFilter=",
-    "RestrictSUIDSGID=",
-    "ProtectKernelModules=",
-    "ProtectKernelTunables=",
-    "ReadOnlyPaths=",
-    "InaccessiblePaths=",
-];
-
-/// Rates a unit change high when a sandboxing setting is removed, or
-/// when an added command line runs with full privileges (`+`, `!`, `!!`
-/// prefixes) or an added setting grants capabilities. Any other change
-/// is medium.
-fn unit_severity(removed: &[String], added: &[String]) -> Severity {
-    let loosened = removed
-        .iter()
-        .any(|line| SANDBOXING.iter().any(|key| line.starts_with(key)));
-    let privileged = added.iter().any(|line| {
-        let value = line
-            .strip_prefix("Exec")
-            .and_then(|rest| rest.split_once('='))
-            .map(|(_, value)| value.trim_start_matches(['-', '@', ':']));
-        value.is_some_and(|value| value.starts_with(['+', '!']))
-            || line.starts_with("AmbientCapabilities=")
-    });
-    if loosened || privileged {
-        Severity::High
-    } else {
-        Severity::Medium
-    }
-}
-
-/// Tells whether a unit's text names the user it runs as.
-fn runs_as_user(text: &str) -> bool {
-    text.lines().any(|line| {
-        let line = line.trim_start();
-        line.starts_with("User=")
-            || line.starts_with("DynamicUser=true")
-            || line.starts_with("DynamicUser=yes")
-    })
-}
-
-/// Units whose script a check of its own reads line by line: the unit,
-/// the store name of its script, and the store names of files that the
-/// script names and the check reads too (the wrappers' programs).
-const COVERED_UNITS: &[(&str, &str, &str)] = &[
-    ("firewall.service", "firewall-start", ""),
-    ("nftables.service", "nftables-rules", ""),
-    (
-        "suid-sgid-wrappers.service",
-        "unit-script-suid-sgid-wrappers-start",
-        "security-wrapper-",
-    ),
-];
-
-/// Tells whether a unit changed only in the script that a check of its
-/// own compares: same text with store paths reduced, and no changed file
-/// other than that script and the files the check reads with it.
-fn covered_elsewhere(change: &EntryChange, old: &str, new: &str) -> bool {
-    let Some((_, script, nested)) = COVERED_UNITS
-        .iter()
-        .find(|(unit, _, _)| *unit == change.path)
-    else {
-        return false;
-    };
-    let within = |path: &str, name: &str| {
-        !name.is_empty() && (path == name || path.starts_with(name))
-    };
-    reduce_store_paths(old) == reduce_store_paths(new)
-        && change.referenced.iter().all(|c| {
-            within(&c.path, script)
-                && c.referenced.iter().all(|r| {
-                    r.only_store_paths_changed
-                        || (within(&r.path, nested) && r.referenced.is_empty())
-                })
-        })
 }
 
 /// `/etc` paths whose content decides who gets in or what runs as
