@@ -229,6 +229,11 @@ fn variants() -> Vec<(&'static str, Change)> {
                 t.replace("trusted-users = root", "trusted-users = root alice")
             });
         }),
+        ("nix-store", |s| {
+            s.edit_etc("nix/nix.conf", |t| {
+                format!("{t}store = ssh-ng://root@203.0.113.5\n")
+            });
+        }),
         ("tmpfiles", |s| {
             s.edit_etc("tmpfiles.d/00-nixos.conf", |t| {
                 format!("{t}L+ /etc/profile.d/x.sh - - - - /tmp/x.sh\n")
@@ -736,6 +741,16 @@ fn nix_trusted_user_is_critical() {
     let alerts =
         check("nix-conf", &[(K::NixSettingChanged, S::Critical)], &[]);
     assert_eq!(alerts[0].detail, "trusted-users root -> root alice");
+}
+
+#[test]
+fn nix_remote_store_is_critical() {
+    let alerts = check("nix-store", &[(K::NixStoreChanged, S::Critical)], &[]);
+    assert_eq!(alerts[0].subject, "/etc/nix/nix.conf");
+    assert_eq!(
+        alerts[0].detail,
+        "store (default) -> ssh-ng://root@203.0.113.5"
+    );
 }
 
 #[test]

@@ -92,6 +92,9 @@ pub enum AlertKind {
     NixSettingChanged,
     /// Another file under `/etc/nix` changes.
     NixConfigChanged,
+    /// The `store` setting of `nix.conf` changes: Nix on this machine
+    /// reads and writes another store.
+    NixStoreChanged,
     TmpfilesChanged,
     UdevRuleChanged,
     PolkitRuleChanged,
