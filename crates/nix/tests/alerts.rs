@@ -176,6 +176,20 @@ fn variants() -> Vec<(&'static str, Change)> {
         }),
         ("kernel", |s| s.kernel_version = "6.6.64".into()),
         ("switch-script", |s| s.fail_switch = true),
+        ("bootspec-params", |s| {
+            // boot.json tells the boot loader other parameters than
+            // kernel-params shows.
+            let mut params = s.kernel_params.clone();
+            params.push("init=/tmp/x".into());
+            s.bootspec_kernel_params = Some(params);
+        }),
+        ("bootspec-removed", |s| s.bootspec = false),
+        ("initrd-secrets", |s| {
+            s.initrd_secrets.push((
+                "/etc/ssh/ssh_host_ed25519_key".into(),
+                "/etc/secrets/initrd/ssh_host_ed25519_key".into(),
+            ));
+        }),
         ("kernel-params", |s| {
             s.kernel_params.push("mitigations=off".into())
         }),
@@ -658,6 +672,78 @@ fn kernel_needs_reboot() {
     assert_eq!(
         kernel.detail,
         "linux 6.6.63 -> linux 6.6.64; takes effect after a reboot"
+    );
+}
+
+#[test]
+fn bootspec_disagreeing_with_kernel_params() {
+    let alerts =
+        check("bootspec-params", &[(K::BootspecMismatch, S::High)], &[]);
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    assert_eq!(alerts[0].subject, "boot.json");
+    assert!(
+        alerts[0].detail.starts_with(
+            "kernelParams in boot.json are `console=ttyS0 loglevel=4 \
+             init=/tmp/x` but kernel-params has `console=ttyS0 loglevel=4`"
+        ),
+        "{alerts:#?}"
+    );
+    let diff = system_diff(path("base"), path("bootspec-params")).unwrap();
+    let bootspec = diff.bootspec.expect("boot.json changed");
+    let params = bootspec
+        .changes
+        .iter()
+        .find(|c| c.field == "kernelParams")
+        .expect("the parameters are listed");
+    assert_eq!(
+        params.new.as_deref(),
+        Some("console=ttyS0 loglevel=4 init=/tmp/x")
+    );
+}
+
+#[test]
+fn bootspec_read_and_consistent() {
+    // The base's boot.json agrees with its files, so comparing it with
+    // another build reports its fields but no disagreement.
+    let diff = system_diff(path("base"), path("kernel")).unwrap();
+    let bootspec = diff.bootspec.expect("boot.json changed");
+    assert!(bootspec.old_present);
+    assert!(bootspec.new_present);
+    assert!(bootspec.mismatches.is_empty(), "{bootspec:#?}");
+    let label = bootspec
+        .changes
+        .iter()
+        .find(|c| c.field == "label")
+        .expect("the label names the kernel version");
+    assert!(
+        label.new.as_deref().unwrap().ends_with("(Linux 6.6.64)"),
+        "{label:#?}"
+    );
+    assert!(
+        !bootspec.changes.iter().any(|c| c.field == "kernel"),
+        "a version bump of the kernel reduces away: {bootspec:#?}"
+    );
+}
+
+#[test]
+fn bootspec_removed() {
+    let alerts =
+        check("bootspec-removed", &[(K::BootspecChanged, S::Medium)], &[]);
+    assert!(alerts[0].detail.starts_with("removed"), "{alerts:#?}");
+}
+
+#[test]
+fn initrd_secret_appender_added() {
+    let alerts =
+        check("initrd-secrets", &[(K::InitrdSecretsChanged, S::High)], &[]);
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    assert_eq!(alerts[0].subject, "append-initrd-secrets");
+    assert!(
+        alerts[0].detail.starts_with(
+            "added; now copies /etc/secrets/initrd/ssh_host_ed25519_key to \
+             /etc/ssh/ssh_host_ed25519_key"
+        ),
+        "{alerts:#?}"
     );
 }
 

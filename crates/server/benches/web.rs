@@ -113,6 +113,7 @@ fn document() -> DiffDocument {
         units: Vec::new(),
         etc: Vec::new(),
         specialisations: Vec::new(),
+        bootspec: None,
         alerts: Vec::new(),
         truncated: false,
     };

@@ -9,6 +9,7 @@
 //! depends on time or on limits that vary between runs.
 
 mod alerts;
+mod bootspec;
 mod checks;
 mod packages;
 mod redact;
@@ -27,6 +28,9 @@ use serde::{Deserialize, Serialize};
 
 pub use alerts::{
     Alert, AlertKind, Severity, sort_alerts, source_alerts, system_alerts,
+};
+pub use bootspec::{
+    BOOTSPEC_V1, BootspecChange, BootspecDiff, SPECIALISATION_V1,
 };
 pub use packages::{
     Duplicate, OUTPUT_NAMES, PackageDiff, PackageVersions, Rebuild,

@@ -7,6 +7,7 @@
 
 use std::fmt::Write as _;
 
+use super::bootspec::BootspecDiff;
 use super::packages::PackageDiff;
 use super::source::{FileContent, FileDiff, FileStatus, SourceDiff};
 use super::system::{ChangeStatus, EntryChange, Node, SystemDiff};
@@ -310,6 +311,9 @@ fn render_system(out: &mut String, system: &SystemDiff, title: &str) {
         &system.units,
     );
     render_entries(out, "/etc", "/etc/", &system.etc);
+    if let Some(bootspec) = &system.bootspec {
+        render_bootspec(out, bootspec);
+    }
     if system.truncated {
         let _ = writeln!(
             out,
@@ -326,6 +330,36 @@ fn render_system(out: &mut String, system: &SystemDiff, title: &str) {
         }
     }
     out.push('\n');
+}
+
+fn render_bootspec(out: &mut String, bootspec: &BootspecDiff) {
+    let _ = writeln!(out, "  boot.json:");
+    match (bootspec.old_present, bootspec.new_present) {
+        (false, true) => {
+            let _ = writeln!(out, "    added");
+        }
+        (true, false) => {
+            let _ = writeln!(out, "    removed");
+        }
+        _ => {}
+    }
+    let show = |value: &Option<String>| {
+        value
+            .as_deref()
+            .map_or_else(|| "(none)".to_owned(), |v| escape(v).into_owned())
+    };
+    for change in &bootspec.changes {
+        let _ = writeln!(
+            out,
+            "    {}: {} -> {}",
+            escape(&change.field),
+            show(&change.old),
+            show(&change.new)
+        );
+    }
+    for mismatch in &bootspec.mismatches {
+        let _ = writeln!(out, "    DISAGREES: {}", escape(mismatch));
+    }
 }
 
 fn render_entries(

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::alerts::Alert;
+use super::bootspec::{BootspecDiff, bootspec_diff};
 use super::checks;
 use super::redact::redact_secrets;
 use super::reduce::{VersionBump, reduce_store_paths, version_bumps};
@@ -60,6 +61,10 @@ pub struct SystemDiff {
     /// Every other `/etc` entry, named relative to `/etc`.
     pub etc: Vec<EntryChange>,
     pub specialisations: Vec<SpecialisationChange>,
+    /// The changes of `boot.json` and where the new one disagrees with
+    /// the system's files; absent when there are none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootspec: Option<BootspecDiff>,
     /// Alerts about this system's own files, most severe first; those
     /// of specialisations are in their own diffs.
     pub alerts: Vec<Alert>,
@@ -185,6 +190,11 @@ fn diff_systems(
         units: unit_changes(&before.units, &after.units)?,
         etc: compare(&before.etc, &after.etc, 0)?,
         specialisations,
+        bootspec: bootspec_diff(&before, &after, new)?.filter(|diff| {
+            !diff.changes.is_empty()
+                || !diff.mismatches.is_empty()
+                || diff.old_present != diff.new_present
+        }),
         alerts: Vec::new(),
         truncated: before.truncated || after.truncated,
     };

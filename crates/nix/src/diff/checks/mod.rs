@@ -56,6 +56,8 @@ pub(super) fn run(
     services::tmpfiles(&mut ctx)?;
     services::udev(&mut ctx)?;
     boot::toplevel(&mut ctx)?;
+    boot::bootspec(&mut ctx)?;
+    boot::initrd_secrets(&mut ctx)?;
     boot::modules(&mut ctx)?;
     boot::modprobe(&mut ctx)?;
     boot::sysctl(&mut ctx)?;
