@@ -16,7 +16,9 @@ use countersign_nix::diff::{
     Alert, AlertKind, DiffDocument, REDACTED, Severity, package_diff,
     system_alerts, system_diff,
 };
-use countersign_nix::fixture::{EtcOwner, Package, SystemSpec, User, Wrapper};
+use countersign_nix::fixture::{
+    EtcOwner, InitrdCompression, Package, SystemSpec, User, Wrapper,
+};
 
 const PHONE: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINeDGYNVoIPqf4EHCPPlFzeP/P4mllH8PKUTwgB/BDs0 phone";
 const LAPTOP: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIF/dBG1/FAmeLRlecqgpS6UQ7b80Y2R72/c0dZWhmdm7 laptop";
@@ -184,6 +186,24 @@ fn variants() -> Vec<(&'static str, Change)> {
             s.bootspec_kernel_params = Some(params);
         }),
         ("bootspec-removed", |s| s.bootspec = false),
+        ("initrd-ssh-key", |s| {
+            s.initrd.files.push((
+                "etc/ssh/authorized_keys.d/root".into(),
+                format!("{LAPTOP}\n"),
+                0o644,
+            ));
+        }),
+        ("initrd-stage-1", |s| {
+            s.initrd.stage1_commands =
+                "cp /bin/sh /mnt-root/tmp/sh && chmod 4755 /mnt-root/tmp/sh"
+                    .into();
+        }),
+        ("initrd-gzip", |s| {
+            s.initrd.compression = InitrdCompression::Gzip;
+        }),
+        ("initrd-xz", |s| {
+            s.initrd.compression = InitrdCompression::XzHeader;
+        }),
         ("initrd-secrets", |s| {
             s.initrd_secrets.push((
                 "/etc/ssh/ssh_host_ed25519_key".into(),
@@ -744,6 +764,108 @@ fn initrd_secret_appender_added() {
              /etc/ssh/ssh_host_ed25519_key"
         ),
         "{alerts:#?}"
+    );
+}
+
+#[test]
+fn initrd_ssh_key_is_critical() {
+    let alerts = check(
+        "initrd-ssh-key",
+        &[
+            (K::InitrdChanged, S::Medium),
+            (K::InitrdContentChanged, S::Critical),
+        ],
+        &[],
+    );
+    let key = alerts
+        .iter()
+        .find(|a| a.kind == K::InitrdContentChanged)
+        .unwrap();
+    assert_eq!(key.subject, "initrd /etc/ssh/authorized_keys.d/root");
+    assert!(key.detail.contains("ssh-ed25519 SHA256:"), "{key:#?}");
+    assert!(key.detail.contains("laptop"), "{key:#?}");
+    let initrd = alerts.iter().find(|a| a.kind == K::InitrdChanged).unwrap();
+    assert!(
+        initrd
+            .detail
+            .contains("files: 3 added, 0 removed, 0 changed"),
+        "{initrd:#?}"
+    );
+}
+
+#[test]
+fn initrd_stage_1_script_change() {
+    let alerts = check(
+        "initrd-stage-1",
+        &[
+            (K::InitrdChanged, S::Medium),
+            (K::InitrdContentChanged, S::High),
+        ],
+        &[],
+    );
+    let script = alerts
+        .iter()
+        .find(|a| a.kind == K::InitrdContentChanged)
+        .unwrap();
+    // `stage-1-init.sh` reduces to the package name `stage`.
+    assert_eq!(script.subject, "initrd /nix/store/…-stage");
+    assert!(script.detail.contains("chmod 4755"), "{script:#?}");
+    assert!(script.detail.contains("the stage-1 script"), "{script:#?}");
+}
+
+#[test]
+fn initrd_recompressed_changes_no_file() {
+    let alerts = check("initrd-gzip", &[(K::InitrdChanged, S::Medium)], &[]);
+    assert!(
+        alerts[0]
+            .detail
+            .ends_with("files: 0 added, 0 removed, 0 changed"),
+        "{alerts:#?}"
+    );
+    let diff = system_diff(path("base"), path("initrd-gzip")).unwrap();
+    let initrd = diff.initrd.expect("the initrd was read");
+    assert_eq!(initrd.old.unwrap().archives, ["cpio", "zstd"]);
+    let new = initrd.new.unwrap();
+    assert_eq!(new.archives, ["cpio", "gzip"]);
+    assert!(new.entries > 10, "{new:#?}");
+    assert!(initrd.files.is_empty(), "{:#?}", initrd.files);
+}
+
+#[test]
+fn initrd_xz_is_not_read() {
+    let alerts = check("initrd-xz", &[(K::InitrdChanged, S::Medium)], &[]);
+    assert!(
+        alerts[0].detail.contains(
+            "files not read (new: the initrd has an archive compressed \
+             with xz"
+        ),
+        "{alerts:#?}"
+    );
+    let diff = system_diff(path("base"), path("initrd-xz")).unwrap();
+    let initrd = diff.initrd.unwrap();
+    assert!(initrd.files.is_empty());
+    assert!(initrd.new.unwrap().not_read.is_some());
+}
+
+#[test]
+fn initrd_kernel_bump_moves_modules_only() {
+    // The kernel variant's initrd has the modules of the new version and
+    // a stage-1 script that differs in store paths only.
+    let diff = system_diff(path("base"), path("kernel")).unwrap();
+    let initrd = diff.initrd.expect("the initrd was read");
+    let changed: Vec<(&str, bool)> = initrd
+        .files
+        .iter()
+        .filter(|f| f.old.is_some() && f.new.is_some())
+        .map(|f| (f.path.as_str(), f.only_store_paths_changed))
+        .collect();
+    assert_eq!(changed, [("nix/store/…-stage", true)], "{initrd:#?}");
+    assert!(
+        initrd
+            .files
+            .iter()
+            .any(|f| f.path.ends_with("/lib/modules/6.6.64/modules.dep")),
+        "{initrd:#?}"
     );
 }
 

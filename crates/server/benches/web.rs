@@ -114,6 +114,7 @@ fn document() -> DiffDocument {
         etc: Vec::new(),
         specialisations: Vec::new(),
         bootspec: None,
+        initrd: None,
         alerts: Vec::new(),
         truncated: false,
     };

@@ -11,6 +11,7 @@
 mod alerts;
 mod bootspec;
 mod checks;
+mod initrd;
 mod packages;
 mod redact;
 mod reduce;
@@ -31,6 +32,11 @@ pub use alerts::{
 };
 pub use bootspec::{
     BOOTSPEC_V1, BootspecChange, BootspecDiff, SPECIALISATION_V1,
+};
+pub use initrd::{
+    InitrdDiff, InitrdEntry, InitrdEntryKind, InitrdFileChange, InitrdSummary,
+    MAX_INITRD_CHANGES, MAX_INITRD_ENTRIES, MAX_INITRD_FILE_BYTES,
+    MAX_INITRD_UNPACKED_BYTES,
 };
 pub use packages::{
     Duplicate, OUTPUT_NAMES, PackageDiff, PackageVersions, Rebuild,

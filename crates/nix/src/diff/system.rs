@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use super::alerts::Alert;
 use super::bootspec::{BootspecDiff, bootspec_diff};
 use super::checks;
+use super::initrd::{InitrdComparison, InitrdDiff, compare_initrds};
 use super::redact::redact_secrets;
 use super::reduce::{VersionBump, reduce_store_paths, version_bumps};
 use super::references::{newly_named, regenerated_pairs};
@@ -65,6 +66,10 @@ pub struct SystemDiff {
     /// the system's files; absent when there are none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootspec: Option<BootspecDiff>,
+    /// The files of the initrd, read when the `initrd` link changed and
+    /// there is an old system; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<InitrdDiff>,
     /// Alerts about this system's own files, most severe first; those
     /// of specialisations are in their own diffs.
     pub alerts: Vec<Alert>,
@@ -183,10 +188,20 @@ fn diff_systems(
     } else {
         Vec::new()
     };
+    let toplevel = compare(&before.toplevel, &after.toplevel, 0)?;
+    let initrd =
+        if old.is_some() && toplevel.iter().any(|c| c.path == "initrd") {
+            compare_initrds(
+                before.toplevel.get("initrd"),
+                after.toplevel.get("initrd"),
+            )?
+        } else {
+            InitrdComparison::default()
+        };
     let mut diff = SystemDiff {
         old_system: old.cloned(),
         new_system: new.clone(),
-        toplevel: compare(&before.toplevel, &after.toplevel, 0)?,
+        toplevel,
         units: unit_changes(&before.units, &after.units)?,
         etc: compare(&before.etc, &after.etc, 0)?,
         specialisations,
@@ -195,10 +210,11 @@ fn diff_systems(
                 || !diff.mismatches.is_empty()
                 || diff.old_present != diff.new_present
         }),
+        initrd: initrd.diff,
         alerts: Vec::new(),
         truncated: before.truncated || after.truncated,
     };
-    diff.alerts = checks::run(&before, &after, &diff)?;
+    diff.alerts = checks::run(&before, &after, &diff, &initrd.details)?;
     Ok(diff)
 }
 

@@ -9,6 +9,7 @@ use countersign_core::StorePath;
 use super::{Ctx, added_removed, config_line, line_changes};
 use crate::diff::alerts::{AlertKind, Severity};
 use crate::diff::bootspec::{self, Bootspec};
+use crate::diff::initrd::InitrdDiff;
 use crate::diff::packages::split_name;
 use crate::diff::reduce::reduce_store_paths;
 use crate::diff::system::{
@@ -115,11 +116,16 @@ pub(super) fn toplevel(ctx: &mut Ctx<'_>) -> Result<()> {
                 } else {
                     AlertKind::InitrdChanged
                 };
-                let detail = format!(
+                let mut detail = format!(
                     "{} -> {}; {REBOOT}",
                     describe_link(change.old.as_ref()),
                     describe_link(change.new.as_ref())
                 );
+                if name == "initrd"
+                    && let Some(initrd) = &ctx.diff.initrd
+                {
+                    detail.push_str(&initrd_contents(initrd));
+                }
                 ctx.push(kind, Severity::Medium, name, detail);
             }
             "kernel-params" => kernel_params(ctx, change.status)?,
@@ -162,6 +168,45 @@ pub(super) fn toplevel(ctx: &mut Ctx<'_>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Summarizes the changes of the initrd's files for the `initrd` alert.
+fn initrd_contents(initrd: &InitrdDiff) -> String {
+    let reasons: Vec<String> = [("old", &initrd.old), ("new", &initrd.new)]
+        .into_iter()
+        .filter_map(|(side, summary)| {
+            let reason = summary.as_ref()?.not_read.as_ref()?;
+            Some(format!("{side}: {reason}"))
+        })
+        .collect();
+    if !reasons.is_empty() {
+        return format!("; files not read ({})", reasons.join("; "));
+    }
+    let count = |status: ChangeStatus| {
+        initrd
+            .files
+            .iter()
+            .filter(|file| file.status == status)
+            .count()
+    };
+    let rebuilt = initrd
+        .files
+        .iter()
+        .filter(|file| file.only_store_paths_changed)
+        .count();
+    let mut text = format!(
+        "; files: {} added, {} removed, {} changed",
+        count(ChangeStatus::Added),
+        count(ChangeStatus::Removed),
+        count(ChangeStatus::Changed) - rebuilt,
+    );
+    if rebuilt > 0 {
+        text.push_str(&format!(", {rebuilt} only in store paths"));
+    }
+    if initrd.truncated {
+        text.push_str(" (list cut)");
+    }
+    text
 }
 
 fn kernel_params(ctx: &mut Ctx<'_>, status: ChangeStatus) -> Result<()> {

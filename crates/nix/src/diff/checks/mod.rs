@@ -10,6 +10,7 @@
 
 mod access;
 mod boot;
+mod initrd;
 mod services;
 mod units;
 mod users;
@@ -34,11 +35,13 @@ pub(super) fn run(
     old: &SystemFiles,
     new: &SystemFiles,
     diff: &SystemDiff,
+    initrd: &InitrdDetails,
 ) -> Result<Vec<Alert>> {
     let mut ctx = Ctx {
         old,
         new,
         diff,
+        initrd,
         alerts: Vec::new(),
     };
     policy(&mut ctx)?;
@@ -58,6 +61,7 @@ pub(super) fn run(
     boot::toplevel(&mut ctx)?;
     boot::bootspec(&mut ctx)?;
     boot::initrd_secrets(&mut ctx)?;
+    initrd::check(&mut ctx);
     boot::modules(&mut ctx)?;
     boot::modprobe(&mut ctx)?;
     boot::sysctl(&mut ctx)?;
@@ -72,11 +76,22 @@ pub(super) fn run(
     Ok(alerts)
 }
 
+/// What the initrd checks read besides the diff.
+#[derive(Debug, Default)]
+pub(super) struct InitrdDetails {
+    /// Old and new texts of the changed small text files, by path in the
+    /// initrd.
+    pub texts: BTreeMap<String, (Option<String>, Option<String>)>,
+    /// The targets of the old and new `init` links, store paths reduced.
+    pub init_targets: Vec<String>,
+}
+
 /// The two systems and the alerts found so far.
 pub(super) struct Ctx<'a> {
     pub old: &'a SystemFiles,
     pub new: &'a SystemFiles,
     pub diff: &'a SystemDiff,
+    pub initrd: &'a InitrdDetails,
     pub alerts: Vec<Alert>,
 }
 
