@@ -14,7 +14,7 @@ use common::TestEnv;
 use countersign_core::StorePath;
 use countersign_nix::diff::{
     Alert, AlertKind, DiffDocument, REDACTED, Severity, package_diff,
-    system_alerts, system_diff,
+    render_text, system_alerts, system_diff,
 };
 use countersign_nix::fixture::{
     EtcOwner, InitrdCompression, Package, SystemSpec, User, Wrapper,
@@ -179,7 +179,7 @@ fn variants() -> Vec<(&'static str, Change)> {
         ("kernel", |s| s.kernel_version = "6.6.64".into()),
         ("switch-script", |s| s.fail_switch = true),
         ("bootspec-params", |s| {
-            // boot.json tells the boot loader other parameters than
+            // boot.json gives the boot loader other parameters than
             // kernel-params shows.
             let mut params = s.kernel_params.clone();
             params.push("init=/tmp/x".into());
@@ -791,6 +791,30 @@ fn initrd_ssh_key_is_critical() {
             .contains("files: 3 added, 0 removed, 0 changed"),
         "{initrd:#?}"
     );
+}
+
+#[test]
+fn initrd_and_bootspec_in_text_output() {
+    let systems = systems();
+    for (variant, expected) in [
+        (
+            "initrd-ssh-key",
+            "added etc/ssh/authorized_keys.d/root [mode 0644]",
+        ),
+        (
+            "initrd-xz",
+            "new not read: the initrd has an archive compressed",
+        ),
+        ("bootspec-params", "DISAGREES: kernelParams in boot.json"),
+    ] {
+        let packages =
+            package_diff(&systems.env.nix, path("base"), path(variant))
+                .unwrap();
+        let system = system_diff(path("base"), path(variant)).unwrap();
+        let document = DiffDocument::assemble(None, packages, system);
+        let text = render_text(&document);
+        assert!(text.contains(expected), "{variant}: {text}");
+    }
 }
 
 #[test]
