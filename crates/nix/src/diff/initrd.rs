@@ -802,15 +802,19 @@ mod tests {
         let main = newc_archive(&sample());
         let late =
             newc_archive(&[CpioEntry::file("etc/motd", b"bye\n", 0o600)]);
+        let last = newc_archive(&[CpioEntry::file("last", b"2", 0o644)]);
         let mut image = early;
         image.extend(compress(InitrdCompression::Zstd, &main));
         image.extend([0; 3]);
         image.extend(compress(InitrdCompression::Gzip, &late));
+        image.extend(compress(InitrdCompression::Zstd, &last));
+        image.extend([0; 512]);
         let (archives, files) = read(&image);
-        assert_eq!(archives, ["cpio", "zstd", "gzip"]);
+        assert_eq!(archives, ["cpio", "zstd", "gzip", "zstd"]);
         let files = files.unwrap();
-        assert_eq!(files.entries, 6);
+        assert_eq!(files.entries, 7);
         assert!(files.files.contains_key("early"));
+        assert!(files.files.contains_key("last"));
         let motd = &files.files["etc/motd"];
         assert_eq!(motd.entry.mode, "0600", "the later archive wins");
         assert_eq!(motd.text.as_deref(), Some("bye\n"));
