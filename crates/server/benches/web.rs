@@ -113,6 +113,8 @@ fn document() -> DiffDocument {
         units: Vec::new(),
         etc: Vec::new(),
         specialisations: Vec::new(),
+        bootspec: None,
+        initrd: None,
         alerts: Vec::new(),
         truncated: false,
     };

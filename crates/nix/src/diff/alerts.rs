@@ -72,6 +72,19 @@ pub enum AlertKind {
     /// Another part of the boot chain changes (kernel modules, `init`,
     /// systemd, firmware); takes effect after a reboot.
     BootChanged,
+    /// The program that copies secrets into the initrd at boot loader
+    /// installation (`append-initrd-secrets`, `initrdSecrets` in
+    /// `boot.json`) changes.
+    InitrdSecretsChanged,
+    /// A file of the initrd changes in a way that decides what runs at
+    /// boot or who may log in: the init program or stage-1 script, SSH
+    /// keys, or files under `etc/`.
+    InitrdContentChanged,
+    /// `boot.json` (bootspec) disappears, or its `init` changes.
+    BootspecChanged,
+    /// The new system's `boot.json` disagrees with its own files, so the
+    /// boot loader may start something other than what was reviewed.
+    BootspecMismatch,
     /// `bin/switch-to-configuration`, or a generated script it runs such
     /// as the boot loader installer or the pre-switch checks, changes.
     /// It runs as root on every switch.
@@ -87,11 +100,17 @@ pub enum AlertKind {
     ActivationSnippetAdded,
     ActivationSnippetRemoved,
     ActivationSnippetChanged,
+    /// A snippet of `dry-activate` is added, removed or changed other
+    /// than the same snippet of `activate`.
+    DryActivationChanged,
     PamChanged,
     /// An effective `nix.conf` setting changes.
     NixSettingChanged,
     /// Another file under `/etc/nix` changes.
     NixConfigChanged,
+    /// The `store` setting of `nix.conf` changes: Nix on this machine
+    /// reads and writes another store.
+    NixStoreChanged,
     TmpfilesChanged,
     UdevRuleChanged,
     PolkitRuleChanged,

@@ -9,7 +9,9 @@
 //! depends on time or on limits that vary between runs.
 
 mod alerts;
+mod bootspec;
 mod checks;
+mod initrd;
 mod packages;
 mod redact;
 mod reduce;
@@ -18,6 +20,7 @@ mod render;
 mod source;
 mod system;
 mod text;
+mod unit_file;
 
 use std::path::Path;
 
@@ -26,6 +29,14 @@ use serde::{Deserialize, Serialize};
 
 pub use alerts::{
     Alert, AlertKind, Severity, sort_alerts, source_alerts, system_alerts,
+};
+pub use bootspec::{
+    BOOTSPEC_V1, BootspecChange, BootspecDiff, SPECIALISATION_V1,
+};
+pub use initrd::{
+    InitrdDiff, InitrdEntry, InitrdEntryKind, InitrdFileChange, InitrdSummary,
+    MAX_INITRD_CHANGES, MAX_INITRD_ENTRIES, MAX_INITRD_FILE_BYTES,
+    MAX_INITRD_UNPACKED_BYTES,
 };
 pub use packages::{
     Duplicate, OUTPUT_NAMES, PackageDiff, PackageVersions, Rebuild,
@@ -46,6 +57,7 @@ pub use system::{
     system_diff_from_nothing,
 };
 pub use text::{Hunk, NO_NEWLINE_MARKER};
+pub use unit_file::{DirectiveChange, UnitFile, directive_changes};
 
 use crate::error::{Error, Result};
 use crate::nix::Nix;

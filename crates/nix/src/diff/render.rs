@@ -7,6 +7,8 @@
 
 use std::fmt::Write as _;
 
+use super::bootspec::BootspecDiff;
+use super::initrd::{InitrdDiff, InitrdSummary};
 use super::packages::PackageDiff;
 use super::source::{FileContent, FileDiff, FileStatus, SourceDiff};
 use super::system::{ChangeStatus, EntryChange, Node, SystemDiff};
@@ -310,6 +312,12 @@ fn render_system(out: &mut String, system: &SystemDiff, title: &str) {
         &system.units,
     );
     render_entries(out, "/etc", "/etc/", &system.etc);
+    if let Some(bootspec) = &system.bootspec {
+        render_bootspec(out, bootspec);
+    }
+    if let Some(initrd) = &system.initrd {
+        render_initrd(out, initrd);
+    }
     if system.truncated {
         let _ = writeln!(
             out,
@@ -326,6 +334,81 @@ fn render_system(out: &mut String, system: &SystemDiff, title: &str) {
         }
     }
     out.push('\n');
+}
+
+fn render_bootspec(out: &mut String, bootspec: &BootspecDiff) {
+    let _ = writeln!(out, "  boot.json:");
+    match (bootspec.old_present, bootspec.new_present) {
+        (false, true) => {
+            let _ = writeln!(out, "    added");
+        }
+        (true, false) => {
+            let _ = writeln!(out, "    removed");
+        }
+        _ => {}
+    }
+    let show = |value: &Option<String>| {
+        value
+            .as_deref()
+            .map_or_else(|| "(none)".to_owned(), |v| escape(v).into_owned())
+    };
+    for change in &bootspec.changes {
+        let _ = writeln!(
+            out,
+            "    {}: {} -> {}",
+            escape(&change.field),
+            show(&change.old),
+            show(&change.new)
+        );
+    }
+    for mismatch in &bootspec.mismatches {
+        let _ = writeln!(out, "    DISAGREES: {}", escape(mismatch));
+    }
+}
+
+/// Maximum number of initrd files listed in the text form; the JSON lists
+/// them all up to [`super::MAX_INITRD_CHANGES`].
+const MAX_INITRD_LINES: usize = 200;
+
+fn render_initrd(out: &mut String, initrd: &InitrdDiff) {
+    let archives = |summary: &Option<InitrdSummary>| {
+        summary.as_ref().map_or_else(
+            || "(none)".to_owned(),
+            |summary| summary.archives.join(" + "),
+        )
+    };
+    let _ = writeln!(
+        out,
+        "  initrd files ({} -> {}):",
+        archives(&initrd.old),
+        archives(&initrd.new)
+    );
+    for (side, summary) in [("old", &initrd.old), ("new", &initrd.new)] {
+        if let Some(reason) =
+            summary.as_ref().and_then(|s| s.not_read.as_ref())
+        {
+            let _ = writeln!(out, "    {side} not read: {}", escape(reason));
+        }
+    }
+    for file in initrd.files.iter().take(MAX_INITRD_LINES) {
+        let mut line =
+            format!("    {} {}", status_word(file.status), escape(&file.path));
+        if file.only_store_paths_changed {
+            line.push_str(" (only store paths differ)");
+        }
+        if let Some(entry) = file.new.as_ref().or(file.old.as_ref()) {
+            let _ = write!(line, " [mode {}]", entry.mode);
+            if let Some(target) = &entry.target {
+                let _ = write!(line, " -> {}", escape(target));
+            }
+        }
+        let _ = writeln!(out, "{line}");
+    }
+    let left = initrd.files.len().saturating_sub(MAX_INITRD_LINES);
+    if left > 0 || initrd.truncated {
+        let _ =
+            writeln!(out, "    ... and more files ({left} not shown here)");
+    }
 }
 
 fn render_entries(
@@ -376,6 +459,9 @@ fn render_entry_list(
                 escape(&bump.old_version),
                 escape(&bump.new_version)
             );
+        }
+        for directive in &entry.directives {
+            let _ = writeln!(out, "{inner}{}", escape(&directive.describe()));
         }
         if let Some(hunks) = &entry.hunks
             && !entry.only_store_paths_changed

@@ -15,11 +15,14 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::alerts::Alert;
+use super::bootspec::{BootspecDiff, bootspec_diff};
 use super::checks;
+use super::initrd::{InitrdComparison, InitrdDiff, compare_initrds};
 use super::redact::redact_secrets;
 use super::reduce::{VersionBump, reduce_store_paths, version_bumps};
 use super::references::{newly_named, regenerated_pairs};
 use super::text::{Hunk, as_text, diff_lines};
+use super::unit_file::{DirectiveChange, UnitFile, directive_changes};
 use crate::error::{Error, Result};
 use crate::store_read::{Resolved, read_dir_sorted, read_limited, resolve};
 
@@ -59,6 +62,14 @@ pub struct SystemDiff {
     /// Every other `/etc` entry, named relative to `/etc`.
     pub etc: Vec<EntryChange>,
     pub specialisations: Vec<SpecialisationChange>,
+    /// The changes of `boot.json` and where the new one disagrees with
+    /// the system's files; absent when there are none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootspec: Option<BootspecDiff>,
+    /// The files of the initrd, read when the `initrd` link changed and
+    /// there is an old system; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<InitrdDiff>,
     /// Alerts about this system's own files, most severe first; those
     /// of specialisations are in their own diffs.
     pub alerts: Vec<Alert>,
@@ -86,6 +97,11 @@ pub struct EntryChange {
     pub only_store_paths_changed: bool,
     /// Packages named in both texts with another version.
     pub version_bumps: Vec<VersionBump>,
+    /// For a systemd unit file or drop-in that is a file on both sides
+    /// or on one, the directives that differ, with store paths reduced.
+    /// Empty for other entries, and absent from the JSON when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub directives: Vec<DirectiveChange>,
     /// Changes inside generated, version-less store paths that the text
     /// names, such as a unit's `unit-script-*`, and the content of such
     /// paths that only the new text names. Their paths start with the
@@ -172,17 +188,33 @@ fn diff_systems(
     } else {
         Vec::new()
     };
+    let toplevel = compare(&before.toplevel, &after.toplevel, 0)?;
+    let initrd =
+        if old.is_some() && toplevel.iter().any(|c| c.path == "initrd") {
+            compare_initrds(
+                before.toplevel.get("initrd"),
+                after.toplevel.get("initrd"),
+            )?
+        } else {
+            InitrdComparison::default()
+        };
     let mut diff = SystemDiff {
         old_system: old.cloned(),
         new_system: new.clone(),
-        toplevel: compare(&before.toplevel, &after.toplevel, 0)?,
-        units: compare(&before.units, &after.units, 0)?,
+        toplevel,
+        units: unit_changes(&before.units, &after.units)?,
         etc: compare(&before.etc, &after.etc, 0)?,
         specialisations,
+        bootspec: bootspec_diff(&before, &after, new)?.filter(|diff| {
+            !diff.changes.is_empty()
+                || !diff.mismatches.is_empty()
+                || diff.old_present != diff.new_present
+        }),
+        initrd: initrd.diff,
         alerts: Vec::new(),
         truncated: before.truncated || after.truncated,
     };
-    diff.alerts = checks::run(&before, &after, &diff)?;
+    diff.alerts = checks::run(&before, &after, &diff, &initrd.details)?;
     Ok(diff)
 }
 
@@ -558,6 +590,7 @@ fn compare(
             lines_removed: None,
             only_store_paths_changed: false,
             version_bumps: Vec::new(),
+            directives: Vec::new(),
             referenced: Vec::new(),
         };
         add_text_diff(&mut change, depth)?;
@@ -604,6 +637,31 @@ fn add_text_diff(change: &mut EntryChange, depth: usize) -> Result<()> {
     change.lines_removed = Some(text.removed);
     change.hunks = Some(text.hunks);
     Ok(())
+}
+
+/// Compares the unit trees and adds to each unit file or drop-in that
+/// is a file the directives that differ.
+fn unit_changes(
+    old: &BTreeMap<String, Node>,
+    new: &BTreeMap<String, Node>,
+) -> Result<Vec<EntryChange>> {
+    let mut changes = compare(old, new, 0)?;
+    for change in &mut changes {
+        let parse = |node: &Option<Node>| -> Result<Option<UnitFile>> {
+            Ok(match node {
+                Some(node) => {
+                    node_text(node)?.map(|text| UnitFile::parse(&text))
+                }
+                None => Some(UnitFile::default()),
+            })
+        };
+        if let (Some(before), Some(after)) =
+            (parse(&change.old)?, parse(&change.new)?)
+        {
+            change.directives = directive_changes(&before, &after);
+        }
+    }
+    Ok(changes)
 }
 
 /// Compares the generated, version-less store paths that two texts

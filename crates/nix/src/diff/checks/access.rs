@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Ctx, added_removed, config_line, line_changes, quote_lines};
 use crate::diff::alerts::{AlertKind, Severity};
+use crate::diff::redact::REDACTED;
 use crate::diff::reduce::reduce_store_paths;
 use crate::diff::system::{Node, SystemFiles};
 use crate::error::Result;
@@ -516,6 +517,30 @@ fn nix_settings(text: &str) -> BTreeMap<String, Vec<String>> {
     settings
 }
 
+/// Tells whether a store URI names a store on another machine, from
+/// which Nix on this one would take store paths.
+fn remote_store(uri: &str) -> bool {
+    let scheme = uri.split_once("://").map_or("", |(scheme, _)| scheme);
+    !scheme.is_empty() && !matches!(scheme, "local" | "unix" | "file")
+}
+
+/// Replaces the password of a URI's user part, as in
+/// `https://user:secret@host`, by [`REDACTED`].
+fn hide_password(uri: &str) -> String {
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return uri.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((user, host)) if user.contains(':') => {
+            let name = user.split(':').next().unwrap_or_default();
+            format!("{scheme}://{name}:{REDACTED}@{host}{tail}")
+        }
+        _ => uri.to_owned(),
+    }
+}
+
 /// `/etc/nix/nix.conf`: one alert per effective setting that changes.
 pub(super) fn nix_conf(ctx: &mut Ctx<'_>) -> Result<()> {
     if ctx.etc_changed_under("nix/nix.conf").is_empty() {
@@ -551,6 +576,29 @@ pub(super) fn nix_conf(ctx: &mut Ctx<'_>) -> Result<()> {
                 .any(|value| !old_set.contains(value))
         };
         let new_first = new_values.and_then(|v| v.first()).map(String::as_str);
+        if key == "store" {
+            let severity = if new_first.is_some_and(remote_store) {
+                Severity::Critical
+            } else {
+                Severity::High
+            };
+            let show = |values: Option<&Vec<String>>| match values {
+                None => "(default)".to_owned(),
+                Some(values) if values.is_empty() => "(empty)".to_owned(),
+                Some(values) => values
+                    .iter()
+                    .map(|uri| hide_password(uri))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            };
+            ctx.push(
+                AlertKind::NixStoreChanged,
+                severity,
+                "/etc/nix/nix.conf",
+                format!("store {} -> {}", show(old_values), show(new_values)),
+            );
+            continue;
+        }
         let severity = match key.as_str() {
             "trusted-users" if gained(new_values) => Severity::Critical,
             "require-sigs" if new_first == Some("false") => Severity::Critical,
@@ -596,6 +644,21 @@ mod tests {
         assert_eq!(settings["substituters"], ["b", "c"]);
         assert_eq!(settings["trusted-users"], ["root"]);
         assert_eq!(settings["include"], ["/etc/nix/secret.conf"]);
+    }
+
+    #[test]
+    fn store_uris_classified() {
+        assert!(remote_store("ssh-ng://root@203.0.113.5"));
+        assert!(remote_store("https://cache.example.org"));
+        assert!(!remote_store("daemon"));
+        assert!(!remote_store("local?root=/mnt"));
+        assert!(!remote_store("unix:///run/nix/socket"));
+        assert_eq!(
+            hide_password("https://alice:hunter2@cache.example.org/x"),
+            format!("https://alice:{REDACTED}@cache.example.org/x")
+        );
+        assert_eq!(hide_password("ssh://root@host"), "ssh://root@host");
+        assert_eq!(hide_password("daemon"), "daemon");
     }
 
     #[test]

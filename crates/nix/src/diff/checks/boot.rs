@@ -8,9 +8,16 @@ use countersign_core::StorePath;
 
 use super::{Ctx, added_removed, config_line, line_changes};
 use crate::diff::alerts::{AlertKind, Severity};
+use crate::diff::bootspec::{self, Bootspec};
+use crate::diff::initrd::InitrdDiff;
 use crate::diff::packages::split_name;
-use crate::diff::system::{ChangeStatus, EntryChange, Node, SystemFiles};
+use crate::diff::reduce::reduce_store_paths;
+use crate::diff::system::{
+    ChangeStatus, EntryChange, MAX_READ_BYTES, Node, SystemFiles,
+    referenced_changes,
+};
 use crate::error::Result;
+use crate::store_read::{Resolved, read_limited, resolve};
 
 const REBOOT: &str = "takes effect after a reboot";
 
@@ -23,7 +30,6 @@ const BOOT_ENTRIES: &[&str] = &[
     "init-interface-version",
     "firmware",
     "dtbs",
-    "append-initrd-secrets",
 ];
 
 /// Kernel parameters that switch off a protection or change what runs
@@ -110,11 +116,16 @@ pub(super) fn toplevel(ctx: &mut Ctx<'_>) -> Result<()> {
                 } else {
                     AlertKind::InitrdChanged
                 };
-                let detail = format!(
+                let mut detail = format!(
                     "{} -> {}; {REBOOT}",
                     describe_link(change.old.as_ref()),
                     describe_link(change.new.as_ref())
                 );
+                if name == "initrd"
+                    && let Some(initrd) = &ctx.diff.initrd
+                {
+                    detail.push_str(&initrd_contents(initrd));
+                }
                 ctx.push(kind, Severity::Medium, name, detail);
             }
             "kernel-params" => kernel_params(ctx, change.status)?,
@@ -159,6 +170,45 @@ pub(super) fn toplevel(ctx: &mut Ctx<'_>) -> Result<()> {
     Ok(())
 }
 
+/// Summarizes the changes of the initrd's files for the `initrd` alert.
+fn initrd_contents(initrd: &InitrdDiff) -> String {
+    let reasons: Vec<String> = [("old", &initrd.old), ("new", &initrd.new)]
+        .into_iter()
+        .filter_map(|(side, summary)| {
+            let reason = summary.as_ref()?.not_read.as_ref()?;
+            Some(format!("{side}: {reason}"))
+        })
+        .collect();
+    if !reasons.is_empty() {
+        return format!("; files not read ({})", reasons.join("; "));
+    }
+    let count = |status: ChangeStatus| {
+        initrd
+            .files
+            .iter()
+            .filter(|file| file.status == status)
+            .count()
+    };
+    let rebuilt = initrd
+        .files
+        .iter()
+        .filter(|file| file.only_store_paths_changed)
+        .count();
+    let mut text = format!(
+        "; files: {} added, {} removed, {} changed",
+        count(ChangeStatus::Added),
+        count(ChangeStatus::Removed),
+        count(ChangeStatus::Changed) - rebuilt,
+    );
+    if rebuilt > 0 {
+        text.push_str(&format!(", {rebuilt} only in store paths"));
+    }
+    if initrd.truncated {
+        text.push_str(" (list cut)");
+    }
+    text
+}
+
 fn kernel_params(ctx: &mut Ctx<'_>, status: ChangeStatus) -> Result<()> {
     let params = |files: &SystemFiles| -> Result<Vec<String>> {
         Ok(files
@@ -178,21 +228,256 @@ fn kernel_params(ctx: &mut Ctx<'_>, status: ChangeStatus) -> Result<()> {
     {
         return Ok(());
     }
-    let risky = added.iter().chain(&removed).any(|param| {
-        let key = param.split('=').next().unwrap_or(param);
-        RISKY_PARAMS.contains(&key)
-    });
     ctx.push(
         AlertKind::KernelParamsChanged,
-        if risky {
-            Severity::High
-        } else {
-            Severity::Medium
-        },
+        params_severity(&added, &removed),
         "kernel-params",
         format!("{}; {REBOOT}", added_removed(&added, &removed)),
     );
     Ok(())
+}
+
+/// Checks `boot.json`: disagreements with the system's own files that
+/// the old system did not have, a removed document, and a changed
+/// `init`. The kernel, initrd and kernel parameters are left to the
+/// checks of the toplevel links, and the initrd secrets to
+/// [`initrd_secrets`].
+pub(super) fn bootspec(ctx: &mut Ctx<'_>) -> Result<()> {
+    let Some(diff) = ctx.diff.bootspec.clone() else {
+        return Ok(());
+    };
+    let old_mismatches = match (&ctx.diff.old_system, bootspec::read(ctx.old)?)
+    {
+        (Some(system), Some(spec)) => {
+            bootspec::mismatches(&spec, ctx.old, system)?
+        }
+        _ => Vec::new(),
+    };
+    for mismatch in &diff.mismatches {
+        if !old_mismatches.contains(mismatch) {
+            ctx.push(
+                AlertKind::BootspecMismatch,
+                Severity::High,
+                "boot.json",
+                format!(
+                    "{mismatch}; boot loaders that read boot.json start \
+                     what it names"
+                ),
+            );
+        }
+    }
+    if diff.old_present && !diff.new_present {
+        ctx.push(
+            AlertKind::BootspecChanged,
+            Severity::Medium,
+            "boot.json",
+            "removed: boot loaders that read boot.json make no entry for \
+             this system",
+        );
+    }
+    for change in &diff.changes {
+        let show = |value: &Option<String>| {
+            value.clone().unwrap_or_else(|| "(none)".to_owned())
+        };
+        match change.field.as_str() {
+            "init" if change.old.is_some() && change.new.is_some() => {
+                ctx.push(
+                    AlertKind::BootspecChanged,
+                    Severity::High,
+                    "boot.json",
+                    format!(
+                        "init {} -> {}: the boot loader starts another \
+                         program as PID 1; {REBOOT}",
+                        show(&change.old),
+                        show(&change.new)
+                    ),
+                );
+            }
+            // Without a kernel-params file on either side, boot.json is
+            // the only record of the kernel parameters.
+            "kernelParams"
+                if !ctx.old.toplevel.contains_key("kernel-params")
+                    && !ctx.new.toplevel.contains_key("kernel-params") =>
+            {
+                let words = |value: &Option<String>| {
+                    value.clone().unwrap_or_default().replace(' ', "\n")
+                };
+                let (added, removed) = line_changes(
+                    &words(&change.old),
+                    &words(&change.new),
+                    |l| Some(l.to_owned()),
+                );
+                ctx.push(
+                    AlertKind::KernelParamsChanged,
+                    params_severity(&added, &removed),
+                    "boot.json kernelParams",
+                    format!("{}; {REBOOT}", added_removed(&added, &removed)),
+                );
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Returns the path of a system's initrd secret appender: the target of
+/// `append-initrd-secrets`, or else `initrdSecrets` of `boot.json`.
+fn secret_appender(files: &SystemFiles) -> Result<Option<String>> {
+    if let Some(Node::StoreLink { target }) =
+        files.toplevel.get("append-initrd-secrets")
+    {
+        return Ok(Some(target.clone()));
+    }
+    Ok(match bootspec::read(files)? {
+        Some(Ok(Bootspec { fields, .. })) => {
+            fields.get("initrdSecrets").cloned()
+        }
+        _ => None,
+    })
+}
+
+/// Reads the text of an appender script at a store path, `None` when it
+/// is not a readable text file in the store.
+fn appender_text(path: &str) -> Result<Option<String>> {
+    if countersign_core::StorePath::parse_prefix(path).is_err() {
+        return Ok(None);
+    }
+    match resolve(std::path::Path::new(path))? {
+        Resolved::File { path, size, .. } if size <= MAX_READ_BYTES => {
+            let (bytes, _) = read_limited(&path, MAX_READ_BYTES)?;
+            Ok(String::from_utf8(bytes).ok())
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Checks the initrd secret appender, which the boot loader installer
+/// runs as root to copy secrets (such as initrd SSH host keys) from the
+/// machine into the initrd. It is compared by its script, so a rebuild
+/// alone raises nothing.
+pub(super) fn initrd_secrets(ctx: &mut Ctx<'_>) -> Result<()> {
+    let old = secret_appender(ctx.old)?;
+    let new = secret_appender(ctx.new)?;
+    if old == new {
+        return Ok(());
+    }
+    let old_text = match &old {
+        Some(path) => appender_text(path)?,
+        None => Some(String::new()),
+    };
+    let new_text = match &new {
+        Some(path) => appender_text(path)?,
+        None => Some(String::new()),
+    };
+    let detail = match (&old_text, &new_text) {
+        (Some(a), Some(b)) => {
+            // The copy lines are described as the secrets they copy.
+            let keep = |line: &str| {
+                config_line(line, '\u{0}')
+                    .filter(|line| secret_copy(line).is_none())
+            };
+            let (added, removed) = line_changes(a, b, keep);
+            let copies = |text: &str| -> Vec<String> {
+                text.lines().filter_map(secret_copy).collect()
+            };
+            let (old_copies, new_copies) = (copies(a), copies(b));
+            let copies_added: Vec<String> = new_copies
+                .iter()
+                .filter(|c| !old_copies.contains(c))
+                .cloned()
+                .collect();
+            let copies_removed: Vec<String> = old_copies
+                .iter()
+                .filter(|c| !new_copies.contains(c))
+                .cloned()
+                .collect();
+            let named: Vec<String> = referenced_changes(a, b, 1)?
+                .into_iter()
+                .filter(|c| !c.only_store_paths_changed)
+                .map(|c| c.path)
+                .collect();
+            if added.is_empty()
+                && removed.is_empty()
+                && named.is_empty()
+                && copies_added.is_empty()
+                && copies_removed.is_empty()
+            {
+                return Ok(());
+            }
+            let mut parts = vec![match (&old, &new) {
+                (None, Some(_)) => "added".to_owned(),
+                (Some(_), None) => "removed".to_owned(),
+                _ => "changed".to_owned(),
+            }];
+            if !copies_added.is_empty() {
+                parts.push(format!("now copies {}", copies_added.join(", ")));
+            }
+            if !copies_removed.is_empty() {
+                parts.push(format!(
+                    "no longer copies {}",
+                    copies_removed.join(", ")
+                ));
+            }
+            let lines = added_removed(&added, &removed);
+            if !lines.is_empty() {
+                parts.push(format!("other lines {lines}"));
+            }
+            let mut detail = parts.join("; ");
+            if !named.is_empty() {
+                detail.push_str(&format!(
+                    "; files it names changed: {}",
+                    named.join(", ")
+                ));
+            }
+            detail
+        }
+        _ => format!(
+            "{} -> {} (the script is not readable text)",
+            old.as_deref()
+                .map_or("(none)".to_owned(), reduce_store_paths),
+            new.as_deref()
+                .map_or("(none)".to_owned(), reduce_store_paths)
+        ),
+    };
+    ctx.push(
+        AlertKind::InitrdSecretsChanged,
+        Severity::High,
+        "append-initrd-secrets",
+        format!(
+            "{detail}; runs as root when the boot loader is installed and \
+             puts secrets into the initrd"
+        ),
+    );
+    Ok(())
+}
+
+/// Describes a copy line of an appender script, `cp -a SOURCE
+/// "$tmp/.initrd-secrets/DESTINATION"`, as `SOURCE to DESTINATION`.
+fn secret_copy(line: &str) -> Option<String> {
+    const MARKER: &str = ".initrd-secrets";
+    let words: Vec<&str> = line.split_whitespace().collect();
+    if words.first() != Some(&"cp") || words.len() < 3 {
+        return None;
+    }
+    let last = words[words.len() - 1].trim_matches(['"', '\'']);
+    let (_, destination) = last.split_once(MARKER)?;
+    let source = words[words.len() - 2].trim_matches(['"', '\'']);
+    let destination = format!("/{}", destination.trim_start_matches('/'));
+    Some(format!("{source} to {destination}"))
+}
+
+/// Rates a change of kernel parameters: high when one that switches off a
+/// protection or changes what runs first is involved.
+fn params_severity(added: &[String], removed: &[String]) -> Severity {
+    let risky = added.iter().chain(removed).any(|param| {
+        let key = param.split('=').next().unwrap_or(param);
+        RISKY_PARAMS.contains(&key)
+    });
+    if risky {
+        Severity::High
+    } else {
+        Severity::Medium
+    }
 }
 
 /// Names a link target by its package and version.
@@ -346,4 +631,22 @@ pub(super) fn sysctl(ctx: &mut Ctx<'_>) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_copies_described() {
+        assert_eq!(
+            secret_copy(
+                "cp -a '/etc/secrets/key' \"$tmp/.initrd-secrets//etc/ssh/key\""
+            )
+            .as_deref(),
+            Some("/etc/secrets/key to /etc/ssh/key")
+        );
+        assert_eq!(secret_copy("mkdir -p \"$tmp/.initrd-secrets/etc\""), None);
+        assert_eq!(secret_copy("cp a b"), None);
+    }
 }

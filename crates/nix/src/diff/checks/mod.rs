@@ -10,7 +10,9 @@
 
 mod access;
 mod boot;
+mod initrd;
 mod services;
+mod units;
 mod users;
 
 use std::collections::BTreeMap;
@@ -33,11 +35,13 @@ pub(super) fn run(
     old: &SystemFiles,
     new: &SystemFiles,
     diff: &SystemDiff,
+    initrd: &InitrdDetails,
 ) -> Result<Vec<Alert>> {
     let mut ctx = Ctx {
         old,
         new,
         diff,
+        initrd,
         alerts: Vec::new(),
     };
     policy(&mut ctx)?;
@@ -51,16 +55,20 @@ pub(super) fn run(
     services::wrappers(&mut ctx)?;
     services::firewall(&mut ctx)?;
     services::activation(&mut ctx)?;
+    services::dry_activation(&mut ctx)?;
     services::tmpfiles(&mut ctx)?;
     services::udev(&mut ctx)?;
     boot::toplevel(&mut ctx)?;
+    boot::bootspec(&mut ctx)?;
+    boot::initrd_secrets(&mut ctx)?;
+    initrd::check(&mut ctx);
     boot::modules(&mut ctx)?;
     boot::modprobe(&mut ctx)?;
     boot::sysctl(&mut ctx)?;
     sidecars(&mut ctx)?;
     other_etc(&mut ctx);
     services::system_path(&mut ctx)?;
-    units(&mut ctx)?;
+    units::check(&mut ctx)?;
     outside_links(&mut ctx);
     let mut alerts = ctx.alerts;
     super::alerts::sort_alerts(&mut alerts);
@@ -68,11 +76,22 @@ pub(super) fn run(
     Ok(alerts)
 }
 
+/// What the initrd checks read besides the diff.
+#[derive(Debug, Default)]
+pub(super) struct InitrdDetails {
+    /// Old and new texts of the changed small text files, by path in the
+    /// initrd.
+    pub texts: BTreeMap<String, (Option<String>, Option<String>)>,
+    /// The targets of the old and new `init` links, store paths reduced.
+    pub init_targets: Vec<String>,
+}
+
 /// The two systems and the alerts found so far.
 pub(super) struct Ctx<'a> {
     pub old: &'a SystemFiles,
     pub new: &'a SystemFiles,
     pub diff: &'a SystemDiff,
+    pub initrd: &'a InitrdDetails,
     pub alerts: Vec<Alert>,
 }
 
@@ -386,162 +405,6 @@ fn other_etc(ctx: &mut Ctx<'_>) {
     ctx.alerts.extend(found);
 }
 
-/// systemd units: added, removed, or changed beyond store paths.
-///
-/// NOTE: unit texts are compared line by line, not parsed into sections.
-/// Running as root, full-privilege command prefixes and removed
-/// sandboxing settings raise the severity; other settings get medium.
-fn units(ctx: &mut Ctx<'_>) -> Result<()> {
-    let mut found = Vec::new();
-    for change in &ctx.diff.units {
-        let enabling_link = change.path.contains(".wants/")
-            || change.path.contains(".requires/")
-            || change.path.contains(".upholds/");
-        if change.status == ChangeStatus::Changed
-            && (change.only_store_paths_changed || enabling_link)
-        {
-            // An enabling link's unit is reported on its own.
-            continue;
-        }
-        let old = ctx.old.unit_text(&change.path)?.unwrap_or_default();
-        let new = ctx.new.unit_text(&change.path)?.unwrap_or_default();
-        if change.status == ChangeStatus::Changed
-            && covered_elsewhere(change, &old, &new)
-        {
-            continue;
-        }
-        let (kind, severity, detail) = match change.status {
-            ChangeStatus::Added => {
-                let commands: Vec<String> = new
-                    .lines()
-                    .filter(|line| line.trim_start().starts_with("Exec"))
-                    .filter_map(|line| config_line(line, '\u{0}'))
-                    .collect();
-                let detail = if commands.is_empty() {
-                    "added".to_owned()
-                } else {
-                    format!("added, runs {}", quote_lines(&commands))
-                };
-                (AlertKind::UnitAdded, unit_severity(&[], &commands), detail)
-            }
-            ChangeStatus::Removed => (
-                AlertKind::UnitRemoved,
-                Severity::Medium,
-                "removed".to_owned(),
-            ),
-            ChangeStatus::Changed => {
-                let (added, removed) =
-                    line_changes(&old, &new, |line| config_line(line, '#'));
-                let mut detail = status_text(change);
-                let lines = added_removed(&added, &removed);
-                if !lines.is_empty() {
-                    detail.push_str(&format!(": {lines}"));
-                }
-                let mut severity = unit_severity(&removed, &added);
-                if runs_as_user(&old) && !runs_as_user(&new) {
-                    severity = Severity::High;
-                    detail.push_str("; now runs as root");
-                }
-                (AlertKind::UnitChanged, severity, detail)
-            }
-        };
-        let subject = format!("/etc/systemd/system/{}", change.path);
-        found.push(Alert::new(kind, severity, subject, detail));
-    }
-    ctx.alerts.extend(found);
-    Ok(())
-}
-
-/// systemd settings that confine a service; removing one widens what
-/// it may do.
-const SANDBOXING: &[&str] = &[
-    "User=",
-    "DynamicUser=",
-    "NoNewPrivileges=",
-    "ProtectSystem=",
-    "ProtectHome=",
-    "PrivateTmp=",
-    "PrivateDevices=",
-    "PrivateNetwork=",
-    "CapabilityBoundingSet=",
-    "AmbientCapabilities=",
-    "SystemCallFilter=",
-    "RestrictSUIDSGID=",
-    "ProtectKernelModules=",
-    "ProtectKernelTunables=",
-    "ReadOnlyPaths=",
-    "InaccessiblePaths=",
-];
-
-/// Rates a unit change high when a sandboxing setting is removed, or
-/// when an added command line runs with full privileges (`+`, `!`, `!!`
-/// prefixes) or an added setting grants capabilities. Any other change
-/// is medium.
-fn unit_severity(removed: &[String], added: &[String]) -> Severity {
-    let loosened = removed
-        .iter()
-        .any(|line| SANDBOXING.iter().any(|key| line.starts_with(key)));
-    let privileged = added.iter().any(|line| {
-        let value = line
-            .strip_prefix("Exec")
-            .and_then(|rest| rest.split_once('='))
-            .map(|(_, value)| value.trim_start_matches(['-', '@', ':']));
-        value.is_some_and(|value| value.starts_with(['+', '!']))
-            || line.starts_with("AmbientCapabilities=")
-    });
-    if loosened || privileged {
-        Severity::High
-    } else {
-        Severity::Medium
-    }
-}
-
-/// Tells whether a unit's text names the user it runs as.
-fn runs_as_user(text: &str) -> bool {
-    text.lines().any(|line| {
-        let line = line.trim_start();
-        line.starts_with("User=")
-            || line.starts_with("DynamicUser=true")
-            || line.starts_with("DynamicUser=yes")
-    })
-}
-
-/// Units whose script a check of its own reads line by line: the unit,
-/// the store name of its script, and the store names of files that the
-/// script names and the check reads too (the wrappers' programs).
-const COVERED_UNITS: &[(&str, &str, &str)] = &[
-    ("firewall.service", "firewall-start", ""),
-    ("nftables.service", "nftables-rules", ""),
-    (
-        "suid-sgid-wrappers.service",
-        "unit-script-suid-sgid-wrappers-start",
-        "security-wrapper-",
-    ),
-];
-
-/// Tells whether a unit changed only in the script that a check of its
-/// own compares: same text with store paths reduced, and no changed file
-/// other than that script and the files the check reads with it.
-fn covered_elsewhere(change: &EntryChange, old: &str, new: &str) -> bool {
-    let Some((_, script, nested)) = COVERED_UNITS
-        .iter()
-        .find(|(unit, _, _)| *unit == change.path)
-    else {
-        return false;
-    };
-    let within = |path: &str, name: &str| {
-        !name.is_empty() && (path == name || path.starts_with(name))
-    };
-    reduce_store_paths(old) == reduce_store_paths(new)
-        && change.referenced.iter().all(|c| {
-            within(&c.path, script)
-                && c.referenced.iter().all(|r| {
-                    r.only_store_paths_changed
-                        || (within(&r.path, nested) && r.referenced.is_empty())
-                })
-        })
-}
-
 /// `/etc` paths whose content decides who gets in or what runs as
 /// root. When one of them becomes a link out of the store, its content
 /// is no longer part of what approvers review.
@@ -729,20 +592,38 @@ pub(super) fn find_reference(
         .find(|path| wanted(path.name()))
 }
 
-/// Splits an `activate` script into its snippets, by name, on the
-/// `#### Activation script snippet <name>:` headers. Text before the
-/// first header is under the name `(frame)`.
+/// The text that stands for a snippet in `dry-activate` when the snippet
+/// does not support dry activation.
+pub(super) const NO_DRY_ACTIVATION: &str = "(does not support dry activation)";
+
+/// Splits an `activate` or `dry-activate` script into its snippets, by
+/// name, on the `#### Activation script snippet <name>:` headers. Text
+/// before the first header is under the name `(frame)`. The line
+/// `#### Activation script snippet <name> does not support dry
+/// activation.` of `dry-activate` becomes the snippet `<name>` with the
+/// text [`NO_DRY_ACTIVATION`].
 pub(super) fn activation_snippets(text: &str) -> BTreeMap<String, String> {
     const HEADER: &str = "#### Activation script snippet ";
+    const NO_DRY: &str = " does not support dry activation.";
     let mut snippets = BTreeMap::new();
     let mut name = "(frame)".to_owned();
     let mut body = String::new();
     for line in text.split_inclusive('\n') {
-        if let Some(rest) = line.strip_prefix(HEADER)
-            && let Some(found) = rest.trim_end().strip_suffix(':')
-        {
+        let Some(rest) = line.strip_prefix(HEADER) else {
+            body.push_str(line);
+            continue;
+        };
+        if let Some(found) = rest.trim_end().strip_suffix(':') {
             append_snippet(&mut snippets, &name, &body);
             name = found.to_owned();
+            body.clear();
+            continue;
+        }
+        if let Some(found) = rest.trim_end().strip_suffix(NO_DRY) {
+            append_snippet(&mut snippets, &name, &body);
+            snippets.insert(found.to_owned(), NO_DRY_ACTIVATION.to_owned());
+            // What follows up to the next header belongs to the frame.
+            name = "(frame)".to_owned();
             body.clear();
             continue;
         }
@@ -811,6 +692,22 @@ mod tests {
             exit $_status\n";
         let snippets = activation_snippets(with_report);
         assert!(!snippets["a"].contains("exit"));
+        assert!(snippets["(frame)"].contains("exit $_status"));
+    }
+
+    #[test]
+    fn dry_activation_placeholders_are_snippets() {
+        let text = "#!/bin/sh\n\
+            #### Activation script snippet specialfs does not support dry \
+            activation.\n\
+            #### Activation script snippet users:\n_localstatus=0\nadd users\n\
+            #### Activation script snippet etc does not support dry \
+            activation.\nexit $_status\n";
+        let snippets = activation_snippets(text);
+        assert_eq!(snippets["specialfs"], NO_DRY_ACTIVATION);
+        assert_eq!(snippets["etc"], NO_DRY_ACTIVATION);
+        assert!(snippets["users"].contains("add users"));
+        assert!(!snippets["users"].contains("does not support"));
         assert!(snippets["(frame)"].contains("exit $_status"));
     }
 

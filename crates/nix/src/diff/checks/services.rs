@@ -8,8 +8,8 @@ use std::path::Path;
 use countersign_core::StorePath;
 
 use super::{
-    Ctx, activation_snippets, added_removed, config_line, find_reference,
-    line_changes, quote_lines,
+    Ctx, NO_DRY_ACTIVATION, activation_snippets, added_removed, config_line,
+    find_reference, line_changes, quote_lines,
 };
 use crate::closure::{is_store_path, store_name};
 use crate::diff::alerts::{AlertKind, Severity};
@@ -534,6 +534,86 @@ pub(super) fn activation(ctx: &mut Ctx<'_>) -> Result<()> {
             }
             (None, None) => {}
         }
+    }
+    Ok(())
+}
+
+/// Snippets of `dry-activate`, which runs as root when an administrator
+/// requests a preview of a switch (`switch-to-configuration dry-activate`).
+/// A change that the same snippet of `activate` makes too is reported
+/// by [`activation`] alone.
+pub(super) fn dry_activation(ctx: &mut Ctx<'_>) -> Result<()> {
+    if !ctx.diff.toplevel.iter().any(|c| c.path == "dry-activate") {
+        return Ok(());
+    }
+    let snippets = |files: &SystemFiles, name: &str| -> Result<_> {
+        Ok(activation_snippets(
+            &files.toplevel_text(name)?.unwrap_or_default(),
+        ))
+    };
+    let old = snippets(ctx.old, "dry-activate")?;
+    let new = snippets(ctx.new, "dry-activate")?;
+    let old_activate = snippets(ctx.old, "activate")?;
+    let new_activate = snippets(ctx.new, "activate")?;
+    let names: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    for name in names {
+        let (before, after) = (old.get(name), new.get(name));
+        if before == after {
+            continue;
+        }
+        let same_as_activate = before == old_activate.get(name)
+            && after == new_activate.get(name);
+        if same_as_activate {
+            continue;
+        }
+        fn runs(text: Option<&String>) -> Option<&String> {
+            text.filter(|text| text.as_str() != NO_DRY_ACTIVATION)
+        }
+        let lines = |text: &str| -> Vec<String> {
+            text.lines()
+                .filter_map(|l| config_line(l, '\u{0}'))
+                .filter(|l| !l.starts_with("_localstatus=0"))
+                .collect()
+        };
+        let subject = format!("dry-activate snippet {name}");
+        let (severity, detail) = match (runs(before), runs(after)) {
+            (None, Some(text)) => (
+                Severity::High,
+                format!(
+                    "now runs in dry activation, as root: {}",
+                    quote_lines(&lines(text))
+                ),
+            ),
+            (Some(_), None) => {
+                (Severity::Low, "no longer runs in dry activation".to_owned())
+            }
+            (Some(a), Some(b)) => {
+                let keep = |line: &str| config_line(line, '\u{0}');
+                let (added, removed) = line_changes(a, b, keep);
+                if !added.is_empty() || !removed.is_empty() {
+                    (Severity::High, added_removed(&added, &removed))
+                } else {
+                    let changed: Vec<String> = referenced_changes(a, b, 1)?
+                        .into_iter()
+                        .filter(|c| !c.only_store_paths_changed)
+                        .map(|c| c.path)
+                        .collect();
+                    if changed.is_empty() {
+                        continue;
+                    }
+                    (
+                        Severity::High,
+                        format!(
+                            "runs generated files whose content changed: {}",
+                            changed.join(", ")
+                        ),
+                    )
+                }
+            }
+            // A snippet that appears or disappears without running.
+            (None, None) => continue,
+        };
+        ctx.push(AlertKind::DryActivationChanged, severity, subject, detail);
     }
     Ok(())
 }

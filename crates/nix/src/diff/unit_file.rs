@@ -1,0 +1,341 @@
+//! systemd unit files and drop-ins, parsed into directives.
+//!
+//! A unit is compared by what it sets rather than by its lines, so that
+//! reordering keys, moving comments or splitting a value over several
+//! lines changes nothing. The syntax follows systemd.syntax(7): `[Section]`
+//! headers, `Key=Value` assignments, `#` and `;` comments at the start of
+//! a line, and a trailing backslash joining a line with the next one. A
+//! key assigned several times keeps its values as an ordered list, and
+//! an empty assignment (`Key=`) clears the list, as systemd does for list
+//! settings. Drop-ins (`<unit>.d/*.conf`) are applied after the unit in
+//! file name order, the way systemd merges them.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::reduce::reduce_store_paths;
+
+/// The directives of a unit: section, then key, then the values in the
+/// order they were assigned. Values have their store paths reduced to
+/// package names (see [`reduce_store_paths`]) and runs of blank space
+/// outside quotes collapsed to one space.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UnitFile {
+    pub sections: BTreeMap<String, BTreeMap<String, Vec<String>>>,
+}
+
+/// One directive whose values differ between two versions of a unit. An
+/// empty `old` means the directive was added, an empty `new` that it
+/// was removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectiveChange {
+    pub section: String,
+    pub key: String,
+    pub old: Vec<String>,
+    pub new: Vec<String>,
+}
+
+impl UnitFile {
+    /// Parses one unit file or drop-in.
+    pub fn parse(text: &str) -> Self {
+        let mut unit = Self::default();
+        unit.apply(text);
+        unit
+    }
+
+    /// Applies the assignments of `text` on top of these directives, as
+    /// systemd applies a drop-in to its unit.
+    pub fn apply(&mut self, text: &str) {
+        let mut section = String::new();
+        for line in logical_lines(text) {
+            if let Some(name) =
+                line.strip_prefix('[').and_then(|l| l.strip_suffix(']'))
+            {
+                section = name.trim().to_owned();
+                continue;
+            }
+            // A line without `=` is invalid in a unit; systemd ignores it
+            // with a warning, so it sets nothing here either.
+            let Some((key, value)) = line.split_once('=') else {
+                continue;
+            };
+            let key = key.trim();
+            if key.is_empty() {
+                continue;
+            }
+            let values = self
+                .sections
+                .entry(section.clone())
+                .or_default()
+                .entry(key.to_owned())
+                .or_default();
+            let value = normalize_value(value);
+            if value.is_empty() {
+                values.clear();
+            } else {
+                values.push(value);
+            }
+        }
+        // A list that ended up empty sets nothing.
+        for keys in self.sections.values_mut() {
+            keys.retain(|_, values| !values.is_empty());
+        }
+        self.sections.retain(|_, keys| !keys.is_empty());
+    }
+
+    /// Returns the values of `key` in `section`, empty when it is unset.
+    pub fn get(&self, section: &str, key: &str) -> &[String] {
+        self.sections
+            .get(section)
+            .and_then(|keys| keys.get(key))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// Returns the last value of `key` in `section`, the one systemd uses
+    /// for a setting that takes a single value.
+    pub fn last(&self, section: &str, key: &str) -> Option<&str> {
+        self.get(section, key).last().map(String::as_str)
+    }
+}
+
+/// Splits a unit's text into logical lines: trimmed, comments and blank
+/// lines dropped, continuation lines joined with one space in place of
+/// the backslash. A comment line inside a continuation is skipped, as
+/// systemd skips it.
+fn logical_lines(text: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut pending: Option<String> = None;
+    for raw in text.lines() {
+        let line = raw.trim();
+        if line.starts_with(['#', ';']) {
+            continue;
+        }
+        let (part, continues) = match line.strip_suffix('\\') {
+            Some(rest) => (rest, true),
+            None => (line, false),
+        };
+        let joined = match pending.take() {
+            Some(mut start) => {
+                start.push(' ');
+                start.push_str(part);
+                start
+            }
+            None => part.to_owned(),
+        };
+        if continues {
+            pending = Some(joined);
+        } else if !joined.trim().is_empty() {
+            lines.push(joined.trim().to_owned());
+        }
+    }
+    if let Some(rest) = pending
+        && !rest.trim().is_empty()
+    {
+        lines.push(rest.trim().to_owned());
+    }
+    lines
+}
+
+/// Trims a value, collapses blank space outside quotes and reduces its
+/// store paths.
+fn normalize_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut quote: Option<char> = None;
+    let mut blank = false;
+    for c in value.trim().chars() {
+        match quote {
+            Some(open) => {
+                if c == open {
+                    quote = None;
+                }
+                out.push(c);
+            }
+            None if c.is_whitespace() => blank = true,
+            None => {
+                if blank {
+                    out.push(' ');
+                    blank = false;
+                }
+                if c == '"' || c == '\'' {
+                    quote = Some(c);
+                }
+                out.push(c);
+            }
+        }
+    }
+    reduce_store_paths(&out)
+}
+
+/// Lists the directives whose values differ, by section and key.
+pub fn directive_changes(
+    old: &UnitFile,
+    new: &UnitFile,
+) -> Vec<DirectiveChange> {
+    let mut keys: BTreeSet<(&String, &String)> = BTreeSet::new();
+    for unit in [old, new] {
+        for (section, entries) in &unit.sections {
+            keys.extend(entries.keys().map(|key| (section, key)));
+        }
+    }
+    keys.into_iter()
+        .filter_map(|(section, key)| {
+            let before = old.get(section, key);
+            let after = new.get(section, key);
+            (before != after).then(|| DirectiveChange {
+                section: section.clone(),
+                key: key.clone(),
+                old: before.to_vec(),
+                new: after.to_vec(),
+            })
+        })
+        .collect()
+}
+
+impl DirectiveChange {
+    /// Describes the change in one line: `added [Service] User=backup`,
+    /// `removed [Service] User=backup` or `[Service] User: a -> b`.
+    pub fn describe(&self) -> String {
+        let assignments = |values: &[String]| {
+            values
+                .iter()
+                .map(|value| {
+                    format!("[{}] {}={value}", self.section, self.key)
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match (self.old.is_empty(), self.new.is_empty()) {
+            (true, _) => format!("added {}", assignments(&self.new)),
+            (_, true) => format!("removed {}", assignments(&self.old)),
+            _ => format!(
+                "[{}] {}: {} -> {}",
+                self.section,
+                self.key,
+                self.old.join(", "),
+                self.new.join(", ")
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sections_keys_and_comments() {
+        let unit = UnitFile::parse(
+            "# leading comment\n[Unit]\nDescription = SSH  daemon \n\
+             ; another comment\n\n[Service]\nUser=sshd\n#User=root\n",
+        );
+        assert_eq!(unit.get("Unit", "Description"), ["SSH daemon"]);
+        assert_eq!(unit.get("Service", "User"), ["sshd"]);
+        assert_eq!(unit.sections.len(), 2);
+    }
+
+    #[test]
+    fn repeated_keys_form_a_list() {
+        let unit = UnitFile::parse(
+            "[Service]\nExecStartPre=/bin/a\nExecStartPre=/bin/b\n",
+        );
+        assert_eq!(unit.get("Service", "ExecStartPre"), ["/bin/a", "/bin/b"]);
+        assert_eq!(unit.last("Service", "ExecStartPre"), Some("/bin/b"));
+    }
+
+    #[test]
+    fn empty_assignment_resets_the_list() {
+        let mut unit = UnitFile::parse(
+            "[Service]\nExecStart=/bin/old\nEnvironment=A=1\n",
+        );
+        unit.apply(
+            "[Service]\nExecStart=\nExecStart=/bin/new\nEnvironment=\n",
+        );
+        assert_eq!(unit.get("Service", "ExecStart"), ["/bin/new"]);
+        assert!(unit.get("Service", "Environment").is_empty());
+        assert!(!unit.sections["Service"].contains_key("Environment"));
+    }
+
+    #[test]
+    fn continuation_lines_join() {
+        let unit = UnitFile::parse(
+            "[Service]\nExecStart=/bin/run \\\n  --flag \\\n# skipped\n  \
+             value\nUser=x\n",
+        );
+        assert_eq!(
+            unit.get("Service", "ExecStart"),
+            ["/bin/run --flag value"]
+        );
+        assert_eq!(unit.get("Service", "User"), ["x"]);
+    }
+
+    #[test]
+    fn blank_space_inside_quotes_is_kept() {
+        let unit = UnitFile::parse(
+            "[Service]\nEnvironment=\"GREETING=a  b\"   \"X=1\"\n",
+        );
+        assert_eq!(
+            unit.get("Service", "Environment"),
+            ["\"GREETING=a  b\" \"X=1\""]
+        );
+    }
+
+    #[test]
+    fn store_paths_reduce_in_values() {
+        let old = UnitFile::parse(
+            "[Service]\nExecStart=/nix/store/\
+             0123456789abcdfghijklmnpqrsvwxyz-openssh-9.9p1/bin/sshd\n",
+        );
+        let new = UnitFile::parse(
+            "[Service]\nExecStart=/nix/store/\
+             zyxwvsrqpnmlkjihgfdcba9876543210-openssh-9.9p2/bin/sshd\n",
+        );
+        assert_eq!(old, new);
+    }
+
+    #[test]
+    fn reordering_and_reformatting_change_nothing() {
+        let old = UnitFile::parse(
+            "[Unit]\nDescription=Backup\nAfter=network.target\n\n\
+             [Service]\nUser=backup\nExecStart=/bin/backup --all\n\
+             ProtectSystem=strict\n",
+        );
+        let new = UnitFile::parse(
+            "[Service]\n# hardening\nProtectSystem = strict\n\
+             ExecStart=/bin/backup \\\n    --all\nUser=backup\n\n\
+             [Unit]\nAfter=network.target\nDescription=Backup\n",
+        );
+        assert!(directive_changes(&old, &new).is_empty());
+    }
+
+    #[test]
+    fn changes_by_directive() {
+        let old = UnitFile::parse(
+            "[Service]\nUser=backup\nExecStart=/bin/a\nPrivateTmp=true\n",
+        );
+        let new = UnitFile::parse(
+            "[Service]\nUser=root\nExecStart=/bin/a\nExecStartPre=+/bin/b\n",
+        );
+        let described: Vec<String> = directive_changes(&old, &new)
+            .iter()
+            .map(DirectiveChange::describe)
+            .collect();
+        assert_eq!(
+            described,
+            [
+                "added [Service] ExecStartPre=+/bin/b",
+                "removed [Service] PrivateTmp=true",
+                "[Service] User: backup -> root",
+            ]
+        );
+    }
+
+    #[test]
+    fn invalid_lines_are_ignored() {
+        let unit = UnitFile::parse(
+            "not a directive\n[Service]\n=value\nUser=x\n[Broken\nKey\\",
+        );
+        assert_eq!(unit.get("Service", "User"), ["x"]);
+        assert_eq!(unit.sections.len(), 1);
+    }
+}
