@@ -371,6 +371,12 @@ fn variants() -> Vec<(&'static str, Change)> {
                 "[Service]\nUser=\nAmbientCapabilities=CAP_NET_ADMIN\n",
             );
         }),
+        ("unit-drop-in-root", |s| {
+            s.set_unit(
+                "backup.service.d/overrides.conf",
+                "[Service]\nUser=root\n",
+            );
+        }),
         ("unit-script", |s| {
             s.set_package(Package::unit_script(
                 "backup",
@@ -1152,6 +1158,18 @@ fn unit_drop_in_names_security_directives() {
         .find(|c| c.path == "backup.service.d/overrides.conf")
         .expect("the drop-in is listed");
     assert_eq!(drop_in.directives.len(), 1, "{:#?}", drop_in.directives);
+}
+
+#[test]
+fn unit_drop_in_overrides_user_with_root() {
+    let alerts = check("unit-drop-in-root", &[(K::UnitChanged, S::High)], &[]);
+    let unit = &alerts[0];
+    assert_eq!(unit.subject, "/etc/systemd/system/backup.service");
+    assert!(
+        unit.detail.contains("[Service] User: backup -> root"),
+        "{unit:#?}"
+    );
+    assert!(unit.detail.contains("now runs as root"), "{unit:#?}");
 }
 
 #[test]

@@ -4,11 +4,13 @@
 //! reordering keys, moving comments or splitting a value over several
 //! lines changes nothing. The syntax follows systemd.syntax(7): `[Section]`
 //! headers, `Key=Value` assignments, `#` and `;` comments at the start of
-//! a line, and a trailing backslash joining a line with the next one. A
-//! key assigned several times keeps its values as an ordered list, and
-//! an empty assignment (`Key=`) clears the list, as systemd does for list
-//! settings. Drop-ins (`<unit>.d/*.conf`) are applied after the unit in
-//! file name order, the way systemd merges them.
+//! a line, and a trailing backslash joining a line with the next one.
+//! As in systemd, the last assignment of a setting wins, except for the
+//! list settings in [`accumulates`] (commands, dependencies, paths,
+//! environment, capabilities, socket listens, ...), whose assignments
+//! add up in order. An empty assignment (`Key=`) resets either kind.
+//! Drop-ins (`<unit>.d/*.conf`) are applied after the unit in file name
+//! order, the way systemd merges them.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -16,10 +18,12 @@ use serde::{Deserialize, Serialize};
 
 use super::reduce::reduce_store_paths;
 
-/// The directives of a unit: section, then key, then the values in the
-/// order they were assigned. Values have their store paths reduced to
-/// package names (see [`reduce_store_paths`]) and runs of blank space
-/// outside quotes collapsed to one space.
+/// The effective directives of a unit: section, then key, then the
+/// values. A list setting keeps every assignment since its last reset,
+/// in order, and any other setting keeps only its last value. Values have
+/// their store paths reduced to package names (see
+/// [`reduce_store_paths`]) and runs of blank space outside quotes
+/// collapsed to one space.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UnitFile {
     pub sections: BTreeMap<String, BTreeMap<String, Vec<String>>>,
@@ -73,8 +77,10 @@ impl UnitFile {
             let value = normalize_value(value);
             if value.is_empty() {
                 values.clear();
-            } else {
+            } else if accumulates(&section, key) {
                 values.push(value);
+            } else {
+                *values = vec![value];
             }
         }
         // A list that ended up empty sets nothing.
@@ -92,10 +98,147 @@ impl UnitFile {
             .map_or(&[], Vec::as_slice)
     }
 
-    /// Returns the last value of `key` in `section`, the one systemd uses
-    /// for a setting that takes a single value.
+    /// Returns the last value of `key` in `section`: the value of a
+    /// setting that takes one, or the last assignment of a list.
     pub fn last(&self, section: &str, key: &str) -> Option<&str> {
         self.get(section, key).last().map(String::as_str)
+    }
+}
+
+/// List settings of `[Unit]`. Every `Condition*` and `Assert*` key is
+/// one too.
+const UNIT_LISTS: &[&str] = &[
+    "Documentation",
+    "Wants",
+    "Requires",
+    "Requisite",
+    "BindsTo",
+    "PartOf",
+    "Upholds",
+    "Conflicts",
+    "Before",
+    "After",
+    "OnFailure",
+    "OnSuccess",
+    "PropagatesReloadTo",
+    "ReloadPropagatedFrom",
+    "PropagatesStopTo",
+    "StopPropagatedFrom",
+    "JoinsNamespaceOf",
+    "RequiresMountsFor",
+    "WantsMountsFor",
+];
+
+/// List settings of `[Install]`.
+const INSTALL_LISTS: &[&str] =
+    &["Alias", "WantedBy", "RequiredBy", "UpheldBy", "Also"];
+
+/// List settings of the type-specific sections (`[Service]`,
+/// `[Socket]`, `[Mount]`, `[Swap]`, `[Timer]`, `[Path]`, `[Slice]`):
+/// execution environment, sandboxing, credentials, resource control,
+/// socket listens, timer and path triggers. Every `Exec*` command is
+/// one too.
+const TYPE_LISTS: &[&str] = &[
+    // systemd.exec(5)
+    "Environment",
+    "EnvironmentFile",
+    "PassEnvironment",
+    "UnsetEnvironment",
+    "SupplementaryGroups",
+    "ReadWritePaths",
+    "ReadOnlyPaths",
+    "InaccessiblePaths",
+    "ExecPaths",
+    "NoExecPaths",
+    "BindPaths",
+    "BindReadOnlyPaths",
+    "TemporaryFileSystem",
+    "MountImages",
+    "ExtensionImages",
+    "ExtensionDirectories",
+    "CapabilityBoundingSet",
+    "AmbientCapabilities",
+    "SystemCallFilter",
+    "SystemCallArchitectures",
+    "SystemCallLog",
+    "RestrictAddressFamilies",
+    "RestrictNamespaces",
+    "RestrictFileSystems",
+    "RestrictNetworkInterfaces",
+    "StateDirectory",
+    "RuntimeDirectory",
+    "CacheDirectory",
+    "LogsDirectory",
+    "ConfigurationDirectory",
+    "LoadCredential",
+    "LoadCredentialEncrypted",
+    "SetCredential",
+    "SetCredentialEncrypted",
+    "ImportCredential",
+    "LogExtraFields",
+    "LogFilterPatterns",
+    // systemd.service(5)
+    "SuccessExitStatus",
+    "RestartPreventExitStatus",
+    "RestartForceExitStatus",
+    "OpenFile",
+    // systemd.resource-control(5)
+    "DeviceAllow",
+    "IPAddressAllow",
+    "IPAddressDeny",
+    "IPIngressFilterPath",
+    "IPEgressFilterPath",
+    "SocketBindAllow",
+    "SocketBindDeny",
+    "BPFProgram",
+    "IODeviceWeight",
+    "IOReadBandwidthMax",
+    "IOWriteBandwidthMax",
+    "IOReadIOPSMax",
+    "IOWriteIOPSMax",
+    "IODeviceLatencyTargetSec",
+    // systemd.socket(5)
+    "ListenStream",
+    "ListenDatagram",
+    "ListenSequentialPacket",
+    "ListenFIFO",
+    "ListenSpecial",
+    "ListenNetlink",
+    "ListenMessageQueue",
+    "ListenUSBFunction",
+    "Symlinks",
+    // systemd.timer(5) and systemd.path(5)
+    "OnActiveSec",
+    "OnBootSec",
+    "OnStartupSec",
+    "OnUnitActiveSec",
+    "OnUnitInactiveSec",
+    "OnCalendar",
+    "PathExists",
+    "PathExistsGlob",
+    "PathChanged",
+    "PathModified",
+    "DirectoryNotEmpty",
+];
+
+/// Tells whether `key` in `section` is a list setting, whose
+/// assignments add up, rather than one whose last assignment wins.
+/// Capability, system call and address family lists are kept as their
+/// assignments, including those that start with `~` to invert a part.
+///
+/// NOTE: a list is compared in assignment order, so `After=a b` and
+/// `After=b a` differ although systemd treats them alike, and an empty
+/// `Condition*=` resets only its own key here, where systemd resets all
+/// of the unit's conditions.
+fn accumulates(section: &str, key: &str) -> bool {
+    match section {
+        "Unit" => {
+            UNIT_LISTS.contains(&key)
+                || key.starts_with("Condition")
+                || key.starts_with("Assert")
+        }
+        "Install" => INSTALL_LISTS.contains(&key),
+        _ => key.starts_with("Exec") || TYPE_LISTS.contains(&key),
     }
 }
 
@@ -241,6 +384,90 @@ mod tests {
         );
         assert_eq!(unit.get("Service", "ExecStartPre"), ["/bin/a", "/bin/b"]);
         assert_eq!(unit.last("Service", "ExecStartPre"), Some("/bin/b"));
+    }
+
+    #[test]
+    fn single_value_last_assignment_wins() {
+        let mut unit = UnitFile::parse(
+            "[Unit]\nDescription=first\nDescription=second\n\
+             [Service]\nUser=backup\nProtectSystem=full\n",
+        );
+        unit.apply("[Service]\nUser=root\nProtectSystem=strict\n");
+        assert_eq!(unit.get("Unit", "Description"), ["second"]);
+        assert_eq!(unit.get("Service", "User"), ["root"]);
+        assert_eq!(unit.get("Service", "ProtectSystem"), ["strict"]);
+    }
+
+    #[test]
+    fn drop_in_override_changes_one_value() {
+        let old = UnitFile::parse("[Service]\nUser=backup\n");
+        let mut new = old.clone();
+        new.apply("[Service]\nUser=root\n");
+        let described: Vec<String> = directive_changes(&old, &new)
+            .iter()
+            .map(DirectiveChange::describe)
+            .collect();
+        assert_eq!(described, ["[Service] User: backup -> root"]);
+    }
+
+    #[test]
+    fn list_settings_accumulate_per_section() {
+        let mut unit = UnitFile::parse(
+            "[Unit]\nAfter=network.target\nConditionPathExists=/a\n\
+             [Service]\nReadWritePaths=/var/a\n\
+             CapabilityBoundingSet=CAP_NET_BIND_SERVICE\n\
+             [Socket]\nListenStream=22\n\
+             [Install]\nWantedBy=multi-user.target\n",
+        );
+        unit.apply(
+            "[Unit]\nAfter=time-sync.target\nConditionPathExists=/b\n\
+             [Service]\nReadWritePaths=/var/b\n\
+             CapabilityBoundingSet=~CAP_SYS_ADMIN\n\
+             [Socket]\nListenStream=2222\n\
+             [Install]\nWantedBy=backup.target\n",
+        );
+        assert_eq!(
+            unit.get("Unit", "After"),
+            ["network.target", "time-sync.target"]
+        );
+        assert_eq!(unit.get("Unit", "ConditionPathExists"), ["/a", "/b"]);
+        assert_eq!(
+            unit.get("Service", "ReadWritePaths"),
+            ["/var/a", "/var/b"]
+        );
+        assert_eq!(
+            unit.get("Service", "CapabilityBoundingSet"),
+            ["CAP_NET_BIND_SERVICE", "~CAP_SYS_ADMIN"]
+        );
+        assert_eq!(unit.get("Socket", "ListenStream"), ["22", "2222"]);
+        assert_eq!(
+            unit.get("Install", "WantedBy"),
+            ["multi-user.target", "backup.target"]
+        );
+    }
+
+    #[test]
+    fn list_table_depends_on_section() {
+        // `After=` is a dependency only in `[Unit]`. Elsewhere it is an
+        // unknown key, which keeps its last value.
+        assert!(accumulates("Unit", "After"));
+        assert!(!accumulates("Service", "After"));
+        assert!(accumulates("Service", "ExecStartPost"));
+        assert!(accumulates("Socket", "ExecStartPre"));
+        assert!(!accumulates("Unit", "ExecStart"));
+        assert!(accumulates("Install", "WantedBy"));
+        assert!(!accumulates("Service", "User"));
+    }
+
+    #[test]
+    fn empty_assignment_resets_a_single_value() {
+        let mut unit =
+            UnitFile::parse("[Service]\nUser=backup\nDynamicUser=yes\n");
+        unit.apply("[Service]\nUser=\n");
+        assert!(unit.get("Service", "User").is_empty());
+        assert_eq!(unit.get("Service", "DynamicUser"), ["yes"]);
+        unit.apply("[Service]\nUser=\nUser=nobody\n");
+        assert_eq!(unit.get("Service", "User"), ["nobody"]);
     }
 
     #[test]

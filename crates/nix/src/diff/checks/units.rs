@@ -1,7 +1,9 @@
 //! systemd units, compared by their directives.
 //!
 //! A unit is read as systemd reads it: the unit file with its drop-ins
-//! (`<unit>.d/*.conf`) applied in name order. Two versions that set the
+//! (`<unit>.d/*.conf`) applied in name order, so a single-valued setting
+//! such as `User=` has its last value and the checks see the value
+//! systemd uses. Two versions that set the
 //! same directives raise nothing, however their lines are ordered or
 //! formatted, and a change is described per directive as
 //! `[Section] Key: old -> new`.
@@ -497,6 +499,48 @@ mod tests {
             "[Service]\nExecStart=/run/current-system/sw/bin/x --flag\n",
         );
         assert_eq!(directive_severity(&profile), Severity::Medium);
+    }
+
+    fn merged_unit(unit: &str, drop_ins: &[&str]) -> Merged {
+        let mut directives = UnitFile::parse(unit);
+        for drop_in in drop_ins {
+            directives.apply(drop_in);
+        }
+        Merged {
+            directives,
+            unreadable: None,
+        }
+    }
+
+    #[test]
+    fn drop_in_user_root_runs_as_root() {
+        let unit = "[Service]\nUser=backup\nExecStart=/nix/store/…-x/bin/x\n";
+        let old = merged_unit(unit, &[]);
+        let new = merged_unit(unit, &["[Service]\nUser=root\n"]);
+        let (kind, severity, detail) =
+            changed_unit("backup.service", &[], &old, &new).unwrap();
+        assert_eq!(kind, AlertKind::UnitChanged);
+        assert_eq!(severity, Severity::High);
+        assert!(
+            detail.contains("[Service] User: backup -> root"),
+            "{detail}"
+        );
+        assert!(detail.contains("now runs as root"), "{detail}");
+    }
+
+    #[test]
+    fn drop_in_user_override_keeps_user() {
+        let unit = "[Service]\nUser=root\nExecStart=/nix/store/…-x/bin/x\n";
+        let old = merged_unit(unit, &[]);
+        let new = merged_unit(unit, &["[Service]\nUser=backup\n"]);
+        let (_, severity, detail) =
+            changed_unit("backup.service", &[], &old, &new).unwrap();
+        assert_eq!(severity, Severity::Medium);
+        assert!(
+            detail.contains("[Service] User: root -> backup"),
+            "{detail}"
+        );
+        assert!(!detail.contains("now runs as root"), "{detail}");
     }
 
     #[test]
