@@ -742,6 +742,61 @@ fn png_size(bytes: &[u8]) -> (u32, u32) {
     (word(16), word(20))
 }
 
+/// Checks that the system diff shows unit directives, boot.json and the
+/// initrd's files with the values of step 6's change, as text.
+async fn check_system_sections(page: &Page) {
+    let sections = js(
+        page,
+        "(() => { \
+         const text = s => Array.from(document.querySelectorAll(s)) \
+           .map(e => e.textContent).join('\\n'); \
+         const open = s => Array.from(document.querySelectorAll(s)) \
+           .every(e => e.getClientRects().length > 0); \
+         return { \
+           headings: Array.from(document.querySelectorAll('section.system h3')) \
+             .map(h => h.firstChild.textContent.trim()), \
+           directives: text('.directives'), \
+           bootspec: text('.boot'), \
+           initrd: text('.initrd'), \
+           visible: open('.directives li') && open('.boot li') \
+             && open('.initrd li'), \
+           markup: document.querySelectorAll('.directives b, .boot b, .initrd b').length, \
+         }; })()",
+    )
+    .await;
+
+    let headings: Vec<&str> = sections["headings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|heading| heading.as_str().unwrap())
+        .collect();
+    assert!(headings.contains(&"boot.json"), "{headings:?}");
+    assert!(headings.contains(&"initrd files"), "{headings:?}");
+    assert!(headings.contains(&"systemd units"), "{headings:?}");
+
+    let directives = sections["directives"].as_str().unwrap();
+    assert!(
+        directives.contains("added [Timer] OnCalendar=daily"),
+        "{directives}"
+    );
+    assert!(
+        directives.contains("added [Service] Environment=GREETING=<b>hi</b>"),
+        "{directives}"
+    );
+
+    let bootspec = sections["bootspec"].as_str().unwrap();
+    assert!(bootspec.contains("kernelParams"), "{bootspec}");
+    assert!(bootspec.contains("quiet"), "{bootspec}");
+
+    let initrd = sections["initrd"].as_str().unwrap();
+    assert!(initrd.contains("etc/initrd-banner"), "{initrd}");
+    assert!(initrd.contains("file 0644"), "{initrd}");
+
+    assert_eq!(sections["visible"], true, "short sections start open");
+    assert_eq!(sections["markup"], 0, "the drop-in's HTML shows as text");
+}
+
 async fn screenshot(
     page: &Page,
     width: u32,
@@ -1131,9 +1186,21 @@ async fn passkeys_approve_and_reject_in_the_browser() {
     assert!(checked(&control).is_ok(), "{:?}", checked(&control).err());
     assert!(checked(&foreign_rp).is_err());
 
-    // 6. Alice's approval does not move to a newer proposal.
+    // 6. Alice's approval does not move to a newer proposal. That
+    // proposal also fills the system diff's unit directives, boot.json
+    // and initrd sections with known values, and its drop-in carries
+    // HTML.
     world.spec.build_delay_secs = 0;
     world.spec.kernel_params.push("quiet".into());
+    world.spec.set_unit(
+        "hello.service.d/greeting.conf",
+        "[Service]\nEnvironment=GREETING=<b>hi</b>\n",
+    );
+    world.spec.initrd.files.push((
+        "etc/initrd-banner".into(),
+        "welcome\n".into(),
+        0o644,
+    ));
     let second = world.propose("Quiet boot", &[]).await;
     goto(&alice.page, &format!("{origin}/proposals/{second}")).await;
     wait_js(
@@ -1142,6 +1209,23 @@ async fn passkeys_approve_and_reject_in_the_browser() {
         "the second proposal built",
     )
     .await;
+    // Bob's page shows the finished diff. Alice's page keeps the state
+    // it had while watching the build, for step 7.
+    goto(&bob.page, &format!("{origin}/proposals/{second}")).await;
+    check_system_sections(&bob.page).await;
+    let path =
+        screenshot(&bob.page, 390, 844, "system-diff-390x844.png").await;
+    check_system_sections(&bob.page).await;
+    let overflow = js(
+        &bob.page,
+        "document.documentElement.scrollWidth - innerWidth",
+    )
+    .await;
+    assert_eq!(overflow, 0, "sideways scrolling in {}", path.display());
+    bob.page
+        .execute(SetDeviceMetricsOverrideParams::new(1280, 900, 1.0, false))
+        .await
+        .unwrap();
     let replayed: Value =
         serde_json::from_str(&world.stored_signature(first, "alice")).unwrap();
     let (status, body) = alice.post_vote(second, &replayed).await;

@@ -13,6 +13,7 @@
 //! approves nothing by itself.
 
 mod assets;
+mod boot_view;
 mod config;
 mod pages;
 mod passkey;

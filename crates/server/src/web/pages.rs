@@ -1112,6 +1112,119 @@ mod tests {
         assert_eq!(safe_next(None), "/proposals");
     }
 
+    /// Builds a document whose unit directive, boot.json field and
+    /// initrd file carry HTML.
+    fn boot_document() -> countersign_nix::diff::DiffDocument {
+        use countersign_core::StorePath;
+        use countersign_nix::diff::{
+            BootspecChange, BootspecDiff, ChangeStatus, DiffDocument,
+            DirectiveChange, EntryChange, InitrdDiff, InitrdEntry,
+            InitrdEntryKind, InitrdFileChange, Node, PackageDiff, SystemDiff,
+        };
+
+        let store = |name: &str| {
+            StorePath::parse(&format!(
+                "/nix/store/0c4x1ix4vd94r4m1ggq1k1hg9dw1dyhp-{name}"
+            ))
+            .unwrap()
+        };
+        let unit = EntryChange {
+            path: "hello.service.d/greeting.conf".into(),
+            status: ChangeStatus::Added,
+            old: None,
+            new: Some(Node::File {
+                location: "/nix/store/…-unit/greeting.conf".into(),
+                size: 40,
+                executable: false,
+                sha256: None,
+            }),
+            hunks: None,
+            lines_added: Some(2),
+            lines_removed: Some(0),
+            only_store_paths_changed: false,
+            version_bumps: Vec::new(),
+            directives: vec![DirectiveChange {
+                section: "Service".into(),
+                key: "Environment".into(),
+                old: Vec::new(),
+                new: vec!["GREETING=<b>hi</b>".into()],
+            }],
+            referenced: Vec::new(),
+        };
+        let system = SystemDiff {
+            old_system: Some(store("nixos-system-old")),
+            new_system: store("nixos-system-new"),
+            toplevel: Vec::new(),
+            units: vec![unit],
+            etc: Vec::new(),
+            specialisations: Vec::new(),
+            bootspec: Some(BootspecDiff {
+                old_present: true,
+                new_present: true,
+                changes: vec![BootspecChange {
+                    field: "label".into(),
+                    old: Some("NixOS <old>".into()),
+                    new: Some("NixOS <new>".into()),
+                }],
+                mismatches: vec!["kernelParams <differ>".into()],
+            }),
+            initrd: Some(InitrdDiff {
+                old: None,
+                new: None,
+                files: vec![InitrdFileChange {
+                    path: "etc/<i>banner</i>".into(),
+                    status: ChangeStatus::Added,
+                    old: None,
+                    new: Some(InitrdEntry {
+                        kind: InitrdEntryKind::File,
+                        mode: "0644".into(),
+                        uid: 0,
+                        gid: 0,
+                        size: 8,
+                        sha256: Some("0".repeat(64)),
+                        target: None,
+                    }),
+                    only_store_paths_changed: false,
+                }],
+                truncated: false,
+            }),
+            alerts: Vec::new(),
+            truncated: false,
+        };
+        let packages = PackageDiff {
+            old_closure_size: 0,
+            new_closure_size: 0,
+            closure_size_delta: 0,
+            old_path_count: 0,
+            new_path_count: 0,
+            added: Vec::new(),
+            removed: Vec::new(),
+            version_changes: Vec::new(),
+            rebuilt: Vec::new(),
+            duplicated: Vec::new(),
+            regenerated: Vec::new(),
+            largest_size_changes: Vec::new(),
+        };
+        DiffDocument::assemble(None, packages, system)
+    }
+
+    #[test]
+    fn boot_sections_render_escaped() {
+        let html = render_detached(&boot_document());
+        assert!(html.contains("<h3>boot.json <span class=\"count\">2</span>"));
+        assert!(
+            html.contains("<h3>initrd files <span class=\"count\">1</span>")
+        );
+        assert!(html.contains(
+            "added [Service] Environment=GREETING=&#60;b&#62;hi&#60;/b&#62;"
+        ));
+        assert!(html.contains("NixOS &#60;new&#62;"));
+        assert!(html.contains("kernelParams &#60;differ&#62;"));
+        assert!(html.contains("etc/&#60;i&#62;banner&#60;/i&#62;"));
+        assert!(!html.contains("<b>hi"));
+        assert!(!html.contains("<i>banner"));
+    }
+
     #[test]
     fn query_escape_keeps_paths_readable() {
         assert_eq!(

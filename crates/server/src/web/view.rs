@@ -11,7 +11,9 @@ use countersign_nix::diff::{
 };
 use countersign_nix::escape_control_chars;
 
-fn clean(text: &str) -> String {
+use super::boot_view::{BootspecView, InitrdView};
+
+pub(super) fn clean(text: &str) -> String {
     escape_control_chars(text).into_owned()
 }
 
@@ -58,6 +60,9 @@ pub struct FileView {
     pub removed: u64,
     /// What is shown instead of lines: binary, too large, a link.
     pub notes: Vec<String>,
+    /// For a systemd unit file or drop-in, each directive that differs,
+    /// as `[Service] User: backup -> root`.
+    pub directives: Vec<String>,
     pub hunks: Vec<HunkView>,
 }
 
@@ -74,9 +79,27 @@ pub struct PackageGroup {
     pub rows: Vec<PackageRow>,
 }
 
+/// One part of a system's diff: entries of one tree, `boot.json` or
+/// the initrd's files.
 pub struct SystemSection {
     pub title: String,
+    /// The number of changes, for the heading.
+    pub count: usize,
     pub files: Vec<FileView>,
+    pub bootspec: Option<BootspecView>,
+    pub initrd: Option<InitrdView>,
+}
+
+impl SystemSection {
+    fn of_files(title: String, files: Vec<FileView>) -> Self {
+        Self {
+            title,
+            count: files.len(),
+            files,
+            bootspec: None,
+            initrd: None,
+        }
+    }
 }
 
 /// The whole diff, ready for the proposal page.
@@ -119,8 +142,7 @@ impl DiffView {
             packages.iter().map(|group| group.rows.len()).sum();
         let mut system = Vec::new();
         system_sections(&document.system, "", &mut system);
-        let system_changes =
-            system.iter().map(|section| section.files.len()).sum();
+        let system_changes = system.iter().map(|section| section.count).sum();
         Self {
             alerts,
             package_summary: package_summary(&document.packages),
@@ -265,6 +287,7 @@ fn source_file(file: &FileDiff) -> FileView {
         added: file.lines_added.unwrap_or(0),
         removed: file.lines_removed.unwrap_or(0),
         notes,
+        directives: Vec::new(),
         hunks,
     }
 }
@@ -398,23 +421,28 @@ fn system_sections(
     prefix: &str,
     out: &mut Vec<SystemSection>,
 ) {
-    for (title, entries) in [
-        ("toplevel", &system.toplevel),
-        ("systemd units", &system.units),
-        ("/etc", &system.etc),
-    ] {
-        if entries.is_empty() {
-            continue;
-        }
-        let mut files = Vec::new();
-        for entry in entries {
-            entry_views(entry, "", &mut files);
-        }
+    entry_section(&system.toplevel, &format!("{prefix}toplevel"), out);
+    if let Some(bootspec) = &system.bootspec {
+        let bootspec = BootspecView::new(bootspec);
         out.push(SystemSection {
-            title: format!("{prefix}{title}"),
-            files,
+            title: format!("{prefix}boot.json"),
+            count: bootspec.count(),
+            files: Vec::new(),
+            bootspec: Some(bootspec),
+            initrd: None,
         });
     }
+    if let Some(initrd) = &system.initrd {
+        out.push(SystemSection {
+            title: format!("{prefix}initrd files"),
+            count: initrd.files.len(),
+            files: Vec::new(),
+            bootspec: None,
+            initrd: Some(InitrdView::new(initrd)),
+        });
+    }
+    entry_section(&system.units, &format!("{prefix}systemd units"), out);
+    entry_section(&system.etc, &format!("{prefix}/etc"), out);
     let mut specialisations = Vec::new();
     for change in &system.specialisations {
         specialisations.push(FileView {
@@ -424,14 +452,15 @@ fn system_sections(
             added: 0,
             removed: 0,
             notes: Vec::new(),
+            directives: Vec::new(),
             hunks: Vec::new(),
         });
     }
     if !specialisations.is_empty() {
-        out.push(SystemSection {
-            title: format!("{prefix}specialisations"),
-            files: specialisations,
-        });
+        out.push(SystemSection::of_files(
+            format!("{prefix}specialisations"),
+            specialisations,
+        ));
     }
     for change in &system.specialisations {
         if let Some(diff) = &change.diff {
@@ -442,12 +471,29 @@ fn system_sections(
     }
 }
 
-fn change_status(status: ChangeStatus) -> &'static str {
+pub(super) fn change_status(status: ChangeStatus) -> &'static str {
     match status {
         ChangeStatus::Added => "added",
         ChangeStatus::Removed => "removed",
         ChangeStatus::Changed => "changed",
     }
+}
+
+/// Adds a section for the changed entries of one tree, unless there are
+/// none.
+fn entry_section(
+    entries: &[EntryChange],
+    title: &str,
+    out: &mut Vec<SystemSection>,
+) {
+    if entries.is_empty() {
+        return;
+    }
+    let mut files = Vec::new();
+    for entry in entries {
+        entry_views(entry, "", &mut files);
+    }
+    out.push(SystemSection::of_files(title.to_owned(), files));
 }
 
 fn entry_views(entry: &EntryChange, via: &str, out: &mut Vec<FileView>) {
@@ -482,6 +528,11 @@ fn entry_views(entry: &EntryChange, via: &str, out: &mut Vec<FileView>) {
         added: entry.lines_added.unwrap_or(0),
         removed: entry.lines_removed.unwrap_or(0),
         notes,
+        directives: entry
+            .directives
+            .iter()
+            .map(|directive| clean(&directive.describe()))
+            .collect(),
         hunks: entry.hunks.as_deref().map(hunk_views).unwrap_or_default(),
     });
     for referenced in &entry.referenced {
