@@ -7,7 +7,8 @@
 //! directory:
 //!
 //! - `NAME.lock`: the runner holds an exclusive `flock` on it for its
-//!   whole life;
+//!   whole life, and the script inherits the locked descriptor, so the
+//!   lock lasts until both have exited;
 //! - `NAME.started`: written durably by the runner, while it holds the
 //!   lock, before it starts the script;
 //! - `NAME.log`: the script's standard output and standard error;
@@ -23,6 +24,15 @@
 //! runs as a transient service unit, outside the activator's control
 //! group. Otherwise it runs as a process in a process group of its own,
 //! with its output going to the log file, never to a pipe.
+//!
+//! A runner that dies on its own does not stop its script, because a
+//! switch cut off at a random point (units stopped, not yet started)
+//! leaves the machine in a worse state than one that finishes. The
+//! script keeps the lock until it exits, so nothing treats the run as
+//! ended while the script runs, and the run then ends without a status
+//! and is rolled back. Under systemd the death of the runner, which is
+//! the unit's main process, makes systemd stop the unit's other
+//! processes, and those keep the lock until they have exited.
 //!
 //! # Crash windows
 //!
@@ -41,6 +51,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Read};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -269,10 +280,11 @@ pub(crate) enum RunStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum RunEnd {
     Finished(RunStatus),
-    /// The runner died after its `started` marker and recorded no status.
-    // NOTE: without systemd, a runner killed on its own leaves its script
-    // running without the lock, so a rollback may overlap it; with
-    // systemd, the end of the runner's unit stops the script too.
+    /// The runner died after its `started` marker and recorded no
+    /// status, and the script, which holds the lock too, has exited.
+    // NOTE: a process that the script leaves running in the background
+    // with the lock's descriptor open keeps the run from ending until
+    // it exits; without systemd nothing stops such a process.
     DiedWithoutStatus,
     /// The runner never started the script, and the run is abandoned.
     NeverStarted,
@@ -786,7 +798,7 @@ fn runner(args: &RunnerArgs) -> Result<u8, String> {
     )
     .map_err(|error| error.to_string())?;
 
-    let status = run_script(&run, &toplevel, action);
+    let status = run_script(&run, &lock, &toplevel, action);
     let bytes = serde_json::to_vec(&status).expect("a run status serializes");
     state::write_atomically(&run.file("status"), &bytes)
         .map_err(|error| error.to_string())?;
@@ -796,8 +808,17 @@ fn runner(args: &RunnerArgs) -> Result<u8, String> {
     Ok(0)
 }
 
-/// Runs the script with its output appended to the run's log.
-fn run_script(run: &Run, toplevel: &StorePath, action: Action) -> RunStatus {
+/// Runs the script with its output appended to the run's log. The
+/// script inherits the run's locked descriptor, so the `flock`, which
+/// belongs to the open file description, lasts until the runner, the
+/// script and every child that keeps the descriptor have exited.
+fn run_script(
+    run: &Run,
+    lock: &File,
+    toplevel: &StorePath,
+    action: Action,
+) -> RunStatus {
+    let lock_fd = lock.as_raw_fd();
     let spawned = OpenOptions::new()
         .append(true)
         .create(true)
@@ -805,10 +826,20 @@ fn run_script(run: &Run, toplevel: &StorePath, action: Action) -> RunStatus {
         .open(run.file("log"))
         .and_then(|log| {
             let errors = log.try_clone()?;
-            crate::system::switch_command(toplevel, action)
-                .stdout(Stdio::from(log))
-                .stderr(Stdio::from(errors))
-                .spawn()
+            let mut command = crate::system::switch_command(toplevel, action);
+            command.stdout(Stdio::from(log)).stderr(Stdio::from(errors));
+            // SAFETY: the closure runs in the forked child before exec
+            // and calls only fcntl(2), which is async-signal-safe. It
+            // clears close-on-exec in the child's descriptor table only.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::fcntl(lock_fd, libc::F_SETFD, 0) == -1 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            command.spawn()
         })
         .and_then(|mut child| child.wait());
     match spawned {

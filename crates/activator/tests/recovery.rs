@@ -489,3 +489,105 @@ fn failing_test_action_recovers() {
     assert!(!message.contains("profile"), "{message}");
     assert!(message.contains("exited with exit status: 1"), "{message}");
 }
+
+/// Returns the ids of the processes whose parent is `parent`.
+fn child_pids(parent: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap() {
+        let Ok(pid) = entry.unwrap().file_name().to_string_lossy().parse()
+        else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // The fields after the command name, which is in parentheses:
+        // state, then the parent's id.
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        let ppid: u32 = after_name.split(' ').nth(1).unwrap().parse().unwrap();
+        if ppid == parent {
+            children.push(pid);
+        }
+    }
+    children
+}
+
+/// Returns whether process `pid` exists and has not exited (a zombie
+/// has exited).
+fn process_running(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat[stat.rfind(')').unwrap() + 2..].starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// Returns the process id that the runner wrote to the `started`
+/// marker of `run`.
+fn runner_pid(activator: &Activator, run: &str) -> u32 {
+    let started =
+        fs::read_to_string(run_file(activator, &format!("{run}.started")))
+            .unwrap();
+    started.trim().parse().unwrap()
+}
+
+#[test]
+fn killed_runner_lock_outlives_script() {
+    let world = World::build(WorldOptions {
+        switch_delay_secs: 5,
+        ..WorldOptions::default()
+    });
+    let activator = Activator::start(&world, "");
+    let certificate = approved(&world.statement(&policy_text(), 1));
+    let request = Request::Activate {
+        certificate: certificate.clone(),
+        audit_head: None,
+    };
+
+    let events = thread::scope(|scope| {
+        let reply =
+            scope.spawn(|| activator.request_streaming(&request, &mut |_| {}));
+        wait_for("the target's switch-to-configuration", || {
+            !world.switch_log_lines().is_empty()
+        });
+        let runner = runner_pid(&activator, "switch-1");
+        let scripts = child_pids(runner);
+        assert_eq!(scripts.len(), 1, "children of the runner: {scripts:?}");
+        let script = scripts[0];
+        let status = Command::new("kill")
+            .args(["-KILL", &runner.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        wait_for("the runner to exit", || !process_running(runner));
+        // The script is not killed with its runner.
+        assert!(process_running(script), "the script died with its runner");
+
+        // The base's switch starts only after the target's script ended.
+        wait_for("the base's switch-to-configuration", || {
+            let lines = world.switch_log_lines();
+            assert!(
+                lines.len() < 2 || !process_running(script),
+                "the base's switch started while the target's script {script} \
+                 still ran: {lines:?}"
+            );
+            lines.len() == 2
+        });
+        reply.join().unwrap()
+    });
+
+    let (outcome, proposal, message) = finished(&events);
+    assert_eq!(outcome, Outcome::RolledBack, "{message}");
+    assert_eq!(proposal, Some(1));
+    assert!(
+        message.contains("ended without recording an exit status"),
+        "{message}"
+    );
+    assert_eq!(
+        world.switch_log_lines(),
+        [
+            format!("switch {}", world.target),
+            format!("switch {}", world.base)
+        ]
+    );
+    assert!(!run_file(&activator, "switch-1.status").exists());
+}
