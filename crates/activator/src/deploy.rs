@@ -396,7 +396,9 @@ impl Activator {
                     proposal = intent.proposal,
                     %error,
                     "cannot tell how the detached switch ended; the \
-                     activation stays unfinished until the next start"
+                     activation stays unfinished, and new certificates are \
+                     refused, until the activator starts again after the \
+                     cause is fixed"
                 );
                 return;
             }
@@ -420,8 +422,10 @@ impl Activator {
                                     proposal = intent.proposal,
                                     %error,
                                     "cannot wait for the detached switch; the \
-                                     activation stays unfinished until the \
-                                     next start"
+                                     activation stays unfinished, and new \
+                                     certificates are refused, until the \
+                                     activator starts again after the cause \
+                                     is fixed"
                                 );
                                 return;
                             }
@@ -438,7 +442,8 @@ impl Activator {
             Err(error) => tracing::error!(
                 %error,
                 "cannot start the recovery thread; the activation stays \
-                 unfinished until the next start"
+                 unfinished, and new certificates are refused, until the \
+                 next start"
             ),
         }
     }

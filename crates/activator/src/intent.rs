@@ -32,6 +32,11 @@
 //! `recovered` history entry with the step and clears the intent. Either
 //! way the proposal number stays used, so the certificate is never
 //! activated again.
+//!
+//! When recovery cannot finish (the run files or the state cannot be
+//! read), the intent stays, and every new certificate is refused with
+//! the pending proposal and its step named, until a restart after the
+//! cause is fixed recovers it.
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -147,6 +147,31 @@ impl Run {
         rest.split('-').next()?.parse().ok()
     }
 
+    /// Returns the message for a failed `operation` ("opening",
+    /// "locking") on the run's lock file, with the fix for its cause.
+    fn lock_error(&self, operation: &str, error: &io::Error) -> String {
+        let fix = match error.raw_os_error() {
+            Some(libc::EACCES | libc::EPERM | libc::EROFS) => {
+                "make the state directory writable for root"
+            }
+            Some(libc::ENOLCK | libc::EOPNOTSUPP) => {
+                "keep the state directory on a file system that supports \
+                 flock(2)"
+            }
+            Some(libc::EISDIR) => {
+                "move away the directory that has the lock file's name"
+            }
+            Some(libc::ENOSPC | libc::EDQUOT) => {
+                "free space on the file system of the state directory"
+            }
+            _ => "fix the cause that the error names",
+        };
+        format!(
+            "{operation} the switch lock file {} failed: {error}; {fix}",
+            self.file("lock").display()
+        )
+    }
+
     fn open_lock(&self) -> io::Result<File> {
         fs::create_dir_all(&self.directory)?;
         OpenOptions::new()
@@ -198,12 +223,9 @@ impl Run {
     /// Waits until no runner of this run holds its lock, logging every
     /// few seconds, and returns how the run ended.
     pub(crate) fn settle(&self) -> Result<RunEnd, String> {
-        let lock = self.open_lock().map_err(|error| {
-            format!(
-                "opening the switch lock file {} failed: {error}; check that the state directory is writable",
-                self.file("lock").display()
-            )
-        })?;
+        let lock = self
+            .open_lock()
+            .map_err(|error| self.lock_error("opening", &error))?;
         let started = Instant::now();
         let mut reported = started;
         loop {
@@ -211,10 +233,7 @@ impl Run {
                 Ok(()) => break,
                 Err(TryLockError::WouldBlock) => {}
                 Err(TryLockError::Error(error)) => {
-                    return Err(format!(
-                        "locking the switch lock file {} failed: {error}",
-                        self.file("lock").display()
-                    ));
+                    return Err(self.lock_error("locking", &error));
                 }
             }
             if reported.elapsed() >= WAIT_REPORT_INTERVAL {
@@ -233,19 +252,15 @@ impl Run {
     /// Returns how the run ended, or `None` while a runner holds its
     /// lock, without waiting.
     pub(crate) fn try_settle(&self) -> Result<Option<RunEnd>, String> {
-        let lock = self.open_lock().map_err(|error| {
-            format!(
-                "opening the switch lock file {} failed: {error}; check that the state directory is writable",
-                self.file("lock").display()
-            )
-        })?;
+        let lock = self
+            .open_lock()
+            .map_err(|error| self.lock_error("opening", &error))?;
         match lock.try_lock() {
             Ok(()) => self.classify_locked().map(Some),
             Err(TryLockError::WouldBlock) => Ok(None),
-            Err(TryLockError::Error(error)) => Err(format!(
-                "locking the switch lock file {} failed: {error}",
-                self.file("lock").display()
-            )),
+            Err(TryLockError::Error(error)) => {
+                Err(self.lock_error("locking", &error))
+            }
         }
     }
 
@@ -440,12 +455,9 @@ pub(crate) fn run_detached(
             run.directory.display()
         ));
     }
-    let lock = run.open_lock().map_err(|error| {
-        format!(
-            "creating the switch lock file {} failed: {error}; check that the state directory is writable",
-            run.file("lock").display()
-        )
-    })?;
+    let lock = run
+        .open_lock()
+        .map_err(|error| run.lock_error("creating", &error))?;
     let log_path = run.file("log");
     let log = OpenOptions::new()
         .append(true)
@@ -597,10 +609,7 @@ fn follow_run(
             Ok(()) => break,
             Err(TryLockError::WouldBlock) => {}
             Err(TryLockError::Error(error)) => {
-                return Err(format!(
-                    "locking the switch lock file {} failed: {error}",
-                    run.file("lock").display()
-                ));
+                return Err(run.lock_error("locking", &error));
             }
         }
         std::thread::sleep(POLL_INTERVAL);
@@ -776,12 +785,11 @@ fn runner(args: &RunnerArgs) -> Result<u8, String> {
         directory: args.directory.clone(),
         name: args.run.clone(),
     };
-    let lock = run.open_lock().map_err(|error| {
-        format!("cannot open {}: {error}", run.file("lock").display())
-    })?;
-    lock.lock().map_err(|error| {
-        format!("cannot lock {}: {error}", run.file("lock").display())
-    })?;
+    let lock = run
+        .open_lock()
+        .map_err(|error| run.lock_error("opening", &error))?;
+    lock.lock()
+        .map_err(|error| run.lock_error("locking", &error))?;
     for marker in ["abandoned", "started", "status"] {
         if run.file(marker).exists() {
             eprintln!(

@@ -591,3 +591,85 @@ fn killed_runner_lock_outlives_script() {
     );
     assert!(!run_file(&activator, "switch-1.status").exists());
 }
+
+#[test]
+fn pending_intent_refuses_next_certificate() {
+    let world = World::build(WorldOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let (wrapper, script) = pausing_nix_env(dir.path(), Pause::AfterNixEnv);
+    let mut activator =
+        Activator::start_with_programs(&world, "", &[("nix-env", script)]);
+    fs::write(&wrapper.armed, "").unwrap();
+    let first = approved(&world.statement(&policy_text(), 1));
+    activate_and_kill(&activator, &first, "nix-env to pause", || {
+        wrapper.paused.exists()
+    });
+    let mut state = read_state(&activator.state_dir).unwrap();
+    let intent = state.intent.as_mut().unwrap();
+    intent.step = IntentStep::Switch;
+    intent.switch_started = true;
+    write_state(&activator.state_dir, &state).unwrap();
+
+    // The run's lock file cannot be opened at start, so recovery cannot
+    // tell how the switch ended and leaves the intent.
+    let lock = run_file(&activator, "switch-1.lock");
+    fs::create_dir_all(&lock).unwrap();
+    activator.restart();
+    assert_eq!(intent_step(&activator), Some(IntentStep::Switch));
+    assert!(
+        activator.log().contains("switch-1.lock failed"),
+        "{}",
+        activator.log()
+    );
+    assert!(
+        activator
+            .log()
+            .contains("move away the directory that has the lock file's name"),
+        "{}",
+        activator.log()
+    );
+    fs::remove_dir(&lock).unwrap();
+
+    // A certificate for the profile's new state, which recovery has not
+    // restored yet, is refused while the intent is pending.
+    let mut statement = world.statement(&policy_text(), 2);
+    statement.base = world.target.clone();
+    statement.target = world.base.clone();
+    let source = statement.source.as_mut().unwrap();
+    source.store_path = world.base_source.store_path.clone();
+    source.nar_hash = world.base_source.nar_hash.clone();
+    let second = approved(&statement);
+    let (outcome, proposal, message) = finished(&activator.activate(&second));
+    assert_eq!(outcome, Outcome::Refused, "{message}");
+    assert_eq!(proposal, Some(2));
+    assert!(
+        message
+            .contains("activation of proposal 1 did not finish (step switch)"),
+        "{message}"
+    );
+    assert!(message.contains("restart the activator"), "{message}");
+    assert_eq!(intent_step(&activator), Some(IntentStep::Switch));
+    assert_eq!(read_state(&activator.state_dir).unwrap().last_proposal, 1);
+    assert!(world.switch_log_lines().is_empty());
+
+    // After the fix, a restart recovers proposal 1.
+    activator.restart();
+    assert_eq!(
+        activator.record_kinds(),
+        [
+            "accepted 1".to_owned(),
+            "refused Some(2)".to_owned(),
+            "recovered 1 switch RolledBack".to_owned()
+        ],
+        "{}",
+        activator.log()
+    );
+    assert_eq!(intent_step(&activator), None);
+    assert_eq!(activator.profile_target(), world.base.as_path());
+    assert!(
+        activator
+            .last_message()
+            .contains("never started the script")
+    );
+    verify_history(&activator.state_dir).unwrap();
+}
