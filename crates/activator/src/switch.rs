@@ -193,7 +193,9 @@ impl Run {
                 let status: RunStatus = serde_json::from_slice(&bytes)
                     .map_err(|error| {
                         format!(
-                            "the switch status file {} is invalid: {error}",
+                            "the switch status file {} is invalid: \
+                             {error}; move it away, and the run then counts \
+                             as ended without a status",
                             status_path.display()
                         )
                     })?;
@@ -223,6 +225,46 @@ impl Run {
     /// Waits until no runner of this run holds its lock, logging every
     /// few seconds, and returns how the run ended.
     pub(crate) fn settle(&self) -> Result<RunEnd, String> {
+        let _lock = self.wait_for_lock()?;
+        self.classify_locked()
+    }
+
+    /// Waits like [`Run::settle`] for a run of another activation. A
+    /// status file that cannot be parsed is renamed to
+    /// `NAME.status.invalid`, with a warning, and the run counts as
+    /// ended without a status, so that one damaged file of an old run
+    /// does not block every later switch.
+    fn settle_other(&self) -> Result<RunEnd, String> {
+        let _lock = self.wait_for_lock()?;
+        let status_path = self.file("status");
+        if let Ok(bytes) = fs::read(&status_path)
+            && let Err(error) = serde_json::from_slice::<RunStatus>(&bytes)
+        {
+            let aside = self.file("status.invalid");
+            fs::rename(&status_path, &aside).map_err(|rename_error| {
+                format!(
+                    "the switch status file {} of an earlier run is invalid \
+                     ({error}), and renaming it to {} failed: \
+                     {rename_error}; move it away by hand",
+                    status_path.display(),
+                    aside.display()
+                )
+            })?;
+            tracing::warn!(
+                path = %status_path.display(),
+                renamed_to = %aside.display(),
+                %error,
+                "the switch status file of an earlier run is invalid; the \
+                 run counts as ended without a status"
+            );
+            return Ok(RunEnd::DiedWithoutStatus);
+        }
+        self.classify_locked()
+    }
+
+    /// Waits until no runner of this run holds its lock, logging every
+    /// few seconds, and returns the lock file, locked.
+    fn wait_for_lock(&self) -> Result<File, String> {
         let lock = self
             .open_lock()
             .map_err(|error| self.lock_error("opening", &error))?;
@@ -246,7 +288,7 @@ impl Run {
             }
             std::thread::sleep(POLL_INTERVAL);
         }
-        self.classify_locked()
+        Ok(lock)
     }
 
     /// Returns how the run ended, or `None` while a runner holds its
@@ -657,7 +699,7 @@ fn settle_other_runs(run: &Run) -> Result<(), String> {
         }
     }
     for other in others {
-        let end = other.settle()?;
+        let end = other.settle_other()?;
         let ended =
             matches!(end, RunEnd::Finished(_) | RunEnd::DiedWithoutStatus);
         if ended && other.proposal() < run.proposal() {

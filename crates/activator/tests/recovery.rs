@@ -673,3 +673,34 @@ fn pending_intent_refuses_next_certificate() {
     );
     verify_history(&activator.state_dir).unwrap();
 }
+
+#[test]
+fn invalid_old_status_is_set_aside() {
+    let world = World::build(WorldOptions::default());
+    let activator = Activator::start(&world, "");
+    let runs = activator.state_dir.join(SWITCH_RUNS_DIR);
+    fs::create_dir_all(&runs).unwrap();
+    fs::write(runs.join("switch-0.lock"), "").unwrap();
+    fs::write(runs.join("switch-0.started"), "").unwrap();
+    fs::write(runs.join("switch-0.status"), "").unwrap();
+
+    let certificate = approved(&world.statement(&policy_text(), 1));
+    let (outcome, _, message) = finished(&activator.activate(&certificate));
+    assert_eq!(outcome, Outcome::Activated, "{message}");
+    assert_eq!(
+        world.switch_log_lines(),
+        [format!("switch {}", world.target)]
+    );
+    assert_eq!(
+        fs::read_to_string(runs.join("switch-0.status.invalid")).unwrap(),
+        ""
+    );
+    assert!(!runs.join("switch-0.status").exists());
+    assert!(!runs.join("switch-0.lock").exists());
+    let log = activator.log();
+    assert!(
+        log.contains("the switch status file of an earlier run is invalid"),
+        "{log}"
+    );
+    assert!(log.contains("switch-0.status"), "{log}");
+}
