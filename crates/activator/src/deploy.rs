@@ -381,7 +381,8 @@ impl Activator {
             activator.recover_by_rollback(&mut history, &intent, None);
             return;
         }
-        let run = Run::target(&activator.config.state_dir, intent.proposal);
+        let run = Run::target(&activator.config.state_dir, intent.proposal)
+            .expecting(&intent.target, intent.action);
         let end = match run.try_settle() {
             Ok(Some(end)) if !end.succeeded() => {
                 activator.recover_after_switch(&mut history, intent, end);

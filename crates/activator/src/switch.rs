@@ -10,10 +10,11 @@
 //!   whole life, and the script inherits the locked descriptor, so the
 //!   lock lasts until both have exited;
 //! - `NAME.started`: written durably by the runner, while it holds the
-//!   lock, before it starts the script;
+//!   lock, before it starts the script, with the runner's process id
+//!   and the run's identity (proposal, toplevel and action);
 //! - `NAME.log`: the script's standard output and standard error;
-//! - `NAME.status`: the script's wait status, written durably by the
-//!   runner before it exits;
+//! - `NAME.status`: the run's identity and the script's wait status,
+//!   written durably by the runner before it exits;
 //! - `NAME.abandoned`: written durably by the activator, while it holds
 //!   the lock, when the runner had not started; a runner that takes the
 //!   lock later finds it and exits without running the script.
@@ -43,7 +44,10 @@
 //! means that the runner died after it may have started the script; no
 //! marker at all means that the script never started, and the
 //! `abandoned` marker written then keeps a runner that is still on its
-//! way from starting it. The activator therefore never has to guess
+//! way from starting it. Files whose identity is not the one the
+//! activator expects belong to another activation, so the run's end is
+//! unknown ([`RunEnd::NotThisRun`]). The activator therefore never has
+//! to guess
 //! whether a runner is about to start, and before it starts a run it
 //! waits for every other run in the directory to end, so two switch
 //! scripts never run at once.
@@ -99,6 +103,46 @@ const RUNNER_SKIPPED: u8 = 3;
 pub(crate) struct Run {
     directory: PathBuf,
     name: String,
+    /// The identity that the run's files must record; `None` for the
+    /// runs of other activations, whose files are read as they are.
+    expected: Option<RunIdentity>,
+}
+
+/// What a run switches, as its runner records it in the `started` and
+/// `status` files, so that files left by another activation under the
+/// same name are not taken for this run's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RunIdentity {
+    proposal: u64,
+    toplevel: StorePath,
+    action: Action,
+}
+
+impl std::fmt::Display for RunIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "proposal {}, `{}/{SWITCH_SCRIPT} {}`",
+            self.proposal, self.toplevel, self.action
+        )
+    }
+}
+
+/// The content of a `started` marker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartedMarker {
+    pid: u32,
+    run: RunIdentity,
+}
+
+/// The content of a `status` file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusRecord {
+    run: RunIdentity,
+    outcome: RunStatus,
 }
 
 impl Run {
@@ -108,7 +152,33 @@ impl Run {
         Self {
             directory: state_dir.join(SWITCH_RUNS_DIR),
             name: format!("switch-{proposal}"),
+            expected: None,
         }
+    }
+
+    /// Returns this run, whose files must record that it runs the
+    /// script of `toplevel` with `action` for the proposal in its name.
+    pub(crate) fn expecting(
+        mut self,
+        toplevel: &StorePath,
+        action: Action,
+    ) -> Self {
+        self.expected = self.proposal().map(|proposal| RunIdentity {
+            proposal,
+            toplevel: toplevel.clone(),
+            action,
+        });
+        self
+    }
+
+    /// Returns [`RunEnd::NotThisRun`] when `found`, read from `file`, is
+    /// not the identity this run expects.
+    fn mismatch(&self, found: &RunIdentity, file: &Path) -> Option<RunEnd> {
+        let expected = self.expected.as_ref()?;
+        (expected != found).then(|| RunEnd::NotThisRun {
+            file: file.to_owned(),
+            found: found.to_string(),
+        })
     }
 
     /// Returns the next unused run of the base's script of `proposal`.
@@ -121,6 +191,7 @@ impl Run {
             let run = Self {
                 directory: directory.clone(),
                 name: format!("rollback-{proposal}-{attempt}"),
+                expected: None,
             };
             if !run.file("lock").exists() {
                 return run;
@@ -190,7 +261,7 @@ impl Run {
         let status_path = self.file("status");
         match fs::read(&status_path) {
             Ok(bytes) => {
-                let status: RunStatus = serde_json::from_slice(&bytes)
+                let record: StatusRecord = serde_json::from_slice(&bytes)
                     .map_err(|error| {
                         format!(
                             "the switch status file {} is invalid: \
@@ -199,7 +270,11 @@ impl Run {
                             status_path.display()
                         )
                     })?;
-                return Ok(RunEnd::Finished(status));
+                if let Some(foreign) = self.mismatch(&record.run, &status_path)
+                {
+                    return Ok(foreign);
+                }
+                return Ok(RunEnd::Finished(record.outcome));
             }
             Err(error) if error.kind() == io::ErrorKind::NotFound => {}
             Err(error) => {
@@ -209,8 +284,33 @@ impl Run {
                 ));
             }
         }
-        if self.file("started").exists() {
-            return Ok(RunEnd::DiedWithoutStatus);
+        let started_path = self.file("started");
+        match fs::read(&started_path) {
+            Ok(bytes) if self.expected.is_some() => {
+                let marker: StartedMarker = serde_json::from_slice(&bytes)
+                    .map_err(|error| {
+                        format!(
+                            "the switch started marker {} is invalid: \
+                             {error}; move it away, and the run then counts \
+                             as never started",
+                            started_path.display()
+                        )
+                    })?;
+                if let Some(foreign) =
+                    self.mismatch(&marker.run, &started_path)
+                {
+                    return Ok(foreign);
+                }
+                return Ok(RunEnd::DiedWithoutStatus);
+            }
+            Ok(_) => return Ok(RunEnd::DiedWithoutStatus),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => {
+                return Err(format!(
+                    "cannot read the switch started marker {}: {error}",
+                    started_path.display()
+                ));
+            }
         }
         state::write_atomically(&self.file("abandoned"), b"abandoned\n")
             .map_err(|error| {
@@ -238,7 +338,7 @@ impl Run {
         let _lock = self.wait_for_lock()?;
         let status_path = self.file("status");
         if let Ok(bytes) = fs::read(&status_path)
-            && let Err(error) = serde_json::from_slice::<RunStatus>(&bytes)
+            && let Err(error) = serde_json::from_slice::<StatusRecord>(&bytes)
         {
             let aside = self.file("status.invalid");
             fs::rename(&status_path, &aside).map_err(|rename_error| {
@@ -345,6 +445,12 @@ pub(crate) enum RunEnd {
     DiedWithoutStatus,
     /// The runner never started the script, and the run is abandoned.
     NeverStarted,
+    /// The run's `file` records `found`, another activation's switch, so
+    /// how this run ended is unknown.
+    NotThisRun {
+        file: PathBuf,
+        found: String,
+    },
 }
 
 impl RunEnd {
@@ -378,6 +484,12 @@ impl RunEnd {
             )),
             Self::NeverStarted => Err(format!(
                 "the runner of `{description}` never started the script"
+            )),
+            Self::NotThisRun { file, found } => Err(format!(
+                "{} records {found}, not `{description}`, so it was left by \
+                 another activation and how this switch ended is unknown; \
+                 move the old run files away before the next proposal",
+                file.display()
             )),
         }
     }
@@ -488,6 +600,7 @@ pub(crate) fn run_detached(
     on_line: &mut dyn FnMut(&str),
 ) -> Result<(), String> {
     let description = format!("{toplevel}/{SWITCH_SCRIPT} {action}");
+    let run = &run.clone().expecting(toplevel, action);
     settle_other_runs(run)?;
     if run.file("lock").exists() {
         return Err(format!(
@@ -695,6 +808,7 @@ fn settle_other_runs(run: &Run) -> Result<(), String> {
             others.push(Run {
                 directory: run.directory.clone(),
                 name: name.to_owned(),
+                expected: None,
             });
         }
     }
@@ -823,10 +937,24 @@ fn runner(args: &RunnerArgs) -> Result<u8, String> {
     let action: Action = args.action.parse().map_err(|error| {
         format!("invalid --action {:?}: {error}", args.action)
     })?;
-    let run = Run {
+    let mut run = Run {
         directory: args.directory.clone(),
         name: args.run.clone(),
+        expected: None,
     };
+    let proposal = run.proposal().ok_or_else(|| {
+        format!(
+            "invalid run {:?}: the name must be `switch-<proposal>` or \
+             `rollback-<proposal>-<attempt>`",
+            args.run
+        )
+    })?;
+    let identity = RunIdentity {
+        proposal,
+        toplevel: toplevel.clone(),
+        action,
+    };
+    run.expected = Some(identity.clone());
     let lock = run
         .open_lock()
         .map_err(|error| run.lock_error("opening", &error))?;
@@ -842,20 +970,46 @@ fn runner(args: &RunnerArgs) -> Result<u8, String> {
             return Ok(RUNNER_SKIPPED);
         }
     }
-    state::write_atomically(
-        &run.file("started"),
-        format!("{}\n", std::process::id()).as_bytes(),
-    )
-    .map_err(|error| error.to_string())?;
+    let marker = StartedMarker {
+        pid: std::process::id(),
+        run: identity.clone(),
+    };
+    let bytes = serde_json::to_vec(&marker).expect("a marker serializes");
+    state::write_atomically(&run.file("started"), &bytes)
+        .map_err(|error| error.to_string())?;
 
-    let status = run_script(&run, &lock, &toplevel, action);
-    let bytes = serde_json::to_vec(&status).expect("a run status serializes");
+    let outcome = run_script(&run, &lock, &toplevel, action);
+    let code = runner_exit_code(&outcome);
+    let record = StatusRecord {
+        run: identity,
+        outcome,
+    };
+    let bytes = serde_json::to_vec(&record).expect("a run status serializes");
     state::write_atomically(&run.file("status"), &bytes)
         .map_err(|error| error.to_string())?;
     // The lock is released when the process exits, after the status is
     // durable.
     drop(lock);
-    Ok(0)
+    Ok(code)
+}
+
+/// Returns the runner's exit code for `outcome`: the script's exit code,
+/// 128 plus the signal that killed it, as shells report it, or 1 when it
+/// did not run. A failed script thereby fails the runner's unit too.
+fn runner_exit_code(outcome: &RunStatus) -> u8 {
+    match outcome {
+        RunStatus::Exited { wait_status } => {
+            let status = ExitStatus::from_raw(*wait_status);
+            match (status.code(), status.signal()) {
+                (Some(code), _) => u8::try_from(code).unwrap_or(1),
+                (None, Some(signal)) => {
+                    u8::try_from(128 + signal).unwrap_or(1)
+                }
+                (None, None) => 1,
+            }
+        }
+        RunStatus::NotRun { .. } => 1,
+    }
 }
 
 /// Runs the script with its output appended to the run's log. The
@@ -1043,15 +1197,99 @@ mod tests {
         run.open_lock().unwrap();
         fs::write(run.file("started"), "1\n").unwrap();
         assert_eq!(run.try_settle().unwrap(), Some(RunEnd::DiedWithoutStatus));
-        let status = RunStatus::Exited {
-            wait_status: ExitStatus::from_raw(4 << 8).into_raw(),
+        let record = StatusRecord {
+            run: RunIdentity {
+                proposal: 3,
+                toplevel: toplevel(),
+                action: Action::Switch,
+            },
+            outcome: RunStatus::Exited {
+                wait_status: ExitStatus::from_raw(4 << 8).into_raw(),
+            },
         };
-        fs::write(run.file("status"), serde_json::to_vec(&status).unwrap())
+        fs::write(run.file("status"), serde_json::to_vec(&record).unwrap())
             .unwrap();
         let end = run.try_settle().unwrap().unwrap();
         assert!(!end.succeeded());
         let error = end.into_result("s switch").unwrap_err();
         assert!(error.contains("exited with exit status: 4"), "{error}");
+    }
+
+    #[test]
+    fn files_of_another_switch_are_not_this_run() {
+        let directory = tempfile::tempdir().unwrap();
+        let other = StorePath::parse(
+            "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-nixos-system-a",
+        )
+        .unwrap();
+        let run = Run::target(directory.path(), 3)
+            .expecting(&toplevel(), Action::Switch);
+        run.open_lock().unwrap();
+        let marker = StartedMarker {
+            pid: 1,
+            run: RunIdentity {
+                proposal: 3,
+                toplevel: other.clone(),
+                action: Action::Switch,
+            },
+        };
+        fs::write(run.file("started"), serde_json::to_vec(&marker).unwrap())
+            .unwrap();
+        let end = run.try_settle().unwrap().unwrap();
+        assert_eq!(
+            end,
+            RunEnd::NotThisRun {
+                file: run.file("started"),
+                found: format!("proposal 3, `{other}/{SWITCH_SCRIPT} switch`"),
+            }
+        );
+        assert!(!end.succeeded());
+
+        // A status of the same toplevel with another action does not
+        // count either.
+        let record = StatusRecord {
+            run: RunIdentity {
+                proposal: 3,
+                toplevel: toplevel(),
+                action: Action::Test,
+            },
+            outcome: RunStatus::Exited { wait_status: 0 },
+        };
+        fs::write(run.file("status"), serde_json::to_vec(&record).unwrap())
+            .unwrap();
+        let end = run.try_settle().unwrap().unwrap();
+        assert!(matches!(end, RunEnd::NotThisRun { .. }), "{end:?}");
+        let error = end.into_result("s switch").unwrap_err();
+        assert!(error.contains("left by another activation"), "{error}");
+
+        let matching = StatusRecord {
+            run: RunIdentity {
+                proposal: 3,
+                toplevel: toplevel(),
+                action: Action::Switch,
+            },
+            outcome: RunStatus::Exited { wait_status: 0 },
+        };
+        fs::write(run.file("status"), serde_json::to_vec(&matching).unwrap())
+            .unwrap();
+        assert!(run.try_settle().unwrap().unwrap().succeeded());
+    }
+
+    #[test]
+    fn runner_exit_code_follows_script() {
+        let exited = |code: i32| RunStatus::Exited {
+            wait_status: ExitStatus::from_raw(code << 8).into_raw(),
+        };
+        assert_eq!(runner_exit_code(&exited(0)), 0);
+        assert_eq!(runner_exit_code(&exited(4)), 4);
+        let killed = RunStatus::Exited {
+            wait_status: ExitStatus::from_raw(libc::SIGKILL).into_raw(),
+        };
+        assert_eq!(runner_exit_code(&killed), 128 + 9);
+        let not_run = RunStatus::NotRun {
+            error: "missing".to_owned(),
+        };
+        assert_eq!(runner_exit_code(&not_run), 1);
     }
 
     #[test]

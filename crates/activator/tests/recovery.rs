@@ -281,7 +281,17 @@ fn kill_during_switch_resumes_after_restart() {
     wait_for("the detached switch to finish", || status.exists());
     let recorded: serde_json::Value =
         serde_json::from_slice(&fs::read(&status).unwrap()).unwrap();
-    assert_eq!(recorded, serde_json::json!({"exited": {"wait_status": 0}}));
+    assert_eq!(
+        recorded,
+        serde_json::json!({
+            "run": {
+                "proposal": 1,
+                "toplevel": world.target.as_str(),
+                "action": "switch"
+            },
+            "outcome": {"exited": {"wait_status": 0}}
+        })
+    );
     assert_eq!(
         world.switch_log_lines(),
         [format!("switch {}", world.target)]
@@ -410,8 +420,9 @@ fn restart_waits_for_running_switch() {
         let target_ended = status.exists();
         assert!(
             lines.len() == 1 || target_ended,
-            "the base's switch started while the target's still ran: \
-             {lines:?}"
+            "the base's switch started while the target's still ran ({}): \
+             {lines:?}",
+            activator.log()
         );
         activator.record_kinds().len() == 2
     });
@@ -524,10 +535,11 @@ fn process_running(pid: u32) -> bool {
 /// Returns the process id that the runner wrote to the `started`
 /// marker of `run`.
 fn runner_pid(activator: &Activator, run: &str) -> u32 {
-    let started =
-        fs::read_to_string(run_file(activator, &format!("{run}.started")))
-            .unwrap();
-    started.trim().parse().unwrap()
+    let started: serde_json::Value = serde_json::from_slice(
+        &fs::read(run_file(activator, &format!("{run}.started"))).unwrap(),
+    )
+    .unwrap();
+    u32::try_from(started["pid"].as_u64().unwrap()).unwrap()
 }
 
 #[test]
@@ -703,4 +715,41 @@ fn invalid_old_status_is_set_aside() {
         "{log}"
     );
     assert!(log.contains("switch-0.status"), "{log}");
+}
+
+#[test]
+fn run_files_of_other_target_roll_back() {
+    let world = World::build(WorldOptions {
+        switch_delay_secs: 2,
+        ..WorldOptions::default()
+    });
+    let mut activator = Activator::start(&world, "");
+    let certificate = approved(&world.statement(&policy_text(), 1));
+
+    activate_and_kill(
+        &activator,
+        &certificate,
+        "the target's switch-to-configuration",
+        || !world.switch_log_lines().is_empty(),
+    );
+    let status = run_file(&activator, "switch-1.status");
+    wait_for("the detached switch to finish", || status.exists());
+    // Files of another activation under the same name: status 0, but
+    // for another toplevel.
+    let mut recorded: serde_json::Value =
+        serde_json::from_slice(&fs::read(&status).unwrap()).unwrap();
+    recorded["run"]["toplevel"] = world.base.as_str().into();
+    fs::write(&status, serde_json::to_vec(&recorded).unwrap()).unwrap();
+
+    activator.restart();
+    let message = assert_recovered(&activator, &world, &certificate, "switch");
+    assert!(message.contains("left by another activation"), "{message}");
+    assert!(message.contains("switch-1.status"), "{message}");
+    assert_eq!(
+        world.switch_log_lines(),
+        [
+            format!("switch {}", world.target),
+            format!("switch {}", world.base)
+        ]
+    );
 }
