@@ -465,6 +465,10 @@ impl Activator {
             self.recover_by_rollback(history, &intent, Some(cause));
             return;
         }
+        if let Err(cause) = self.check_target_runs(&intent) {
+            self.recover_by_rollback(history, &intent, Some(cause));
+            return;
+        }
         tracing::warn!(
             proposal,
             "the detached switch-to-configuration finished with status 0 \
@@ -500,6 +504,30 @@ impl Activator {
                 "cannot record the outcome of a resumed activation"
             ),
         }
+    }
+
+    /// Checks, before an activation resumes after its switch finished
+    /// with status 0, that the running system is the target. A reboot
+    /// since a `test` switch, or a switch by an administrator, means the
+    /// target no longer runs, and health checks would judge another
+    /// system. `boot` changes nothing that runs, so it is not checked.
+    fn check_target_runs(&self, intent: &Intent) -> Result<(), String> {
+        if intent.action == Action::Boot {
+            return Ok(());
+        }
+        let link = &self.config.current_system;
+        let running = crate::system::resolve_current_system(link)?;
+        if running != intent.target {
+            return Err(format!(
+                "the running system {} is {running}, not the target {}, so \
+                 the machine rebooted or switched since the target's \
+                 `{}` finished",
+                link.display(),
+                intent.target,
+                intent.action
+            ));
+        }
+        Ok(())
     }
 
     /// Restores the base of an activation that did not finish and

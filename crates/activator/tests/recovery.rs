@@ -753,3 +753,46 @@ fn run_files_of_other_target_roll_back() {
         ]
     );
 }
+
+#[test]
+fn finished_test_switch_needs_running_target() {
+    let world = World::build(WorldOptions {
+        switch_delay_secs: 2,
+        ..WorldOptions::default()
+    });
+    let mut activator = Activator::start(&world, "");
+    let mut statement = world.statement(&policy_text(), 1);
+    statement.action = countersign_core::Action::Test;
+    let certificate = approved(&statement);
+
+    activate_and_kill(
+        &activator,
+        &certificate,
+        "the target's switch-to-configuration",
+        || !world.switch_log_lines().is_empty(),
+    );
+    let status = run_file(&activator, "switch-1.status");
+    wait_for("the detached switch to finish", || status.exists());
+
+    // The running system is the test's profile, which `test` leaves at
+    // the base, as a reboot after a `test` switch brings the base back.
+    assert_eq!(activator.profile_target(), world.base.as_path());
+    activator.restart();
+    wait_for("the recovery", || activator.record_kinds().len() == 2);
+    let message = assert_recovered(&activator, &world, &certificate, "switch");
+    assert!(
+        message.contains(&format!(
+            "is {}, not the target {}",
+            world.base, world.target
+        )),
+        "{message}"
+    );
+    assert!(message.contains("rebooted or switched"), "{message}");
+    assert_eq!(
+        world.switch_log_lines(),
+        [
+            format!("test {}", world.target),
+            format!("test {}", world.base)
+        ]
+    );
+}
