@@ -308,8 +308,8 @@ impl Activator {
         let state = state::read_state(&self.config.state_dir)
             .map_err(|error| refuse(error.to_string()))?;
         // An intent left in the state means that recovery did not finish
-        // its activation; a new one would overwrite the intent, and the
-        // pending proposal would never get an outcome.
+        // its activation. A new activation would overwrite the intent, so
+        // the pending proposal would never get an outcome.
         if let Some(pending) = &state.intent {
             return Err(refuse(format!(
                 "proposal {} is refused because the activation of proposal \

@@ -18,12 +18,12 @@
 //! target, the activation resumes without switching again: the health
 //! checks, then
 //! the confirmation window, then a `finished` history entry whose
-//! message states that the activator restarted during the switch. If the
-//! script exited with another status, its runner never started it or
-//! ended without recording a status, its run files belong to another
-//! activation, or another system runs (as after a reboot that follows
-//! a `test` switch), the activation is rolled back as below, with that
-//! reason in the history entry and the log.
+//! message states that the activator restarted during the switch.
+//! Otherwise the activation is rolled back as below, with the reason in
+//! the history entry and the log. The reasons are: the script exited
+//! with another status, its runner never started it or ended without
+//! recording a status, its run files belong to another activation, or
+//! another system runs, as after a reboot that follows a `test` switch.
 //!
 //! At every other step, and after a failed switch, the activation is not
 //! kept: the activator puts the profile back at the base (the base's

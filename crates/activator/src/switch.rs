@@ -108,9 +108,10 @@ pub(crate) struct Run {
     expected: Option<RunIdentity>,
 }
 
-/// What a run switches, as its runner records it in the `started` and
-/// `status` files, so that files left by another activation under the
-/// same name are not taken for this run's.
+/// The identity of a run (proposal, toplevel and action), which its
+/// runner records in the `started` and `status` files. Files that
+/// another activation left under the same name therefore do not count
+/// as this run's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RunIdentity {
@@ -319,7 +320,10 @@ impl Run {
                     self.name
                 )
             })?;
-        Ok(RunEnd::NeverStarted)
+        Ok(RunEnd::NeverStarted {
+            log: self.file("log"),
+            unit: self.unit_name(),
+        })
     }
 
     /// Waits until no runner of this run holds its lock, logging every
@@ -406,17 +410,33 @@ impl Run {
         }
     }
 
-    fn remove_files(&self) {
-        for extension in ["log", "status", "started", "abandoned", "lock"] {
-            let path = self.file(extension);
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-                Err(error) => tracing::warn!(
-                    path = %path.display(),
-                    %error,
-                    "cannot remove the file of an old switch run"
-                ),
+    /// Removes the files of an ended run, and the temporary files that
+    /// a crash during [`state::write_atomically`] left, so that later
+    /// switches no longer wait for it. The `abandoned` marker stays when
+    /// `keep_abandoned` is set, because a runner that arrives late must
+    /// still find it.
+    fn remove_files(&self, keep_abandoned: bool) {
+        let extensions = ["log", "status", "started", "abandoned", "lock"];
+        for extension in extensions {
+            let temporary = self
+                .directory
+                .join(format!(".{}.{extension}.tmp", self.name));
+            let kept = keep_abandoned && extension == "abandoned";
+            let paths = if kept {
+                vec![temporary]
+            } else {
+                vec![self.file(extension), temporary]
+            };
+            for path in paths {
+                match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                    Err(error) => tracing::warn!(
+                        path = %path.display(),
+                        %error,
+                        "cannot remove the file of an old switch run"
+                    ),
+                }
             }
         }
     }
@@ -439,12 +459,17 @@ pub(crate) enum RunEnd {
     Finished(RunStatus),
     /// The runner died after its `started` marker and recorded no
     /// status, and the script, which holds the lock too, has exited.
-    // NOTE: a process that the script leaves running in the background
-    // with the lock's descriptor open keeps the run from ending until
-    // it exits; without systemd nothing stops such a process.
+    // NOTE: a background process that the script leaves with the lock's
+    // descriptor open keeps the run from ending until it exits. Without
+    // systemd nothing stops such a process.
     DiedWithoutStatus,
     /// The runner never started the script, and the run is abandoned.
-    NeverStarted,
+    /// `log` and, when systemd started the runner, the journal of `unit`
+    /// hold the runner's errors.
+    NeverStarted {
+        log: PathBuf,
+        unit: String,
+    },
     /// The run's `file` records `found`, another activation's switch, so
     /// how this run ended is unknown.
     NotThisRun {
@@ -482,8 +507,11 @@ impl RunEnd {
                 "the runner of `{description}` ended without recording an \
                  exit status, so the script may have stopped part-way"
             )),
-            Self::NeverStarted => Err(format!(
-                "the runner of `{description}` never started the script"
+            Self::NeverStarted { log, unit } => Err(format!(
+                "the runner of `{description}` never started the script; \
+                 see its errors in {} or, when systemd started it, in \
+                 `journalctl -u {unit}`",
+                log.display()
             )),
             Self::NotThisRun { file, found } => Err(format!(
                 "{} records {found}, not `{description}`, so it was left by \
@@ -583,6 +611,12 @@ pub(crate) fn systemd_run_args(
         setting.push(archive);
         args.push(setting);
     }
+    // NOTE: `--expand-environment=no` (systemd-run 254 and later) is
+    // not passed, because the module's `systemd.package` may be older,
+    // and systemd-run before 254 rejects the option. The manager
+    // therefore expands `$NAME` in the arguments. Store paths, the run's
+    // name and the action cannot contain `$`, but a configured state
+    // directory could.
     args.push(runner.into());
     args.extend(runner_args.iter().cloned());
     args
@@ -745,7 +779,7 @@ fn follow_run(
         if exited.is_some() || launched.elapsed() >= START_TIMEOUT {
             follower.finish(on_line);
             let end = run.settle()?;
-            if end == RunEnd::NeverStarted {
+            if matches!(end, RunEnd::NeverStarted { .. }) {
                 tracing::error!(
                     run = %run.name,
                     runner_exit = ?exited,
@@ -814,10 +848,9 @@ fn settle_other_runs(run: &Run) -> Result<(), String> {
     }
     for other in others {
         let end = other.settle_other()?;
-        let ended =
-            matches!(end, RunEnd::Finished(_) | RunEnd::DiedWithoutStatus);
-        if ended && other.proposal() < run.proposal() {
-            other.remove_files();
+        if other.proposal() < run.proposal() {
+            let abandoned = matches!(end, RunEnd::NeverStarted { .. });
+            other.remove_files(abandoned);
         }
     }
     Ok(())
@@ -1165,7 +1198,19 @@ mod tests {
     fn unstarted_run_is_abandoned() {
         let directory = tempfile::tempdir().unwrap();
         let run = Run::target(directory.path(), 3);
-        assert_eq!(run.try_settle().unwrap(), Some(RunEnd::NeverStarted));
+        let end = run.try_settle().unwrap().unwrap();
+        assert_eq!(
+            end,
+            RunEnd::NeverStarted {
+                log: run.file("log"),
+                unit: "countersign-switch-3.service".to_owned(),
+            }
+        );
+        let error = end.into_result("s switch").unwrap_err();
+        assert!(
+            error.contains("journalctl -u countersign-switch-3.service"),
+            "{error}"
+        );
         assert!(run.file("abandoned").exists());
         // A runner that arrives after the recovery does not run.
         let code = run_runner(&RunnerArgs {
@@ -1179,6 +1224,53 @@ mod tests {
     }
 
     #[test]
+    fn older_runs_are_removed() {
+        let directory = tempfile::tempdir().unwrap();
+        let finished = Run::target(directory.path(), 1);
+        finished.open_lock().unwrap();
+        fs::write(finished.file("started"), "").unwrap();
+        fs::write(finished.file("log"), "output\n").unwrap();
+        let abandoned = Run::target(directory.path(), 2);
+        abandoned.open_lock().unwrap();
+        let temporary = finished.directory.join(".switch-1.status.tmp");
+        fs::write(&temporary, "").unwrap();
+        let current = Run::next_base(directory.path(), 3);
+
+        settle_other_runs(&current).unwrap();
+        let mut names: Vec<String> = fs::read_dir(&current.directory)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["switch-2.abandoned"]);
+
+        // A runner of the abandoned run that arrives now still skips.
+        let code = run_runner(&RunnerArgs {
+            directory: abandoned.directory.clone(),
+            run: abandoned.name.clone(),
+            toplevel: toplevel().as_str().to_owned(),
+            action: "switch".to_owned(),
+        });
+        assert_eq!(code, RUNNER_SKIPPED);
+        assert!(!abandoned.file("started").exists());
+    }
+
+    #[test]
+    fn lock_errors_name_the_fix() {
+        let run = Run::target(Path::new("/s"), 1);
+        let no_locks = io::Error::from_raw_os_error(libc::ENOLCK);
+        let message = run.lock_error("locking", &no_locks);
+        assert!(
+            message.contains("/s/switch-runs/switch-1.lock"),
+            "{message}"
+        );
+        assert!(message.contains("supports flock(2)"), "{message}");
+        let denied = io::Error::from_raw_os_error(libc::EACCES);
+        let message = run.lock_error("opening", &denied);
+        assert!(message.contains("writable for root"), "{message}");
+    }
+
+    #[test]
     fn held_lock_means_running() {
         let directory = tempfile::tempdir().unwrap();
         let run = Run::target(directory.path(), 3);
@@ -1187,7 +1279,10 @@ mod tests {
         assert_eq!(run.try_settle().unwrap(), None);
         assert!(!run.file("abandoned").exists());
         drop(lock);
-        assert_eq!(run.try_settle().unwrap(), Some(RunEnd::NeverStarted));
+        assert!(matches!(
+            run.try_settle().unwrap(),
+            Some(RunEnd::NeverStarted { .. })
+        ));
     }
 
     #[test]

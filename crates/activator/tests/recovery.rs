@@ -664,7 +664,7 @@ fn pending_intent_refuses_next_certificate() {
     assert_eq!(read_state(&activator.state_dir).unwrap().last_proposal, 1);
     assert!(world.switch_log_lines().is_empty());
 
-    // After the fix, a restart recovers proposal 1.
+    // Once the lock file can be opened, a restart recovers proposal 1.
     activator.restart();
     assert_eq!(
         activator.record_kinds(),
