@@ -307,6 +307,23 @@ impl Activator {
 
         let state = state::read_state(&self.config.state_dir)
             .map_err(|error| refuse(error.to_string()))?;
+        // An intent left in the state means that recovery did not finish
+        // its activation. A new activation would overwrite the intent, so
+        // the pending proposal would never get an outcome.
+        if let Some(pending) = &state.intent {
+            return Err(refuse(format!(
+                "proposal {} is refused because the activation of proposal \
+                 {} did not finish (step {}) and its recovery did not \
+                 complete; see the activator's log for the cause, fix it \
+                 (for example make the state directory {} readable), and \
+                 restart the activator so that it recovers proposal {}",
+                statement.proposal,
+                pending.proposal,
+                pending.step,
+                self.config.state_dir.display(),
+                pending.proposal
+            )));
+        }
         if statement.proposal <= state.last_proposal {
             return Err(refuse(format!(
                 "proposal {} is not above the last accepted proposal {}; \

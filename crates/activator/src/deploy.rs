@@ -381,7 +381,8 @@ impl Activator {
             activator.recover_by_rollback(&mut history, &intent, None);
             return;
         }
-        let run = Run::target(&activator.config.state_dir, intent.proposal);
+        let run = Run::target(&activator.config.state_dir, intent.proposal)
+            .expecting(&intent.target, intent.action);
         let end = match run.try_settle() {
             Ok(Some(end)) if !end.succeeded() => {
                 activator.recover_after_switch(&mut history, intent, end);
@@ -396,7 +397,9 @@ impl Activator {
                     proposal = intent.proposal,
                     %error,
                     "cannot tell how the detached switch ended; the \
-                     activation stays unfinished until the next start"
+                     activation stays unfinished, and new certificates are \
+                     refused, until the activator starts again after the \
+                     cause is fixed"
                 );
                 return;
             }
@@ -420,8 +423,10 @@ impl Activator {
                                     proposal = intent.proposal,
                                     %error,
                                     "cannot wait for the detached switch; the \
-                                     activation stays unfinished until the \
-                                     next start"
+                                     activation stays unfinished, and new \
+                                     certificates are refused, until the \
+                                     activator starts again after the cause \
+                                     is fixed"
                                 );
                                 return;
                             }
@@ -438,7 +443,8 @@ impl Activator {
             Err(error) => tracing::error!(
                 %error,
                 "cannot start the recovery thread; the activation stays \
-                 unfinished until the next start"
+                 unfinished, and new certificates are refused, until the \
+                 next start"
             ),
         }
     }
@@ -456,6 +462,10 @@ impl Activator {
         let description =
             format!("{}/{SWITCH_SCRIPT} {}", intent.target, intent.action);
         if let Err(cause) = end.into_result(&description) {
+            self.recover_by_rollback(history, &intent, Some(cause));
+            return;
+        }
+        if let Err(cause) = self.check_target_runs(&intent) {
             self.recover_by_rollback(history, &intent, Some(cause));
             return;
         }
@@ -494,6 +504,30 @@ impl Activator {
                 "cannot record the outcome of a resumed activation"
             ),
         }
+    }
+
+    /// Checks, before an activation resumes after its switch finished
+    /// with status 0, that the running system is the target. A reboot
+    /// since a `test` switch, or a switch by an administrator, means the
+    /// target no longer runs, and health checks would judge another
+    /// system. `boot` changes nothing that runs, so it is not checked.
+    fn check_target_runs(&self, intent: &Intent) -> Result<(), String> {
+        if intent.action == Action::Boot {
+            return Ok(());
+        }
+        let link = &self.config.current_system;
+        let running = crate::system::resolve_current_system(link)?;
+        if running != intent.target {
+            return Err(format!(
+                "the running system {} is {running}, not the target {}, so \
+                 the machine rebooted or switched since the target's \
+                 `{}` finished",
+                link.display(),
+                intent.target,
+                intent.action
+            ));
+        }
+        Ok(())
     }
 
     /// Restores the base of an activation that did not finish and

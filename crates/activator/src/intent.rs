@@ -13,13 +13,17 @@
 //! may have finished, or may still run, without the activator. The
 //! activator first waits for its runner to end, logging every few
 //! seconds, while its socket serves status requests that show the
-//! activation in progress. If the script exited with status 0, the
-//! activation resumes without switching again: the health checks, then
+//! activation in progress. If the script exited with status 0 and, for
+//! `switch` and `test`, the running system (`current_system`) is the
+//! target, the activation resumes without switching again: the health
+//! checks, then
 //! the confirmation window, then a `finished` history entry whose
-//! message states that the activator restarted during the switch. If the
-//! script exited with another status, or its runner never started it or
-//! ended without recording a status, the activation is rolled back as
-//! below, with that reason in the history entry and the log.
+//! message states that the activator restarted during the switch.
+//! Otherwise the activation is rolled back as below, with the reason in
+//! the history entry and the log. The reasons are: the script exited
+//! with another status, its runner never started it or ended without
+//! recording a status, its run files belong to another activation, or
+//! another system runs, as after a reboot that follows a `test` switch.
 //!
 //! At every other step, and after a failed switch, the activation is not
 //! kept: the activator puts the profile back at the base (the base's
@@ -32,6 +36,11 @@
 //! `recovered` history entry with the step and clears the intent. Either
 //! way the proposal number stays used, so the certificate is never
 //! activated again.
+//!
+//! When recovery cannot finish (the run files or the state cannot be
+//! read), the intent stays, and every new certificate is refused with
+//! the pending proposal and its step named, until a restart after the
+//! cause is fixed recovers it.
 
 use std::fs;
 use std::path::{Path, PathBuf};

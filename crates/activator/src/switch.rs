@@ -7,12 +7,14 @@
 //! directory:
 //!
 //! - `NAME.lock`: the runner holds an exclusive `flock` on it for its
-//!   whole life;
+//!   whole life, and the script inherits the locked descriptor, so the
+//!   lock lasts until both have exited;
 //! - `NAME.started`: written durably by the runner, while it holds the
-//!   lock, before it starts the script;
+//!   lock, before it starts the script, with the runner's process id
+//!   and the run's identity (proposal, toplevel and action);
 //! - `NAME.log`: the script's standard output and standard error;
-//! - `NAME.status`: the script's wait status, written durably by the
-//!   runner before it exits;
+//! - `NAME.status`: the run's identity and the script's wait status,
+//!   written durably by the runner before it exits;
 //! - `NAME.abandoned`: written durably by the activator, while it holds
 //!   the lock, when the runner had not started; a runner that takes the
 //!   lock later finds it and exits without running the script.
@@ -24,6 +26,15 @@
 //! group. Otherwise it runs as a process in a process group of its own,
 //! with its output going to the log file, never to a pipe.
 //!
+//! A runner that dies on its own does not stop its script, because a
+//! switch cut off at a random point (units stopped, not yet started)
+//! leaves the machine in a worse state than one that finishes. The
+//! script keeps the lock until it exits, so nothing treats the run as
+//! ended while the script runs, and the run then ends without a status
+//! and is rolled back. Under systemd the death of the runner, which is
+//! the unit's main process, makes systemd stop the unit's other
+//! processes, and those keep the lock until they have exited.
+//!
 //! # Crash windows
 //!
 //! The intent for the switch step is written before the runner starts.
@@ -33,7 +44,10 @@
 //! means that the runner died after it may have started the script; no
 //! marker at all means that the script never started, and the
 //! `abandoned` marker written then keeps a runner that is still on its
-//! way from starting it. The activator therefore never has to guess
+//! way from starting it. Files whose identity is not the one the
+//! activator expects belong to another activation, so the run's end is
+//! unknown ([`RunEnd::NotThisRun`]). The activator therefore never has
+//! to guess
 //! whether a runner is about to start, and before it starts a run it
 //! waits for every other run in the directory to end, so two switch
 //! scripts never run at once.
@@ -41,6 +55,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Read};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -88,6 +103,47 @@ const RUNNER_SKIPPED: u8 = 3;
 pub(crate) struct Run {
     directory: PathBuf,
     name: String,
+    /// The identity that the run's files must record; `None` for the
+    /// runs of other activations, whose files are read as they are.
+    expected: Option<RunIdentity>,
+}
+
+/// The identity of a run (proposal, toplevel and action), which its
+/// runner records in the `started` and `status` files. Files that
+/// another activation left under the same name therefore do not count
+/// as this run's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RunIdentity {
+    proposal: u64,
+    toplevel: StorePath,
+    action: Action,
+}
+
+impl std::fmt::Display for RunIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "proposal {}, `{}/{SWITCH_SCRIPT} {}`",
+            self.proposal, self.toplevel, self.action
+        )
+    }
+}
+
+/// The content of a `started` marker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartedMarker {
+    pid: u32,
+    run: RunIdentity,
+}
+
+/// The content of a `status` file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusRecord {
+    run: RunIdentity,
+    outcome: RunStatus,
 }
 
 impl Run {
@@ -97,7 +153,33 @@ impl Run {
         Self {
             directory: state_dir.join(SWITCH_RUNS_DIR),
             name: format!("switch-{proposal}"),
+            expected: None,
         }
+    }
+
+    /// Returns this run, whose files must record that it runs the
+    /// script of `toplevel` with `action` for the proposal in its name.
+    pub(crate) fn expecting(
+        mut self,
+        toplevel: &StorePath,
+        action: Action,
+    ) -> Self {
+        self.expected = self.proposal().map(|proposal| RunIdentity {
+            proposal,
+            toplevel: toplevel.clone(),
+            action,
+        });
+        self
+    }
+
+    /// Returns [`RunEnd::NotThisRun`] when `found`, read from `file`, is
+    /// not the identity this run expects.
+    fn mismatch(&self, found: &RunIdentity, file: &Path) -> Option<RunEnd> {
+        let expected = self.expected.as_ref()?;
+        (expected != found).then(|| RunEnd::NotThisRun {
+            file: file.to_owned(),
+            found: found.to_string(),
+        })
     }
 
     /// Returns the next unused run of the base's script of `proposal`.
@@ -110,6 +192,7 @@ impl Run {
             let run = Self {
                 directory: directory.clone(),
                 name: format!("rollback-{proposal}-{attempt}"),
+                expected: None,
             };
             if !run.file("lock").exists() {
                 return run;
@@ -136,6 +219,31 @@ impl Run {
         rest.split('-').next()?.parse().ok()
     }
 
+    /// Returns the message for a failed `operation` ("opening",
+    /// "locking") on the run's lock file, with the fix for its cause.
+    fn lock_error(&self, operation: &str, error: &io::Error) -> String {
+        let fix = match error.raw_os_error() {
+            Some(libc::EACCES | libc::EPERM | libc::EROFS) => {
+                "make the state directory writable for root"
+            }
+            Some(libc::ENOLCK | libc::EOPNOTSUPP) => {
+                "keep the state directory on a file system that supports \
+                 flock(2)"
+            }
+            Some(libc::EISDIR) => {
+                "move away the directory that has the lock file's name"
+            }
+            Some(libc::ENOSPC | libc::EDQUOT) => {
+                "free space on the file system of the state directory"
+            }
+            _ => "fix the cause that the error names",
+        };
+        format!(
+            "{operation} the switch lock file {} failed: {error}; {fix}",
+            self.file("lock").display()
+        )
+    }
+
     fn open_lock(&self) -> io::Result<File> {
         fs::create_dir_all(&self.directory)?;
         OpenOptions::new()
@@ -154,14 +262,20 @@ impl Run {
         let status_path = self.file("status");
         match fs::read(&status_path) {
             Ok(bytes) => {
-                let status: RunStatus = serde_json::from_slice(&bytes)
+                let record: StatusRecord = serde_json::from_slice(&bytes)
                     .map_err(|error| {
                         format!(
-                            "the switch status file {} is invalid: {error}",
+                            "the switch status file {} is invalid: \
+                             {error}; move it away, and the run then counts \
+                             as ended without a status",
                             status_path.display()
                         )
                     })?;
-                return Ok(RunEnd::Finished(status));
+                if let Some(foreign) = self.mismatch(&record.run, &status_path)
+                {
+                    return Ok(foreign);
+                }
+                return Ok(RunEnd::Finished(record.outcome));
             }
             Err(error) if error.kind() == io::ErrorKind::NotFound => {}
             Err(error) => {
@@ -171,8 +285,33 @@ impl Run {
                 ));
             }
         }
-        if self.file("started").exists() {
-            return Ok(RunEnd::DiedWithoutStatus);
+        let started_path = self.file("started");
+        match fs::read(&started_path) {
+            Ok(bytes) if self.expected.is_some() => {
+                let marker: StartedMarker = serde_json::from_slice(&bytes)
+                    .map_err(|error| {
+                        format!(
+                            "the switch started marker {} is invalid: \
+                             {error}; move it away, and the run then counts \
+                             as never started",
+                            started_path.display()
+                        )
+                    })?;
+                if let Some(foreign) =
+                    self.mismatch(&marker.run, &started_path)
+                {
+                    return Ok(foreign);
+                }
+                return Ok(RunEnd::DiedWithoutStatus);
+            }
+            Ok(_) => return Ok(RunEnd::DiedWithoutStatus),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => {
+                return Err(format!(
+                    "cannot read the switch started marker {}: {error}",
+                    started_path.display()
+                ));
+            }
         }
         state::write_atomically(&self.file("abandoned"), b"abandoned\n")
             .map_err(|error| {
@@ -181,18 +320,58 @@ impl Run {
                     self.name
                 )
             })?;
-        Ok(RunEnd::NeverStarted)
+        Ok(RunEnd::NeverStarted {
+            log: self.file("log"),
+            unit: self.unit_name(),
+        })
     }
 
     /// Waits until no runner of this run holds its lock, logging every
     /// few seconds, and returns how the run ended.
     pub(crate) fn settle(&self) -> Result<RunEnd, String> {
-        let lock = self.open_lock().map_err(|error| {
-            format!(
-                "opening the switch lock file {} failed: {error}; check that the state directory is writable",
-                self.file("lock").display()
-            )
-        })?;
+        let _lock = self.wait_for_lock()?;
+        self.classify_locked()
+    }
+
+    /// Waits like [`Run::settle`] for a run of another activation. A
+    /// status file that cannot be parsed is renamed to
+    /// `NAME.status.invalid`, with a warning, and the run counts as
+    /// ended without a status, so that one damaged file of an old run
+    /// does not block every later switch.
+    fn settle_other(&self) -> Result<RunEnd, String> {
+        let _lock = self.wait_for_lock()?;
+        let status_path = self.file("status");
+        if let Ok(bytes) = fs::read(&status_path)
+            && let Err(error) = serde_json::from_slice::<StatusRecord>(&bytes)
+        {
+            let aside = self.file("status.invalid");
+            fs::rename(&status_path, &aside).map_err(|rename_error| {
+                format!(
+                    "the switch status file {} of an earlier run is invalid \
+                     ({error}), and renaming it to {} failed: \
+                     {rename_error}; move it away by hand",
+                    status_path.display(),
+                    aside.display()
+                )
+            })?;
+            tracing::warn!(
+                path = %status_path.display(),
+                renamed_to = %aside.display(),
+                %error,
+                "the switch status file of an earlier run is invalid; the \
+                 run counts as ended without a status"
+            );
+            return Ok(RunEnd::DiedWithoutStatus);
+        }
+        self.classify_locked()
+    }
+
+    /// Waits until no runner of this run holds its lock, logging every
+    /// few seconds, and returns the lock file, locked.
+    fn wait_for_lock(&self) -> Result<File, String> {
+        let lock = self
+            .open_lock()
+            .map_err(|error| self.lock_error("opening", &error))?;
         let started = Instant::now();
         let mut reported = started;
         loop {
@@ -200,10 +379,7 @@ impl Run {
                 Ok(()) => break,
                 Err(TryLockError::WouldBlock) => {}
                 Err(TryLockError::Error(error)) => {
-                    return Err(format!(
-                        "locking the switch lock file {} failed: {error}",
-                        self.file("lock").display()
-                    ));
+                    return Err(self.lock_error("locking", &error));
                 }
             }
             if reported.elapsed() >= WAIT_REPORT_INTERVAL {
@@ -216,39 +392,51 @@ impl Run {
             }
             std::thread::sleep(POLL_INTERVAL);
         }
-        self.classify_locked()
+        Ok(lock)
     }
 
     /// Returns how the run ended, or `None` while a runner holds its
     /// lock, without waiting.
     pub(crate) fn try_settle(&self) -> Result<Option<RunEnd>, String> {
-        let lock = self.open_lock().map_err(|error| {
-            format!(
-                "opening the switch lock file {} failed: {error}; check that the state directory is writable",
-                self.file("lock").display()
-            )
-        })?;
+        let lock = self
+            .open_lock()
+            .map_err(|error| self.lock_error("opening", &error))?;
         match lock.try_lock() {
             Ok(()) => self.classify_locked().map(Some),
             Err(TryLockError::WouldBlock) => Ok(None),
-            Err(TryLockError::Error(error)) => Err(format!(
-                "locking the switch lock file {} failed: {error}",
-                self.file("lock").display()
-            )),
+            Err(TryLockError::Error(error)) => {
+                Err(self.lock_error("locking", &error))
+            }
         }
     }
 
-    fn remove_files(&self) {
-        for extension in ["log", "status", "started", "abandoned", "lock"] {
-            let path = self.file(extension);
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-                Err(error) => tracing::warn!(
-                    path = %path.display(),
-                    %error,
-                    "cannot remove the file of an old switch run"
-                ),
+    /// Removes the files of an ended run, and the temporary files that
+    /// a crash during [`state::write_atomically`] left, so that later
+    /// switches no longer wait for it. The `abandoned` marker stays when
+    /// `keep_abandoned` is set, because a runner that arrives late must
+    /// still find it.
+    fn remove_files(&self, keep_abandoned: bool) {
+        let extensions = ["log", "status", "started", "abandoned", "lock"];
+        for extension in extensions {
+            let temporary = self
+                .directory
+                .join(format!(".{}.{extension}.tmp", self.name));
+            let kept = keep_abandoned && extension == "abandoned";
+            let paths = if kept {
+                vec![temporary]
+            } else {
+                vec![self.file(extension), temporary]
+            };
+            for path in paths {
+                match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                    Err(error) => tracing::warn!(
+                        path = %path.display(),
+                        %error,
+                        "cannot remove the file of an old switch run"
+                    ),
+                }
             }
         }
     }
@@ -269,13 +457,25 @@ pub(crate) enum RunStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum RunEnd {
     Finished(RunStatus),
-    /// The runner died after its `started` marker and recorded no status.
-    // NOTE: without systemd, a runner killed on its own leaves its script
-    // running without the lock, so a rollback may overlap it; with
-    // systemd, the end of the runner's unit stops the script too.
+    /// The runner died after its `started` marker and recorded no
+    /// status, and the script, which holds the lock too, has exited.
+    // NOTE: a background process that the script leaves with the lock's
+    // descriptor open keeps the run from ending until it exits. Without
+    // systemd nothing stops such a process.
     DiedWithoutStatus,
     /// The runner never started the script, and the run is abandoned.
-    NeverStarted,
+    /// `log` and, when systemd started the runner, the journal of `unit`
+    /// hold the runner's errors.
+    NeverStarted {
+        log: PathBuf,
+        unit: String,
+    },
+    /// The run's `file` records `found`, another activation's switch, so
+    /// how this run ended is unknown.
+    NotThisRun {
+        file: PathBuf,
+        found: String,
+    },
 }
 
 impl RunEnd {
@@ -307,8 +507,17 @@ impl RunEnd {
                 "the runner of `{description}` ended without recording an \
                  exit status, so the script may have stopped part-way"
             )),
-            Self::NeverStarted => Err(format!(
-                "the runner of `{description}` never started the script"
+            Self::NeverStarted { log, unit } => Err(format!(
+                "the runner of `{description}` never started the script; \
+                 see its errors in {} or, when systemd started it, in \
+                 `journalctl -u {unit}`",
+                log.display()
+            )),
+            Self::NotThisRun { file, found } => Err(format!(
+                "{} records {found}, not `{description}`, so it was left by \
+                 another activation and how this switch ended is unknown; \
+                 move the old run files away before the next proposal",
+                file.display()
             )),
         }
     }
@@ -402,6 +611,12 @@ pub(crate) fn systemd_run_args(
         setting.push(archive);
         args.push(setting);
     }
+    // NOTE: `--expand-environment=no` (systemd-run 254 and later) is
+    // not passed, because the module's `systemd.package` may be older,
+    // and systemd-run before 254 rejects the option. The manager
+    // therefore expands `$NAME` in the arguments. Store paths, the run's
+    // name and the action cannot contain `$`, but a configured state
+    // directory could.
     args.push(runner.into());
     args.extend(runner_args.iter().cloned());
     args
@@ -419,6 +634,7 @@ pub(crate) fn run_detached(
     on_line: &mut dyn FnMut(&str),
 ) -> Result<(), String> {
     let description = format!("{toplevel}/{SWITCH_SCRIPT} {action}");
+    let run = &run.clone().expecting(toplevel, action);
     settle_other_runs(run)?;
     if run.file("lock").exists() {
         return Err(format!(
@@ -428,12 +644,9 @@ pub(crate) fn run_detached(
             run.directory.display()
         ));
     }
-    let lock = run.open_lock().map_err(|error| {
-        format!(
-            "creating the switch lock file {} failed: {error}; check that the state directory is writable",
-            run.file("lock").display()
-        )
-    })?;
+    let lock = run
+        .open_lock()
+        .map_err(|error| run.lock_error("creating", &error))?;
     let log_path = run.file("log");
     let log = OpenOptions::new()
         .append(true)
@@ -566,7 +779,7 @@ fn follow_run(
         if exited.is_some() || launched.elapsed() >= START_TIMEOUT {
             follower.finish(on_line);
             let end = run.settle()?;
-            if end == RunEnd::NeverStarted {
+            if matches!(end, RunEnd::NeverStarted { .. }) {
                 tracing::error!(
                     run = %run.name,
                     runner_exit = ?exited,
@@ -585,10 +798,7 @@ fn follow_run(
             Ok(()) => break,
             Err(TryLockError::WouldBlock) => {}
             Err(TryLockError::Error(error)) => {
-                return Err(format!(
-                    "locking the switch lock file {} failed: {error}",
-                    run.file("lock").display()
-                ));
+                return Err(run.lock_error("locking", &error));
             }
         }
         std::thread::sleep(POLL_INTERVAL);
@@ -632,15 +842,15 @@ fn settle_other_runs(run: &Run) -> Result<(), String> {
             others.push(Run {
                 directory: run.directory.clone(),
                 name: name.to_owned(),
+                expected: None,
             });
         }
     }
     for other in others {
-        let end = other.settle()?;
-        let ended =
-            matches!(end, RunEnd::Finished(_) | RunEnd::DiedWithoutStatus);
-        if ended && other.proposal() < run.proposal() {
-            other.remove_files();
+        let end = other.settle_other()?;
+        if other.proposal() < run.proposal() {
+            let abandoned = matches!(end, RunEnd::NeverStarted { .. });
+            other.remove_files(abandoned);
         }
     }
     Ok(())
@@ -760,16 +970,29 @@ fn runner(args: &RunnerArgs) -> Result<u8, String> {
     let action: Action = args.action.parse().map_err(|error| {
         format!("invalid --action {:?}: {error}", args.action)
     })?;
-    let run = Run {
+    let mut run = Run {
         directory: args.directory.clone(),
         name: args.run.clone(),
+        expected: None,
     };
-    let lock = run.open_lock().map_err(|error| {
-        format!("cannot open {}: {error}", run.file("lock").display())
+    let proposal = run.proposal().ok_or_else(|| {
+        format!(
+            "invalid run {:?}: the name must be `switch-<proposal>` or \
+             `rollback-<proposal>-<attempt>`",
+            args.run
+        )
     })?;
-    lock.lock().map_err(|error| {
-        format!("cannot lock {}: {error}", run.file("lock").display())
-    })?;
+    let identity = RunIdentity {
+        proposal,
+        toplevel: toplevel.clone(),
+        action,
+    };
+    run.expected = Some(identity.clone());
+    let lock = run
+        .open_lock()
+        .map_err(|error| run.lock_error("opening", &error))?;
+    lock.lock()
+        .map_err(|error| run.lock_error("locking", &error))?;
     for marker in ["abandoned", "started", "status"] {
         if run.file(marker).exists() {
             eprintln!(
@@ -780,24 +1003,59 @@ fn runner(args: &RunnerArgs) -> Result<u8, String> {
             return Ok(RUNNER_SKIPPED);
         }
     }
-    state::write_atomically(
-        &run.file("started"),
-        format!("{}\n", std::process::id()).as_bytes(),
-    )
-    .map_err(|error| error.to_string())?;
+    let marker = StartedMarker {
+        pid: std::process::id(),
+        run: identity.clone(),
+    };
+    let bytes = serde_json::to_vec(&marker).expect("a marker serializes");
+    state::write_atomically(&run.file("started"), &bytes)
+        .map_err(|error| error.to_string())?;
 
-    let status = run_script(&run, &toplevel, action);
-    let bytes = serde_json::to_vec(&status).expect("a run status serializes");
+    let outcome = run_script(&run, &lock, &toplevel, action);
+    let code = runner_exit_code(&outcome);
+    let record = StatusRecord {
+        run: identity,
+        outcome,
+    };
+    let bytes = serde_json::to_vec(&record).expect("a run status serializes");
     state::write_atomically(&run.file("status"), &bytes)
         .map_err(|error| error.to_string())?;
     // The lock is released when the process exits, after the status is
     // durable.
     drop(lock);
-    Ok(0)
+    Ok(code)
 }
 
-/// Runs the script with its output appended to the run's log.
-fn run_script(run: &Run, toplevel: &StorePath, action: Action) -> RunStatus {
+/// Returns the runner's exit code for `outcome`: the script's exit code,
+/// 128 plus the signal that killed it, as shells report it, or 1 when it
+/// did not run. A failed script thereby fails the runner's unit too.
+fn runner_exit_code(outcome: &RunStatus) -> u8 {
+    match outcome {
+        RunStatus::Exited { wait_status } => {
+            let status = ExitStatus::from_raw(*wait_status);
+            match (status.code(), status.signal()) {
+                (Some(code), _) => u8::try_from(code).unwrap_or(1),
+                (None, Some(signal)) => {
+                    u8::try_from(128 + signal).unwrap_or(1)
+                }
+                (None, None) => 1,
+            }
+        }
+        RunStatus::NotRun { .. } => 1,
+    }
+}
+
+/// Runs the script with its output appended to the run's log. The
+/// script inherits the run's locked descriptor, so the `flock`, which
+/// belongs to the open file description, lasts until the runner, the
+/// script and every child that keeps the descriptor have exited.
+fn run_script(
+    run: &Run,
+    lock: &File,
+    toplevel: &StorePath,
+    action: Action,
+) -> RunStatus {
+    let lock_fd = lock.as_raw_fd();
     let spawned = OpenOptions::new()
         .append(true)
         .create(true)
@@ -805,10 +1063,20 @@ fn run_script(run: &Run, toplevel: &StorePath, action: Action) -> RunStatus {
         .open(run.file("log"))
         .and_then(|log| {
             let errors = log.try_clone()?;
-            crate::system::switch_command(toplevel, action)
-                .stdout(Stdio::from(log))
-                .stderr(Stdio::from(errors))
-                .spawn()
+            let mut command = crate::system::switch_command(toplevel, action);
+            command.stdout(Stdio::from(log)).stderr(Stdio::from(errors));
+            // SAFETY: the closure runs in the forked child before exec
+            // and calls only fcntl(2), which is async-signal-safe. It
+            // clears close-on-exec in the child's descriptor table only.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::fcntl(lock_fd, libc::F_SETFD, 0) == -1 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            command.spawn()
         })
         .and_then(|mut child| child.wait());
     match spawned {
@@ -930,7 +1198,19 @@ mod tests {
     fn unstarted_run_is_abandoned() {
         let directory = tempfile::tempdir().unwrap();
         let run = Run::target(directory.path(), 3);
-        assert_eq!(run.try_settle().unwrap(), Some(RunEnd::NeverStarted));
+        let end = run.try_settle().unwrap().unwrap();
+        assert_eq!(
+            end,
+            RunEnd::NeverStarted {
+                log: run.file("log"),
+                unit: "countersign-switch-3.service".to_owned(),
+            }
+        );
+        let error = end.into_result("s switch").unwrap_err();
+        assert!(
+            error.contains("journalctl -u countersign-switch-3.service"),
+            "{error}"
+        );
         assert!(run.file("abandoned").exists());
         // A runner that arrives after the recovery does not run.
         let code = run_runner(&RunnerArgs {
@@ -944,6 +1224,53 @@ mod tests {
     }
 
     #[test]
+    fn older_runs_are_removed() {
+        let directory = tempfile::tempdir().unwrap();
+        let finished = Run::target(directory.path(), 1);
+        finished.open_lock().unwrap();
+        fs::write(finished.file("started"), "").unwrap();
+        fs::write(finished.file("log"), "output\n").unwrap();
+        let abandoned = Run::target(directory.path(), 2);
+        abandoned.open_lock().unwrap();
+        let temporary = finished.directory.join(".switch-1.status.tmp");
+        fs::write(&temporary, "").unwrap();
+        let current = Run::next_base(directory.path(), 3);
+
+        settle_other_runs(&current).unwrap();
+        let mut names: Vec<String> = fs::read_dir(&current.directory)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["switch-2.abandoned"]);
+
+        // A runner of the abandoned run that arrives now still skips.
+        let code = run_runner(&RunnerArgs {
+            directory: abandoned.directory.clone(),
+            run: abandoned.name.clone(),
+            toplevel: toplevel().as_str().to_owned(),
+            action: "switch".to_owned(),
+        });
+        assert_eq!(code, RUNNER_SKIPPED);
+        assert!(!abandoned.file("started").exists());
+    }
+
+    #[test]
+    fn lock_errors_name_the_fix() {
+        let run = Run::target(Path::new("/s"), 1);
+        let no_locks = io::Error::from_raw_os_error(libc::ENOLCK);
+        let message = run.lock_error("locking", &no_locks);
+        assert!(
+            message.contains("/s/switch-runs/switch-1.lock"),
+            "{message}"
+        );
+        assert!(message.contains("supports flock(2)"), "{message}");
+        let denied = io::Error::from_raw_os_error(libc::EACCES);
+        let message = run.lock_error("opening", &denied);
+        assert!(message.contains("writable for root"), "{message}");
+    }
+
+    #[test]
     fn held_lock_means_running() {
         let directory = tempfile::tempdir().unwrap();
         let run = Run::target(directory.path(), 3);
@@ -952,7 +1279,10 @@ mod tests {
         assert_eq!(run.try_settle().unwrap(), None);
         assert!(!run.file("abandoned").exists());
         drop(lock);
-        assert_eq!(run.try_settle().unwrap(), Some(RunEnd::NeverStarted));
+        assert!(matches!(
+            run.try_settle().unwrap(),
+            Some(RunEnd::NeverStarted { .. })
+        ));
     }
 
     #[test]
@@ -962,15 +1292,99 @@ mod tests {
         run.open_lock().unwrap();
         fs::write(run.file("started"), "1\n").unwrap();
         assert_eq!(run.try_settle().unwrap(), Some(RunEnd::DiedWithoutStatus));
-        let status = RunStatus::Exited {
-            wait_status: ExitStatus::from_raw(4 << 8).into_raw(),
+        let record = StatusRecord {
+            run: RunIdentity {
+                proposal: 3,
+                toplevel: toplevel(),
+                action: Action::Switch,
+            },
+            outcome: RunStatus::Exited {
+                wait_status: ExitStatus::from_raw(4 << 8).into_raw(),
+            },
         };
-        fs::write(run.file("status"), serde_json::to_vec(&status).unwrap())
+        fs::write(run.file("status"), serde_json::to_vec(&record).unwrap())
             .unwrap();
         let end = run.try_settle().unwrap().unwrap();
         assert!(!end.succeeded());
         let error = end.into_result("s switch").unwrap_err();
         assert!(error.contains("exited with exit status: 4"), "{error}");
+    }
+
+    #[test]
+    fn files_of_another_switch_are_not_this_run() {
+        let directory = tempfile::tempdir().unwrap();
+        let other = StorePath::parse(
+            "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-nixos-system-a",
+        )
+        .unwrap();
+        let run = Run::target(directory.path(), 3)
+            .expecting(&toplevel(), Action::Switch);
+        run.open_lock().unwrap();
+        let marker = StartedMarker {
+            pid: 1,
+            run: RunIdentity {
+                proposal: 3,
+                toplevel: other.clone(),
+                action: Action::Switch,
+            },
+        };
+        fs::write(run.file("started"), serde_json::to_vec(&marker).unwrap())
+            .unwrap();
+        let end = run.try_settle().unwrap().unwrap();
+        assert_eq!(
+            end,
+            RunEnd::NotThisRun {
+                file: run.file("started"),
+                found: format!("proposal 3, `{other}/{SWITCH_SCRIPT} switch`"),
+            }
+        );
+        assert!(!end.succeeded());
+
+        // A status of the same toplevel with another action does not
+        // count either.
+        let record = StatusRecord {
+            run: RunIdentity {
+                proposal: 3,
+                toplevel: toplevel(),
+                action: Action::Test,
+            },
+            outcome: RunStatus::Exited { wait_status: 0 },
+        };
+        fs::write(run.file("status"), serde_json::to_vec(&record).unwrap())
+            .unwrap();
+        let end = run.try_settle().unwrap().unwrap();
+        assert!(matches!(end, RunEnd::NotThisRun { .. }), "{end:?}");
+        let error = end.into_result("s switch").unwrap_err();
+        assert!(error.contains("left by another activation"), "{error}");
+
+        let matching = StatusRecord {
+            run: RunIdentity {
+                proposal: 3,
+                toplevel: toplevel(),
+                action: Action::Switch,
+            },
+            outcome: RunStatus::Exited { wait_status: 0 },
+        };
+        fs::write(run.file("status"), serde_json::to_vec(&matching).unwrap())
+            .unwrap();
+        assert!(run.try_settle().unwrap().unwrap().succeeded());
+    }
+
+    #[test]
+    fn runner_exit_code_follows_script() {
+        let exited = |code: i32| RunStatus::Exited {
+            wait_status: ExitStatus::from_raw(code << 8).into_raw(),
+        };
+        assert_eq!(runner_exit_code(&exited(0)), 0);
+        assert_eq!(runner_exit_code(&exited(4)), 4);
+        let killed = RunStatus::Exited {
+            wait_status: ExitStatus::from_raw(libc::SIGKILL).into_raw(),
+        };
+        assert_eq!(runner_exit_code(&killed), 128 + 9);
+        let not_run = RunStatus::NotRun {
+            error: "missing".to_owned(),
+        };
+        assert_eq!(runner_exit_code(&not_run), 1);
     }
 
     #[test]

@@ -281,7 +281,17 @@ fn kill_during_switch_resumes_after_restart() {
     wait_for("the detached switch to finish", || status.exists());
     let recorded: serde_json::Value =
         serde_json::from_slice(&fs::read(&status).unwrap()).unwrap();
-    assert_eq!(recorded, serde_json::json!({"exited": {"wait_status": 0}}));
+    assert_eq!(
+        recorded,
+        serde_json::json!({
+            "run": {
+                "proposal": 1,
+                "toplevel": world.target.as_str(),
+                "action": "switch"
+            },
+            "outcome": {"exited": {"wait_status": 0}}
+        })
+    );
     assert_eq!(
         world.switch_log_lines(),
         [format!("switch {}", world.target)]
@@ -410,8 +420,9 @@ fn restart_waits_for_running_switch() {
         let target_ended = status.exists();
         assert!(
             lines.len() == 1 || target_ended,
-            "the base's switch started while the target's still ran: \
-             {lines:?}"
+            "the base's switch started while the target's still ran ({}): \
+             {lines:?}",
+            activator.log()
         );
         activator.record_kinds().len() == 2
     });
@@ -488,4 +499,300 @@ fn failing_test_action_recovers() {
     );
     assert!(!message.contains("profile"), "{message}");
     assert!(message.contains("exited with exit status: 1"), "{message}");
+}
+
+/// Returns the ids of the processes whose parent is `parent`.
+fn child_pids(parent: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap() {
+        let Ok(pid) = entry.unwrap().file_name().to_string_lossy().parse()
+        else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // The fields after the command name, which is in parentheses:
+        // state, then the parent's id.
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        let ppid: u32 = after_name.split(' ').nth(1).unwrap().parse().unwrap();
+        if ppid == parent {
+            children.push(pid);
+        }
+    }
+    children
+}
+
+/// Returns whether process `pid` exists and has not exited (a zombie
+/// has exited).
+fn process_running(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat[stat.rfind(')').unwrap() + 2..].starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// Returns the process id that the runner wrote to the `started`
+/// marker of `run`.
+fn runner_pid(activator: &Activator, run: &str) -> u32 {
+    let started: serde_json::Value = serde_json::from_slice(
+        &fs::read(run_file(activator, &format!("{run}.started"))).unwrap(),
+    )
+    .unwrap();
+    u32::try_from(started["pid"].as_u64().unwrap()).unwrap()
+}
+
+#[test]
+fn killed_runner_lock_outlives_script() {
+    let world = World::build(WorldOptions {
+        switch_delay_secs: 5,
+        ..WorldOptions::default()
+    });
+    let activator = Activator::start(&world, "");
+    let certificate = approved(&world.statement(&policy_text(), 1));
+    let request = Request::Activate {
+        certificate: certificate.clone(),
+        audit_head: None,
+    };
+
+    let events = thread::scope(|scope| {
+        let reply =
+            scope.spawn(|| activator.request_streaming(&request, &mut |_| {}));
+        wait_for("the target's switch-to-configuration", || {
+            !world.switch_log_lines().is_empty()
+        });
+        let runner = runner_pid(&activator, "switch-1");
+        let scripts = child_pids(runner);
+        assert_eq!(scripts.len(), 1, "children of the runner: {scripts:?}");
+        let script = scripts[0];
+        let status = Command::new("kill")
+            .args(["-KILL", &runner.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        wait_for("the runner to exit", || !process_running(runner));
+        // The script is not killed with its runner.
+        assert!(process_running(script), "the script died with its runner");
+
+        // The base's switch starts only after the target's script ended.
+        wait_for("the base's switch-to-configuration", || {
+            let lines = world.switch_log_lines();
+            assert!(
+                lines.len() < 2 || !process_running(script),
+                "the base's switch started while the target's script {script} \
+                 still ran: {lines:?}"
+            );
+            lines.len() == 2
+        });
+        reply.join().unwrap()
+    });
+
+    let (outcome, proposal, message) = finished(&events);
+    assert_eq!(outcome, Outcome::RolledBack, "{message}");
+    assert_eq!(proposal, Some(1));
+    assert!(
+        message.contains("ended without recording an exit status"),
+        "{message}"
+    );
+    assert_eq!(
+        world.switch_log_lines(),
+        [
+            format!("switch {}", world.target),
+            format!("switch {}", world.base)
+        ]
+    );
+    assert!(!run_file(&activator, "switch-1.status").exists());
+}
+
+#[test]
+fn pending_intent_refuses_next_certificate() {
+    let world = World::build(WorldOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let (wrapper, script) = pausing_nix_env(dir.path(), Pause::AfterNixEnv);
+    let mut activator =
+        Activator::start_with_programs(&world, "", &[("nix-env", script)]);
+    fs::write(&wrapper.armed, "").unwrap();
+    let first = approved(&world.statement(&policy_text(), 1));
+    activate_and_kill(&activator, &first, "nix-env to pause", || {
+        wrapper.paused.exists()
+    });
+    let mut state = read_state(&activator.state_dir).unwrap();
+    let intent = state.intent.as_mut().unwrap();
+    intent.step = IntentStep::Switch;
+    intent.switch_started = true;
+    write_state(&activator.state_dir, &state).unwrap();
+
+    // The run's lock file cannot be opened at start, so recovery cannot
+    // tell how the switch ended and leaves the intent.
+    let lock = run_file(&activator, "switch-1.lock");
+    fs::create_dir_all(&lock).unwrap();
+    activator.restart();
+    assert_eq!(intent_step(&activator), Some(IntentStep::Switch));
+    assert!(
+        activator.log().contains("switch-1.lock failed"),
+        "{}",
+        activator.log()
+    );
+    assert!(
+        activator
+            .log()
+            .contains("move away the directory that has the lock file's name"),
+        "{}",
+        activator.log()
+    );
+    fs::remove_dir(&lock).unwrap();
+
+    // A certificate for the profile's new state, which recovery has not
+    // restored yet, is refused while the intent is pending.
+    let mut statement = world.statement(&policy_text(), 2);
+    statement.base = world.target.clone();
+    statement.target = world.base.clone();
+    let source = statement.source.as_mut().unwrap();
+    source.store_path = world.base_source.store_path.clone();
+    source.nar_hash = world.base_source.nar_hash.clone();
+    let second = approved(&statement);
+    let (outcome, proposal, message) = finished(&activator.activate(&second));
+    assert_eq!(outcome, Outcome::Refused, "{message}");
+    assert_eq!(proposal, Some(2));
+    assert!(
+        message
+            .contains("activation of proposal 1 did not finish (step switch)"),
+        "{message}"
+    );
+    assert!(message.contains("restart the activator"), "{message}");
+    assert_eq!(intent_step(&activator), Some(IntentStep::Switch));
+    assert_eq!(read_state(&activator.state_dir).unwrap().last_proposal, 1);
+    assert!(world.switch_log_lines().is_empty());
+
+    // Once the lock file can be opened, a restart recovers proposal 1.
+    activator.restart();
+    assert_eq!(
+        activator.record_kinds(),
+        [
+            "accepted 1".to_owned(),
+            "refused Some(2)".to_owned(),
+            "recovered 1 switch RolledBack".to_owned()
+        ],
+        "{}",
+        activator.log()
+    );
+    assert_eq!(intent_step(&activator), None);
+    assert_eq!(activator.profile_target(), world.base.as_path());
+    assert!(
+        activator
+            .last_message()
+            .contains("never started the script")
+    );
+    verify_history(&activator.state_dir).unwrap();
+}
+
+#[test]
+fn invalid_old_status_is_set_aside() {
+    let world = World::build(WorldOptions::default());
+    let activator = Activator::start(&world, "");
+    let runs = activator.state_dir.join(SWITCH_RUNS_DIR);
+    fs::create_dir_all(&runs).unwrap();
+    fs::write(runs.join("switch-0.lock"), "").unwrap();
+    fs::write(runs.join("switch-0.started"), "").unwrap();
+    fs::write(runs.join("switch-0.status"), "").unwrap();
+
+    let certificate = approved(&world.statement(&policy_text(), 1));
+    let (outcome, _, message) = finished(&activator.activate(&certificate));
+    assert_eq!(outcome, Outcome::Activated, "{message}");
+    assert_eq!(
+        world.switch_log_lines(),
+        [format!("switch {}", world.target)]
+    );
+    assert_eq!(
+        fs::read_to_string(runs.join("switch-0.status.invalid")).unwrap(),
+        ""
+    );
+    assert!(!runs.join("switch-0.status").exists());
+    assert!(!runs.join("switch-0.lock").exists());
+    let log = activator.log();
+    assert!(
+        log.contains("the switch status file of an earlier run is invalid"),
+        "{log}"
+    );
+    assert!(log.contains("switch-0.status"), "{log}");
+}
+
+#[test]
+fn run_files_of_other_target_roll_back() {
+    let world = World::build(WorldOptions {
+        switch_delay_secs: 2,
+        ..WorldOptions::default()
+    });
+    let mut activator = Activator::start(&world, "");
+    let certificate = approved(&world.statement(&policy_text(), 1));
+
+    activate_and_kill(
+        &activator,
+        &certificate,
+        "the target's switch-to-configuration",
+        || !world.switch_log_lines().is_empty(),
+    );
+    let status = run_file(&activator, "switch-1.status");
+    wait_for("the detached switch to finish", || status.exists());
+    // Files of another activation under the same name: status 0, but
+    // for another toplevel.
+    let mut recorded: serde_json::Value =
+        serde_json::from_slice(&fs::read(&status).unwrap()).unwrap();
+    recorded["run"]["toplevel"] = world.base.as_str().into();
+    fs::write(&status, serde_json::to_vec(&recorded).unwrap()).unwrap();
+
+    activator.restart();
+    let message = assert_recovered(&activator, &world, &certificate, "switch");
+    assert!(message.contains("left by another activation"), "{message}");
+    assert!(message.contains("switch-1.status"), "{message}");
+    assert_eq!(
+        world.switch_log_lines(),
+        [
+            format!("switch {}", world.target),
+            format!("switch {}", world.base)
+        ]
+    );
+}
+
+#[test]
+fn finished_test_switch_needs_running_target() {
+    let world = World::build(WorldOptions {
+        switch_delay_secs: 2,
+        ..WorldOptions::default()
+    });
+    let mut activator = Activator::start(&world, "");
+    let mut statement = world.statement(&policy_text(), 1);
+    statement.action = countersign_core::Action::Test;
+    let certificate = approved(&statement);
+
+    activate_and_kill(
+        &activator,
+        &certificate,
+        "the target's switch-to-configuration",
+        || !world.switch_log_lines().is_empty(),
+    );
+    let status = run_file(&activator, "switch-1.status");
+    wait_for("the detached switch to finish", || status.exists());
+
+    // The running system is the test's profile, which `test` leaves at
+    // the base, as a reboot after a `test` switch brings the base back.
+    assert_eq!(activator.profile_target(), world.base.as_path());
+    activator.restart();
+    wait_for("the recovery", || activator.record_kinds().len() == 2);
+    let message = assert_recovered(&activator, &world, &certificate, "switch");
+    assert!(
+        message.contains(&format!(
+            "is {}, not the target {}",
+            world.base, world.target
+        )),
+        "{message}"
+    );
+    assert!(message.contains("rebooted or switched"), "{message}");
+    assert_eq!(
+        world.switch_log_lines(),
+        [
+            format!("test {}", world.target),
+            format!("test {}", world.base)
+        ]
+    );
 }
