@@ -237,12 +237,19 @@ pub(super) fn check(ctx: &mut Ctx<'_>) -> Result<()> {
     Ok(())
 }
 
-/// All `Exec*` assignments of a unit, as `Key=value`.
+/// Tells whether `key` is a setting whose value is a command line, such
+/// as `ExecStart` or `ExecStopPost`. `ExecPaths` and `ExecSearchPath`
+/// share the prefix but hold folders.
+fn is_command_key(key: &str) -> bool {
+    key.starts_with("Exec") && !matches!(key, "ExecPaths" | "ExecSearchPath")
+}
+
+/// All command assignments of a unit, as `Key=value`.
 fn commands(unit: &UnitFile) -> Vec<String> {
     let mut lines = Vec::new();
     for keys in unit.sections.values() {
         for (key, values) in keys {
-            if key.starts_with("Exec") {
+            if is_command_key(key) {
                 lines.extend(values.iter().map(|v| format!("{key}={v}")));
             }
         }
@@ -405,7 +412,7 @@ fn directive_severity(directives: &[DirectiveChange]) -> Severity {
             .filter(|value| !change.old.contains(value))
             .collect();
         let loosened = confines(key) && !change.old.is_empty();
-        let exec = key.starts_with("Exec")
+        let exec = is_command_key(key)
             && gained.iter().any(|value| {
                 privileged(&format!("{key}={value}"))
                     || runs_outside_store(value)
@@ -499,6 +506,18 @@ mod tests {
             "[Service]\nExecStart=/run/current-system/sw/bin/x --flag\n",
         );
         assert_eq!(directive_severity(&profile), Severity::Medium);
+    }
+
+    #[test]
+    fn exec_paths_are_folders_not_commands() {
+        // A folder outside the store in `ExecPaths` is not a command that
+        // runs outside the store.
+        let paths = change("[Service]\n", "[Service]\nExecPaths=/srv/app\n");
+        assert_eq!(directive_severity(&paths), Severity::Medium);
+        let unit = UnitFile::parse(
+            "[Service]\nExecSearchPath=/srv/bin\nExecStart=/tmp/x\n",
+        );
+        assert_eq!(commands(&unit), ["ExecStart=/tmp/x"]);
     }
 
     fn merged_unit(unit: &str, drop_ins: &[&str]) -> Merged {
