@@ -144,6 +144,18 @@ fn finished_events(events: &[Event]) -> usize {
         .count()
 }
 
+/// Checks that the target's switch-to-configuration ran, then the
+/// base's, each once, with the action `switch`.
+fn assert_switched_target_then_base(world: &World) {
+    assert_eq!(
+        world.switch_log_lines(),
+        [
+            format!("switch {}", world.target),
+            format!("switch {}", world.base)
+        ]
+    );
+}
+
 #[test]
 fn kill_before_profile_switch_recovers() {
     let world = World::build(WorldOptions::default());
@@ -371,13 +383,7 @@ fn kill_during_failing_switch_rolls_back() {
     let message = assert_recovered(&activator, &world, &certificate, "switch");
     assert!(message.contains("exited with exit status: 1"), "{message}");
     assert!(message.contains("generation 1"), "{message}");
-    assert_eq!(
-        world.switch_log_lines(),
-        [
-            format!("switch {}", world.target),
-            format!("switch {}", world.base)
-        ]
-    );
+    assert_switched_target_then_base(&world);
 }
 
 #[test]
@@ -428,13 +434,7 @@ fn restart_waits_for_running_switch() {
     });
     let message = assert_recovered(&activator, &world, &certificate, "switch");
     assert!(message.contains("exited with exit status: 1"), "{message}");
-    assert_eq!(
-        world.switch_log_lines(),
-        [
-            format!("switch {}", world.target),
-            format!("switch {}", world.base)
-        ]
-    );
+    assert_switched_target_then_base(&world);
 }
 
 #[test]
@@ -453,13 +453,7 @@ fn kill_in_confirmation_window_recovers() {
 
     activator.restart();
     assert_recovered(&activator, &world, &certificate, "await-confirmation");
-    assert_eq!(
-        world.switch_log_lines(),
-        [
-            format!("switch {}", world.target),
-            format!("switch {}", world.base)
-        ]
-    );
+    assert_switched_target_then_base(&world);
     // The restarted activator has no window open for the proposal.
     let events = activator.confirm(1);
     let (outcome, _, message) = finished(&events);
@@ -594,13 +588,7 @@ fn killed_runner_lock_outlives_script() {
         message.contains("ended without recording an exit status"),
         "{message}"
     );
-    assert_eq!(
-        world.switch_log_lines(),
-        [
-            format!("switch {}", world.target),
-            format!("switch {}", world.base)
-        ]
-    );
+    assert_switched_target_then_base(&world);
     assert!(!run_file(&activator, "switch-1.status").exists());
 }
 
@@ -745,13 +733,7 @@ fn run_files_of_other_target_roll_back() {
     let message = assert_recovered(&activator, &world, &certificate, "switch");
     assert!(message.contains("left by another activation"), "{message}");
     assert!(message.contains("switch-1.status"), "{message}");
-    assert_eq!(
-        world.switch_log_lines(),
-        [
-            format!("switch {}", world.target),
-            format!("switch {}", world.base)
-        ]
-    );
+    assert_switched_target_then_base(&world);
 }
 
 #[test]
