@@ -55,3 +55,11 @@ countersign_setup() {
         fi
     fi
 }
+
+# Prints cargo's target folder for this workspace. It honours
+# CARGO_TARGET_DIR and a `target-dir` in cargo's configuration, which a
+# fixed `target/` would miss.
+countersign_target_dir() {
+    cargo metadata --no-deps --format-version 1 --locked |
+        sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p'
+}
