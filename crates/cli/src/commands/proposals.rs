@@ -28,6 +28,9 @@ pub fn propose(
 
 /// Waits until proposal `number` leaves the `building` state and returns
 /// its detail.
+// NOTE: a login session expires after 10 minutes and this wait does not
+// log in again, so a longer build ends it with HTTP 401 while the
+// proposal keeps building.
 pub fn wait_until_built(client: &Client, number: u64) -> Result<Value> {
     loop {
         let detail: Value =
