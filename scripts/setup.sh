@@ -15,8 +15,10 @@ countersign_missing_packages() {
     if [ "${COUNTERSIGN_NEED_BROWSER:-1}" = 1 ]; then
         command -v chromium >/dev/null || missing+=(chromium)
     fi
+    # cc compiles the bundled SQLite of libsqlite3-sys. Its build script
+    # calls pkg-config only when SQLite is linked from the system, which
+    # the `bundled` feature of every rusqlite dependency rules out.
     command -v cc >/dev/null || missing+=(gcc libc6-dev)
-    command -v pkg-config >/dev/null || missing+=(pkg-config)
     [ -e /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
     echo "${missing[@]:-}"
 }
@@ -54,4 +56,12 @@ countersign_setup() {
             exit 1
         fi
     fi
+}
+
+# Prints cargo's target folder for this workspace. It honours
+# CARGO_TARGET_DIR and a `target-dir` in cargo's configuration, which a
+# fixed `target/` would miss.
+countersign_target_dir() {
+    cargo metadata --no-deps --format-version 1 --locked |
+        sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p'
 }

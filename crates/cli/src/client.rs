@@ -20,6 +20,10 @@ pub struct Client {
     base: String,
     agent: Agent,
     token: String,
+    /// Unix time in seconds, by the server's clock, at which the session
+    /// token expires, or `None` for the trigger token, which has no
+    /// expiry.
+    expires: Option<u64>,
 }
 
 impl Client {
@@ -42,6 +46,7 @@ impl Client {
             .as_str()
             .context("the server sent no session token")?
             .to_owned();
+        client.expires = session["expires"].as_u64();
         Ok(client)
     }
 
@@ -75,7 +80,14 @@ impl Client {
             base,
             agent,
             token: String::new(),
+            expires: None,
         })
+    }
+
+    /// Returns the Unix time in seconds at which the session token
+    /// expires, as the server sent it at login.
+    pub fn expires(&self) -> Option<u64> {
+        self.expires
     }
 
     pub fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T> {

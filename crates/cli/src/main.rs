@@ -5,6 +5,7 @@
 //! binary, so that the privileged process never contains the HTTP code
 //! linked into this one.
 
+use std::io::IsTerminal;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,11 +50,14 @@ impl Connection {
 enum Command {
     /// Run the server: fetch, build, diff, collect approvals.
     Serve {
+        /// Server configuration file (TOML, see examples/server.toml).
         #[arg(long)]
         config: PathBuf,
     },
     /// Run the privileged activator (execs countersign-activator).
     Activator {
+        /// Activator configuration file (TOML, see
+        /// examples/activator.toml).
         #[arg(long)]
         config: PathBuf,
     },
@@ -83,19 +87,23 @@ enum Command {
     Status {
         #[command(flatten)]
         connection: Connection,
+        /// Print the server's status and proposal list as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Show a proposal: its statement, the checks and the whole diff.
     Show {
+        /// Proposal number, as `countersign status` lists it.
         number: u64,
         #[command(flatten)]
         connection: Connection,
+        /// Print the proposal, its statement and its diff as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Review and sign a proposal's statement as an approval.
     Approve {
+        /// Proposal number, as `countersign status` lists it.
         number: u64,
         #[command(flatten)]
         connection: Connection,
@@ -105,12 +113,14 @@ enum Command {
     },
     /// Review and sign a proposal's statement as a rejection.
     Reject {
+        /// Proposal number, as `countersign status` lists it.
         number: u64,
         #[command(flatten)]
         connection: Connection,
         /// Why, shown to the other approvers (not signed).
         #[arg(long)]
         reason: Option<String>,
+        /// Sign without asking for confirmation.
         #[arg(long)]
         yes: bool,
     },
@@ -121,8 +131,13 @@ enum Command {
     },
     /// Show the package and system diff of two built systems.
     Diff {
+        /// The system before the change: a store path or a link to one,
+        /// such as /run/current-system.
         old: PathBuf,
+        /// The system after the change: a store path or a link to one,
+        /// such as ./result.
         new: PathBuf,
+        /// Print the diff document as JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -160,9 +175,11 @@ fn init_tracing() {
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("COUNTERSIGN_LOG")
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour codes only help a terminal; in a log file they are noise.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 

@@ -79,6 +79,24 @@ fn audit_verify(environment: &Environment) -> (bool, String) {
     (output.status.success(), text)
 }
 
+/// Runs `countersign status` as the phone approver.
+fn status_output(environment: &Environment) -> (bool, String) {
+    let output = Command::new(BINARY)
+        .arg("status")
+        .arg("--server")
+        .arg(&environment.server_url)
+        .arg("--key")
+        .arg(environment.layout.key("phone"))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
 #[test]
 fn two_of_two_switches_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -102,6 +120,18 @@ fn two_of_two_switches_once() {
     let detail = state(&environment, number);
     assert_eq!(detail["state"], "awaiting-approval", "{detail}");
     assert_eq!(detail["quorum"]["have"], 1, "the phone counts once");
+    let (ok, output) = status_output(&environment);
+    assert!(ok, "{output}");
+    let row = output
+        .lines()
+        .find(|line| line.trim_start().starts_with(&format!("{number} ")))
+        .unwrap_or_else(|| panic!("no row for proposal {number}: {output}"));
+    assert!(
+        row.starts_with(&format!("{number:>5}  awaiting-approval ")),
+        "{row}"
+    );
+    assert!(row.contains(" 1 of 2 "), "{row}");
+    assert!(!output.contains("null"), "{output}");
     assert_eq!(environment.profile_target().unwrap(), base);
     assert!(environment.switch_log().is_empty());
 

@@ -149,13 +149,25 @@ async fn list_proposals(
     principal.require_approver()?;
     let rows = state
         .db
-        .run(|connection| db::proposals(connection, LIST_LIMIT))
+        .run(|connection| {
+            let rows = db::proposals(connection, LIST_LIMIT)?;
+            let mut with_votes = Vec::with_capacity(rows.len());
+            for row in rows {
+                let votes = db::votes(connection, row.number)?;
+                with_votes.push((row, votes));
+            }
+            Ok(with_votes)
+        })
         .await?;
-    let summaries: Vec<Value> = rows.iter().map(summary).collect();
+    let policy = current_policy(&state)?;
+    let summaries: Vec<Value> = rows
+        .iter()
+        .map(|(row, votes)| summary(row, quorum(&policy, votes)))
+        .collect();
     Ok(Json(json!({ "proposals": summaries })))
 }
 
-fn summary(row: &ProposalRow) -> Value {
+fn summary(row: &ProposalRow, quorum: Value) -> Value {
     json!({
         "number": row.number,
         "state": row.state,
@@ -165,8 +177,31 @@ fn summary(row: &ProposalRow) -> Value {
         "statement_sha256": row.statement_sha256,
         "created": row.created,
         "expires": row.expires,
+        "quorum": quorum,
         "error": row.error,
     })
+}
+
+/// Counts the approvals in `votes` that `policy` accepts and returns the
+/// result as `{ have, threshold, missing_required }`.
+fn quorum(policy: &countersign_core::Policy, votes: &[db::VoteRow]) -> Value {
+    let (counted, _) = votes::counted_approvals(policy, votes);
+    match policy.check_quorum(&counted) {
+        Ok(()) => json!({
+            "have": counted.len(),
+            "threshold": policy.threshold,
+            "missing_required": [],
+        }),
+        Err(shortfall) => json!({
+            "have": shortfall.have,
+            "threshold": shortfall.threshold,
+            "missing_required": shortfall
+                .missing_required
+                .iter()
+                .map(|name| name.as_str())
+                .collect::<Vec<_>>(),
+        }),
+    }
 }
 
 /// Parses the `{n}` path segment.
@@ -207,23 +242,7 @@ pub async fn detail(state: &AppState, number: u64) -> Result<Value, ApiError> {
         .await?
         .ok_or_else(|| ApiError::proposal_not_found(number))?;
     let policy = current_policy(state)?;
-    let (counted, _) = votes::counted_approvals(&policy, &votes);
-    let quorum = match policy.check_quorum(&counted) {
-        Ok(()) => json!({
-            "have": counted.len(),
-            "threshold": policy.threshold,
-            "missing_required": [],
-        }),
-        Err(shortfall) => json!({
-            "have": shortfall.have,
-            "threshold": shortfall.threshold,
-            "missing_required": shortfall
-                .missing_required
-                .iter()
-                .map(|name| name.as_str())
-                .collect::<Vec<_>>(),
-        }),
-    };
+    let quorum = quorum(&policy, &votes);
     let approvals: Vec<Value> = votes
         .iter()
         .filter(|vote| vote.verdict == StoredVerdict::Approve)

@@ -32,6 +32,12 @@ use crate::commands::vote;
 const HOST: &str = "demo";
 /// File that marks a folder as the demo's own, so it may be replaced.
 const MARKER: &str = ".countersign-demo";
+/// Time between two reads of a proposal's state while waiting for it to
+/// change. Each read is one line in the server log.
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Seconds before its session token expires at which the demo logs in
+/// again, so that no request is sent with a token about to expire.
+const RELOGIN_MARGIN_SECS: u64 = 60;
 
 #[derive(clap::Args)]
 pub struct DemoOptions {
@@ -292,9 +298,12 @@ impl Environment {
         pending: &[&str],
         timeout: Duration,
     ) -> Result<Value> {
-        let client = self.client("phone")?;
+        let mut client = self.client("phone")?;
         let start = Instant::now();
         loop {
+            if session_expires_soon(client.expires(), vote::unix_now()) {
+                client = self.client("phone")?;
+            }
             let detail: Value =
                 client.get_json(&format!("/api/v1/proposals/{number}"))?;
             let state = detail["state"].as_str().unwrap_or("");
@@ -307,7 +316,7 @@ impl Environment {
                     timeout.as_secs()
                 );
             }
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(POLL_INTERVAL);
         }
     }
 
@@ -359,11 +368,16 @@ pub fn run(options: DemoOptions) -> Result<()> {
     println!("  page      {pages}/proposals/{number}");
     println!("  passkeys  {pages}/enrol");
     println!(
-        "  Enrolling a passkey grants nothing: the page prints the policy \
-         lines\n  for it, and it counts only once the policy lists it. The \
-         policy comes\n  with the deployed system ({}),\n  so listing a \
-         passkey is a change to flake.nix that phone and laptop\n  must \
-         approve like any other.",
+        "  The page asks for a sign-in with a passkey that the policy lists. \
+         The\n  demo policy lists only the SSH keys of phone and laptop, so \
+         the page\n  stops at sign-in until a passkey is enrolled and \
+         deployed:\n  1. The passkeys page above makes a passkey and \
+         prints the policy\n     lines for it under a new approver \
+         name.\n  2. \
+         The passkey counts only once a change that adds those lines to\n     \
+         flake.nix is approved by phone and laptop and deployed, because \
+         the\n     policy comes with the deployed system\n     ({}).\n  \
+         docs/web.md describes sign-in and enrolment.",
         environment.layout.policy().display()
     );
     println!();
@@ -380,9 +394,18 @@ pub fn run(options: DemoOptions) -> Result<()> {
             step(&format!("Approving with the {approver} key"));
             let (ok, output) =
                 environment.vote("approve", number, approver)?;
-            print!("{output}");
             if !ok {
+                print!("{output}");
                 bail!("countersign approve with the {approver} key failed");
+            }
+            // The approve command prints the same review as above first,
+            // so only its result line is shown.
+            let recorded = output
+                .lines()
+                .find(|line| line.starts_with("Approval recorded"));
+            match recorded {
+                Some(line) => println!("  {line}"),
+                None => print!("{output}"),
             }
         }
     } else {
@@ -412,6 +435,15 @@ pub fn run(options: DemoOptions) -> Result<()> {
         Some(&environment.layout.path("activator.toml")),
     )?;
     Ok(())
+}
+
+/// Returns whether a session that expires at `expires` (Unix seconds)
+/// should be replaced by a new login at `now`. A session without a known
+/// expiry is kept.
+fn session_expires_soon(expires: Option<u64>, now: u64) -> bool {
+    expires.is_some_and(|expires| {
+        now.saturating_add(RELOGIN_MARGIN_SECS) >= expires
+    })
 }
 
 fn step(text: &str) {
@@ -710,4 +742,36 @@ fn check_result(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_kept_until_margin() {
+        let login = 1_000_000;
+        let expires = login + 600;
+        assert!(!session_expires_soon(Some(expires), login));
+        assert!(!session_expires_soon(
+            Some(expires),
+            expires - RELOGIN_MARGIN_SECS - 1
+        ));
+    }
+
+    #[test]
+    fn session_renewed_near_expiry() {
+        let expires = 1_000_600;
+        assert!(session_expires_soon(
+            Some(expires),
+            expires - RELOGIN_MARGIN_SECS
+        ));
+        assert!(session_expires_soon(Some(expires), expires));
+        assert!(session_expires_soon(Some(expires), expires + 3600));
+    }
+
+    #[test]
+    fn session_without_expiry_kept() {
+        assert!(!session_expires_soon(None, u64::MAX / 2));
+    }
 }

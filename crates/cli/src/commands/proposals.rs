@@ -28,6 +28,9 @@ pub fn propose(
 
 /// Waits until proposal `number` leaves the `building` state and returns
 /// its detail.
+// NOTE: a login session expires after 10 minutes and this wait does not
+// log in again, so a longer build ends it with HTTP 401 while the
+// proposal keeps building.
 pub fn wait_until_built(client: &Client, number: u64) -> Result<Value> {
     loop {
         let detail: Value =
@@ -63,24 +66,37 @@ pub fn status(client: &Client, json_output: bool) -> Result<()> {
     );
     let now = unix_now() as i64;
     for proposal in proposals.iter().take(20) {
-        let commit = proposal["commit"].as_str().unwrap_or("");
-        let age = proposal["created"]
-            .as_i64()
-            .map_or(String::new(), |created| format_duration(now - created));
-        println!(
-            "{:>5}  {:<18} {:<12} {:>9}  {} {}",
-            proposal["number"],
-            text(&proposal["state"]),
-            format!(
-                "{} of {}",
-                proposal["quorum"]["have"], proposal["quorum"]["threshold"]
-            ),
-            age,
-            &commit[..commit.len().min(12)],
-            text(&proposal["subject"]),
-        );
+        println!("{}", status_row(proposal, now));
     }
     Ok(())
+}
+
+/// Formats one entry of the proposal list as a row under the header that
+/// `status` prints. `now` is the current Unix time in seconds.
+fn status_row(proposal: &Value, now: i64) -> String {
+    let number = proposal["number"]
+        .as_u64()
+        .map_or_else(|| "?".to_owned(), |number| number.to_string());
+    let approvals = match (
+        proposal["quorum"]["have"].as_u64(),
+        proposal["quorum"]["threshold"].as_u64(),
+    ) {
+        (Some(have), Some(threshold)) => format!("{have} of {threshold}"),
+        _ => "unknown".to_owned(),
+    };
+    let commit = proposal["commit"].as_str().unwrap_or("");
+    let age = proposal["created"]
+        .as_i64()
+        .map_or(String::new(), |created| format_duration(now - created));
+    format!(
+        "{:>5}  {:<18} {:<12} {:>9}  {} {}",
+        number,
+        text(&proposal["state"]),
+        approvals,
+        age,
+        &commit[..commit.len().min(12)],
+        text(&proposal["subject"]),
+    )
 }
 
 fn text(value: &Value) -> String {
@@ -88,5 +104,37 @@ fn text(value: &Value) -> String {
         Value::String(text) => sanitize(text),
         Value::Null => "unknown".into(),
         other => sanitize(&other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_row_aligns_number_and_quorum() {
+        let proposal = json!({
+            "number": 7,
+            "state": "awaiting-approval",
+            "quorum": { "have": 1, "threshold": 2 },
+            "commit": "0123456789abcdef",
+            "created": 100,
+            "subject": "Update hello",
+        });
+        let row = status_row(&proposal, 160);
+        assert!(
+            row.starts_with("    7  awaiting-approval  1 of 2 "),
+            "{row}"
+        );
+        assert!(row.ends_with("  0123456789ab Update hello"), "{row}");
+    }
+
+    #[test]
+    fn status_row_without_quorum() {
+        let proposal = json!({ "number": 12, "state": "building" });
+        let row = status_row(&proposal, 0);
+        assert!(row.starts_with("   12  building"), "{row}");
+        assert!(row.contains("unknown"), "{row}");
+        assert!(!row.contains("null"), "{row}");
     }
 }
