@@ -769,22 +769,29 @@ mod reader {
         })
     }
 
-    /// Returns the key of an entry: its name without a leading `./` or
-    /// `/`, with store paths reduced to package names.
+    /// Returns the key of an entry: the path the kernel creates for its
+    /// name, relative to the root, with store paths reduced to package
+    /// names. Empty and `.` components are dropped and `..` removes the
+    /// component before it, so `bin/../init` is `init`.
+    ///
+    /// NOTE: `..` is resolved by name. After a component that an
+    /// earlier entry made a symbolic link, the kernel follows the link
+    /// first, and so writes elsewhere than this key says.
     fn entry_key(name: &str) -> String {
-        let mut name = name;
-        loop {
-            let trimmed = name.trim_start_matches('/');
-            let trimmed = trimmed.strip_prefix("./").unwrap_or(trimmed);
-            if trimmed == name {
-                break;
+        let mut parts: Vec<&str> = Vec::new();
+        for part in name.split('/') {
+            match part {
+                "" | "." => {}
+                ".." => {
+                    parts.pop();
+                }
+                _ => parts.push(part),
             }
-            name = trimmed;
         }
-        if name.is_empty() {
+        if parts.is_empty() {
             return ".".to_owned();
         }
-        let reduced = reduce_store_paths(&format!("/{name}"));
+        let reduced = reduce_store_paths(&format!("/{}", parts.join("/")));
         reduced.trim_start_matches('/').to_owned()
     }
 
@@ -946,6 +953,26 @@ mod tests {
     }
 
     #[test]
+    fn dot_segments_resolve_like_the_kernel() {
+        // The kernel opens each name as a path, so `bin/../init`
+        // replaces `init`.
+        let archive = newc_archive(&[
+            CpioEntry::file("init", b"#!/bin/sh\nold\n", 0o755),
+            CpioEntry::directory("bin"),
+            CpioEntry::file("bin/../init", b"#!/bin/sh\nnew\n", 0o755),
+            CpioEntry::file("./etc//ssh/./key", b"k\n", 0o600),
+            CpioEntry::file("../../top", b"t\n", 0o644),
+        ]);
+        let files = read(&archive).1.unwrap();
+        let keys: Vec<&str> = files.files.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["bin", "etc/ssh/key", "init", "top"]);
+        assert_eq!(
+            files.files["init"].text.as_deref(),
+            Some("#!/bin/sh\nnew\n")
+        );
+    }
+
+    #[test]
     fn single_link_inodes_stay_apart() {
         // Entries with one link never share content, whatever the inode.
         let mut archive = newc_archive(&[
@@ -1039,7 +1066,8 @@ mod tests {
         ]);
         let files = read(&archive).1.unwrap();
         let keys: Vec<&String> = files.files.keys().collect();
-        assert_eq!(keys, ["../../etc/shadow", "etc/group", "etc/passwd"]);
+        // `..` above the root stays at the root, as in the kernel.
+        assert_eq!(keys, ["etc/group", "etc/passwd", "etc/shadow"]);
     }
 
     #[test]
