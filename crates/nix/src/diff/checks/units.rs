@@ -148,6 +148,10 @@ fn merged(files: &SystemFiles, name: &str) -> Result<Option<Merged>> {
         }
     }
     // The map is sorted, so drop-ins come in file name order.
+    // NOTE: only `<name>.d/` is read. systemd also applies the drop-ins
+    // of the type (`service.d/`), of a template (`foo@.service.d/` for
+    // `foo@bar.service`) and of each dash prefix (`foo-.service.d/`),
+    // sorted with these by file name, so a `User=root` there is missed.
     let prefix = format!("{name}.d/");
     for path in files.units.keys() {
         let Some(file) = path.strip_prefix(&prefix) else {
