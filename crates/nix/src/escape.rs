@@ -32,7 +32,26 @@ pub fn escape_control_chars(text: &str) -> Cow<'_, str> {
 }
 
 fn needs_escape(c: char) -> bool {
-    c.is_control() || is_bidi_control(c)
+    c.is_control() || is_bidi_control(c) || is_invisible_or_space(c)
+}
+
+/// Tells whether `c` is a zero-width character or a space other than
+/// U+0020. Both look like nothing or like a plain space, yet systemd,
+/// sudo and shells treat them as part of a word, so `User\u{a0}=root`
+/// would read as a setting that systemd ignores.
+fn is_invisible_or_space(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00a0}'
+            | '\u{00ad}'
+            | '\u{1680}'
+            | '\u{180e}'
+            | '\u{2000}'..='\u{200d}'
+            | '\u{202f}'
+            | '\u{205f}'..='\u{2064}'
+            | '\u{3000}'
+            | '\u{feff}'
+    )
 }
 
 /// Tells whether `c` is a Unicode bidirectional embedding, override or
@@ -70,6 +89,16 @@ mod tests {
         assert_eq!(escape_control_chars("nl\n"), "nl\\x0a");
         assert_eq!(escape_control_chars("del\x7f"), "del\\x7f");
         assert_eq!(escape_control_chars("c1\u{9b}"), "c1\\x9b");
+    }
+
+    #[test]
+    fn invisible_characters_become_visible() {
+        assert_eq!(escape_control_chars("User\u{a0}=x"), "User\\xa0=x");
+        assert_eq!(escape_control_chars("ro\u{200b}ot"), "ro\\u{200b}ot");
+        assert_eq!(escape_control_chars("\u{feff}a"), "\\u{feff}a");
+        assert_eq!(escape_control_chars("a\u{2003}b"), "a\\u{2003}b");
+        assert_eq!(escape_control_chars("a\u{2060}b"), "a\\u{2060}b");
+        assert_eq!(escape_control_chars("é ü"), "é ü");
     }
 
     #[test]

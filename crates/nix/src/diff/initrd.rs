@@ -308,6 +308,7 @@ pub(super) fn read_archives(
 
 #[cfg(feature = "initrd")]
 mod reader {
+    use std::collections::BTreeMap;
     use std::io::{self, BufRead, BufReader, Read};
 
     use sha2::{Digest, Sha256};
@@ -588,6 +589,11 @@ mod reader {
         reader: &mut impl Entries,
         files: &mut Files,
     ) -> Result<(), String> {
+        // Names of the regular files with more than one link, by inode
+        // and device, as the kernel's `find_link` groups them until the
+        // archive's trailer.
+        let mut links: BTreeMap<(u64, u64, u64), Vec<String>> =
+            BTreeMap::new();
         loop {
             let mut header = [0u8; HEADER_LEN];
             reader.read_exact(&mut header).map_err(|e| io_reason(&e))?;
@@ -638,7 +644,47 @@ mod reader {
             let entry = read_entry(reader, mode, uid, gid, size)?;
             skip(reader, padding(size))?;
             files.entries += 1;
-            files.files.insert(entry_key(&name), entry);
+            let key = entry_key(&name);
+            if mode & 0o170000 == 0o100000 && field(4)? >= 2 {
+                let inode = (field(0)?, field(7)?, field(8)?);
+                let names = links.entry(inode).or_default();
+                link_entry(files, names, key, entry);
+            } else {
+                files.files.insert(key, entry);
+            }
+        }
+    }
+
+    /// Adds a regular file that shares its inode with the earlier
+    /// entries `names`. The kernel makes it a hard link to the first of
+    /// them, sets the owner and mode of the shared inode and, unless
+    /// the entry is empty, replaces its content. So every name shows
+    /// the content and owner that the last entry leaves, and an empty
+    /// `etc/x` linked to a later file is not empty once unpacked.
+    fn link_entry(
+        files: &mut Files,
+        names: &mut Vec<String>,
+        key: String,
+        entry: ReadEntry,
+    ) {
+        let shared = names.last().and_then(|name| files.files.get(name));
+        let entry = match shared {
+            Some(shared) if entry.entry.size == 0 => ReadEntry {
+                entry: InitrdEntry {
+                    mode: entry.entry.mode,
+                    uid: entry.entry.uid,
+                    gid: entry.entry.gid,
+                    ..shared.entry.clone()
+                },
+                ..shared.clone()
+            },
+            _ => entry,
+        };
+        if !names.contains(&key) {
+            names.push(key);
+        }
+        for name in names.iter() {
+            files.files.insert(name.clone(), entry.clone());
         }
     }
 
@@ -723,22 +769,29 @@ mod reader {
         })
     }
 
-    /// Returns the key of an entry: its name without a leading `./` or
-    /// `/`, with store paths reduced to package names.
+    /// Returns the key of an entry: the path the kernel creates for its
+    /// name, relative to the root, with store paths reduced to package
+    /// names. Empty and `.` components are dropped and `..` removes the
+    /// component before it, so `bin/../init` is `init`.
+    ///
+    /// NOTE: `..` is resolved by name. After a component that an
+    /// earlier entry made a symbolic link, the kernel follows the link
+    /// first, and so writes elsewhere than this key says.
     fn entry_key(name: &str) -> String {
-        let mut name = name;
-        loop {
-            let trimmed = name.trim_start_matches('/');
-            let trimmed = trimmed.strip_prefix("./").unwrap_or(trimmed);
-            if trimmed == name {
-                break;
+        let mut parts: Vec<&str> = Vec::new();
+        for part in name.split('/') {
+            match part {
+                "" | "." => {}
+                ".." => {
+                    parts.pop();
+                }
+                _ => parts.push(part),
             }
-            name = trimmed;
         }
-        if name.is_empty() {
+        if parts.is_empty() {
             return ".".to_owned();
         }
-        let reduced = reduce_store_paths(&format!("/{name}"));
+        let reduced = reduce_store_paths(&format!("/{}", parts.join("/")));
         reduced.trim_start_matches('/').to_owned()
     }
 
@@ -848,6 +901,91 @@ mod tests {
         }
     }
 
+    /// Sets the inode and link count of the entry `name` in a newc
+    /// archive.
+    fn set_link(archive: &mut [u8], name: &str, inode: u32, links: u32) {
+        let needle = format!("{name}\0");
+        let start = archive
+            .windows(needle.len())
+            .position(|window| window == needle.as_bytes())
+            .expect("the name is in the archive")
+            - 110;
+        let inode = format!("{inode:08x}");
+        archive[start + 6..start + 14].copy_from_slice(inode.as_bytes());
+        let links = format!("{links:08x}");
+        archive[start + 38..start + 46].copy_from_slice(links.as_bytes());
+    }
+
+    #[test]
+    fn hard_link_content_is_shared() {
+        // The kernel links `share/x` to the key file and writes its
+        // content over the shared inode.
+        let key = b"ssh-ed25519 AAAA old\n";
+        let other = b"ssh-ed25519 BBBB attacker\n";
+        let path = "etc/ssh/authorized_keys.d/root";
+        let mut archive = newc_archive(&[
+            CpioEntry::file(path, key, 0o644),
+            CpioEntry::file("share/x", other, 0o600),
+        ]);
+        set_link(&mut archive, path, 7, 2);
+        set_link(&mut archive, "share/x", 7, 2);
+        let files = read(&archive).1.unwrap();
+        assert_eq!(
+            files.files[path].text.as_deref(),
+            Some("ssh-ed25519 BBBB attacker\n")
+        );
+        assert_eq!(files.files[path].entry.mode, "0600");
+        assert_eq!(files.files[path].entry, files.files["share/x"].entry);
+    }
+
+    #[test]
+    fn empty_hard_link_keeps_content() {
+        let mut archive = newc_archive(&[
+            CpioEntry::file("etc/a", b"content\n", 0o644),
+            CpioEntry::file("etc/b", b"", 0o600),
+        ]);
+        set_link(&mut archive, "etc/a", 9, 2);
+        set_link(&mut archive, "etc/b", 9, 2);
+        let files = read(&archive).1.unwrap();
+        assert_eq!(files.files["etc/b"].text.as_deref(), Some("content\n"));
+        assert_eq!(files.files["etc/a"].entry.mode, "0600");
+        assert_eq!(files.files["etc/a"].entry.size, 8);
+    }
+
+    #[test]
+    fn dot_segments_resolve_like_the_kernel() {
+        // The kernel opens each name as a path, so `bin/../init`
+        // replaces `init`.
+        let archive = newc_archive(&[
+            CpioEntry::file("init", b"#!/bin/sh\nold\n", 0o755),
+            CpioEntry::directory("bin"),
+            CpioEntry::file("bin/../init", b"#!/bin/sh\nnew\n", 0o755),
+            CpioEntry::file("./etc//ssh/./key", b"k\n", 0o600),
+            CpioEntry::file("../../top", b"t\n", 0o644),
+        ]);
+        let files = read(&archive).1.unwrap();
+        let keys: Vec<&str> = files.files.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["bin", "etc/ssh/key", "init", "top"]);
+        assert_eq!(
+            files.files["init"].text.as_deref(),
+            Some("#!/bin/sh\nnew\n")
+        );
+    }
+
+    #[test]
+    fn single_link_inodes_stay_apart() {
+        // Entries with one link never share content, whatever the inode.
+        let mut archive = newc_archive(&[
+            CpioEntry::file("etc/a", b"a\n", 0o644),
+            CpioEntry::file("etc/b", b"b\n", 0o644),
+        ]);
+        set_link(&mut archive, "etc/a", 9, 1);
+        set_link(&mut archive, "etc/b", 9, 1);
+        let files = read(&archive).1.unwrap();
+        assert_eq!(files.files["etc/a"].text.as_deref(), Some("a\n"));
+        assert_eq!(files.files["etc/b"].text.as_deref(), Some("b\n"));
+    }
+
     #[test]
     fn malicious_headers_are_rejected() {
         let archive = newc_archive(&[CpioEntry::file("a", b"x", 0o644)]);
@@ -928,7 +1066,8 @@ mod tests {
         ]);
         let files = read(&archive).1.unwrap();
         let keys: Vec<&String> = files.files.keys().collect();
-        assert_eq!(keys, ["../../etc/shadow", "etc/group", "etc/passwd"]);
+        // `..` above the root stays at the root, as in the kernel.
+        assert_eq!(keys, ["etc/group", "etc/passwd", "etc/shadow"]);
     }
 
     #[test]

@@ -297,9 +297,10 @@ impl SystemFiles {
         self.etc.get(path).map_or(Ok(None), node_text)
     }
 
-    /// Reads the text of the unit `name` below `/etc/systemd/system`.
+    /// Reads the text of the unit `name` below `/etc/systemd/system`, see
+    /// [`unit_node_text`].
     pub fn unit_text(&self, name: &str) -> Result<Option<String>> {
-        self.units.get(name).map_or(Ok(None), node_text)
+        self.units.get(name).map_or(Ok(None), unit_node_text)
     }
 
     /// Reads the text of the toplevel entry `name`, such as `activate`.
@@ -342,6 +343,21 @@ pub(super) fn node_text(node: &Node) -> Result<Option<String>> {
     }
     let (bytes, _) = read_limited(Path::new(location), MAX_READ_BYTES)?;
     Ok(as_text(&bytes).map(str::to_owned))
+}
+
+/// Reads a unit file or drop-in the way systemd reads one, which is
+/// never as binary: a NUL byte stays in the text because it ends a line
+/// there, and bytes that are not UTF-8 become U+FFFD. `None` when the
+/// node is not a file or is larger than [`MAX_READ_BYTES`].
+pub(super) fn unit_node_text(node: &Node) -> Result<Option<String>> {
+    let Node::File { location, size, .. } = node else {
+        return Ok(None);
+    };
+    if *size > MAX_READ_BYTES {
+        return Ok(None);
+    }
+    let (bytes, _) = read_limited(Path::new(location), MAX_READ_BYTES)?;
+    Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
 }
 
 /// Reads the text of a file inside a store path, such as
@@ -650,7 +666,7 @@ fn unit_changes(
         let parse = |node: &Option<Node>| -> Result<Option<UnitFile>> {
             Ok(match node {
                 Some(node) => {
-                    node_text(node)?.map(|text| UnitFile::parse(&text))
+                    unit_node_text(node)?.map(|text| UnitFile::parse(&text))
                 }
                 None => Some(UnitFile::default()),
             })

@@ -53,10 +53,18 @@ impl UnitFile {
     pub fn apply(&mut self, text: &str) {
         let mut section = String::new();
         for line in logical_lines(text) {
+            // A line that starts with a comment sign only once its byte
+            // order mark is gone is a comment too.
+            if line.starts_with(['#', ';']) {
+                continue;
+            }
+            // systemd keeps the blank space inside the brackets, so
+            // `[ Service ]` is an unknown section whose settings it
+            // ignores.
             if let Some(name) =
                 line.strip_prefix('[').and_then(|l| l.strip_suffix(']'))
             {
-                section = name.trim().to_owned();
+                section = name.to_owned();
                 continue;
             }
             // A line without `=` is invalid in a unit; systemd ignores it
@@ -64,7 +72,7 @@ impl UnitFile {
             let Some((key, value)) = line.split_once('=') else {
                 continue;
             };
-            let key = key.trim();
+            let key = key.trim_matches(BLANK);
             if key.is_empty() {
                 continue;
             }
@@ -242,21 +250,73 @@ fn accumulates(section: &str, key: &str) -> bool {
     }
 }
 
-/// Splits a unit's text into logical lines: trimmed, comments and blank
-/// lines dropped, continuation lines joined with one space in place of
-/// the backslash. A comment line inside a continuation is skipped, as
-/// systemd skips it.
+/// Blank space as systemd trims it from lines, keys and values
+/// (`WHITESPACE` in its sources): space, tab, line feed and carriage
+/// return. Other Unicode spaces, such as U+00A0, are part of a key or
+/// value there, so `User\u{a0}=backup` sets no `User=`.
+const BLANK: &[char] = &[' ', '\t', '\n', '\r'];
+
+/// Splits text where systemd's `read_line` ends a line: at `\n`, `\r` or
+/// NUL. A run of these in which no byte repeats ends one line, so
+/// `\r\n` is one line end and `\n\n` two, and a NUL ends the run.
+fn raw_lines(text: &str) -> Vec<&str> {
+    let bytes = text.as_bytes();
+    let mut lines = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        if !matches!(bytes[i], b'\n' | b'\r' | 0) {
+            i += 1;
+            continue;
+        }
+        lines.push(&text[start..i]);
+        let mut seen = Vec::new();
+        while i < bytes.len()
+            && matches!(bytes[i], b'\n' | b'\r' | 0)
+            && !seen.contains(&bytes[i])
+        {
+            seen.push(bytes[i]);
+            i += 1;
+            if seen.last() == Some(&0) {
+                break;
+            }
+        }
+        start = i;
+    }
+    if start < bytes.len() {
+        lines.push(&text[start..]);
+    }
+    lines
+}
+
+/// Splits a unit's text into logical lines the way systemd's
+/// `config_parse` does: comments and blank lines dropped, continuation
+/// lines joined with one space in place of the backslash, and the
+/// result trimmed. A line continues only when it ends in a backslash
+/// that is not itself escaped, so `a\\` ends its line, and a backslash
+/// followed by blank space does not continue either. A comment line
+/// inside a continuation is skipped, as systemd skips it. The first
+/// line that starts with a UTF-8 byte order mark loses it.
 fn logical_lines(text: &str) -> Vec<String> {
     let mut lines = Vec::new();
     let mut pending: Option<String> = None;
-    for raw in text.lines() {
-        let line = raw.trim();
-        if line.starts_with(['#', ';']) {
+    let mut bom_seen = false;
+    for raw in raw_lines(text) {
+        if raw.trim_start_matches(BLANK).starts_with(['#', ';']) {
             continue;
         }
-        let (part, continues) = match line.strip_suffix('\\') {
-            Some(rest) => (rest, true),
-            None => (line, false),
+        let mut line = raw;
+        if !bom_seen && let Some(rest) = line.strip_prefix('\u{feff}') {
+            line = rest;
+            bom_seen = true;
+        }
+        let backslashes =
+            line.bytes().rev().take_while(|&byte| byte == b'\\').count();
+        let continues = backslashes % 2 == 1;
+        let part = if continues {
+            &line[..line.len() - 1]
+        } else {
+            line
         };
         let joined = match pending.take() {
             Some(mut start) => {
@@ -268,14 +328,14 @@ fn logical_lines(text: &str) -> Vec<String> {
         };
         if continues {
             pending = Some(joined);
-        } else if !joined.trim().is_empty() {
-            lines.push(joined.trim().to_owned());
+        } else if !joined.trim_matches(BLANK).is_empty() {
+            lines.push(joined.trim_matches(BLANK).to_owned());
         }
     }
     if let Some(rest) = pending
-        && !rest.trim().is_empty()
+        && !rest.trim_matches(BLANK).is_empty()
     {
-        lines.push(rest.trim().to_owned());
+        lines.push(rest.trim_matches(BLANK).to_owned());
     }
     lines
 }
@@ -286,7 +346,7 @@ fn normalize_value(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     let mut quote: Option<char> = None;
     let mut blank = false;
-    for c in value.trim().chars() {
+    for c in value.trim_matches(BLANK).chars() {
         match quote {
             Some(open) => {
                 if c == open {
@@ -294,7 +354,7 @@ fn normalize_value(value: &str) -> String {
                 }
                 out.push(c);
             }
-            None if c.is_whitespace() => blank = true,
+            None if BLANK.contains(&c) => blank = true,
             None => {
                 if blank {
                     out.push(' ');
@@ -555,6 +615,99 @@ mod tests {
                 "[Service] User: backup -> root",
             ]
         );
+    }
+
+    #[test]
+    fn escaped_backslash_ends_the_line() {
+        // `\\` is an escaped backslash, so the next line is a directive
+        // of its own.
+        let unit =
+            UnitFile::parse("[Service]\nEnvironment=X=a\\\\\nUser=root\n");
+        assert_eq!(unit.get("Service", "User"), ["root"]);
+        assert_eq!(unit.get("Service", "Environment"), ["X=a\\\\"]);
+    }
+
+    #[test]
+    fn backslash_before_blank_space_ends_the_line() {
+        let unit =
+            UnitFile::parse("[Service]\nExecStart=/bin/a \\ \nUser=root\n");
+        assert_eq!(unit.get("Service", "User"), ["root"]);
+        assert_eq!(unit.get("Service", "ExecStart"), ["/bin/a \\"]);
+    }
+
+    #[test]
+    fn carriage_return_and_nul_end_lines() {
+        for text in [
+            "[Service]\nDescription=backup\rUser=root\n",
+            "[Service]\nDescription=backup\0User=root\n",
+            "[Service]\r\nDescription=backup\r\nUser=root\r\n",
+            "[Service]\n\rDescription=backup\n\r\0User=root",
+        ] {
+            let unit = UnitFile::parse(text);
+            assert_eq!(unit.get("Service", "User"), ["root"], "{text:?}");
+            assert_eq!(
+                unit.get("Service", "Description"),
+                ["backup"],
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn repeated_line_end_bytes_end_two_lines() {
+        // `\n\n` and `\r\r` are two line ends with an empty line
+        // between, which ends a continuation.
+        for text in [
+            "[Service]\nExecStart=/bin/a \\\n\nUser=root\n",
+            "[Service]\nExecStart=/bin/a \\\r\rUser=root\n",
+        ] {
+            let unit = UnitFile::parse(text);
+            assert_eq!(unit.get("Service", "User"), ["root"], "{text:?}");
+        }
+    }
+
+    #[test]
+    fn crlf_continuation_joins() {
+        let unit = UnitFile::parse(
+            "[Service]\r\nExecStart=/bin/a \\\r\n  --flag\r\nUser=x\r\n",
+        );
+        assert_eq!(unit.get("Service", "ExecStart"), ["/bin/a --flag"]);
+        assert_eq!(unit.get("Service", "User"), ["x"]);
+    }
+
+    #[test]
+    fn unicode_space_is_part_of_the_key() {
+        // systemd trims only space, tab, CR and LF, so this key is
+        // `User\u{a0}`, which it ignores.
+        let unit = UnitFile::parse("[Service]\nUser\u{a0}=backup\n");
+        assert!(unit.get("Service", "User").is_empty());
+        let unit = UnitFile::parse("[Service]\n\u{2003}User=backup\n");
+        assert!(unit.get("Service", "User").is_empty());
+    }
+
+    #[test]
+    fn unicode_space_in_value_is_kept() {
+        let old = UnitFile::parse("[Service]\nExecStart=/bin/a -b\n");
+        let new = UnitFile::parse("[Service]\nExecStart=/bin/a\u{a0}-b\n");
+        assert_ne!(old, new);
+    }
+
+    #[test]
+    fn blank_space_inside_section_brackets() {
+        let unit = UnitFile::parse("[ Service ]\nUser=backup\n");
+        assert!(unit.get("Service", "User").is_empty());
+    }
+
+    #[test]
+    fn byte_order_mark_is_dropped() {
+        let unit = UnitFile::parse("\u{feff}[Service]\nUser=root\n");
+        assert_eq!(unit.get("Service", "User"), ["root"]);
+        // Only the first mark is dropped.
+        let unit =
+            UnitFile::parse("\u{feff}[Unit]\n\u{feff}[Service]\nUser=root\n");
+        assert!(unit.get("Service", "User").is_empty());
+        let unit = UnitFile::parse("\u{feff}#User=root\n[Service]\n");
+        assert!(unit.sections.is_empty());
     }
 
     #[test]

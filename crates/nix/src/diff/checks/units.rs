@@ -148,6 +148,10 @@ fn merged(files: &SystemFiles, name: &str) -> Result<Option<Merged>> {
         }
     }
     // The map is sorted, so drop-ins come in file name order.
+    // NOTE: only `<name>.d/` is read. systemd also applies the drop-ins
+    // of the type (`service.d/`), of a template (`foo@.service.d/` for
+    // `foo@bar.service`) and of each dash prefix (`foo-.service.d/`),
+    // sorted with these by file name, so a `User=root` there is missed.
     let prefix = format!("{name}.d/");
     for path in files.units.keys() {
         let Some(file) = path.strip_prefix(&prefix) else {
@@ -157,8 +161,20 @@ fn merged(files: &SystemFiles, name: &str) -> Result<Option<Merged>> {
             continue;
         }
         found = true;
-        if let Some(text) = files.unit_text(path)? {
-            unit.directives.apply(&text);
+        match files.unit_text(path)? {
+            Some(text) => unit.directives.apply(&text),
+            None => {
+                // systemd applies a drop-in the diff cannot read, so its
+                // settings are unknown here.
+                let reason = format!(
+                    "drop-in {file} {}",
+                    describe_unreadable(&files.units[path])
+                );
+                unit.unreadable = Some(match unit.unreadable.take() {
+                    Some(before) => format!("{before}; {reason}"),
+                    None => reason,
+                });
+            }
         }
     }
     Ok(found.then_some(unit))
@@ -272,7 +288,10 @@ fn added_unit(unit: &Merged) -> (AlertKind, Severity, String) {
         .sections
         .values()
         .any(|keys| keys.contains_key("AmbientCapabilities"));
-    let severity = if capabilities || commands.iter().any(|c| privileged(c)) {
+    let severity = if capabilities
+        || unit.unreadable.is_some()
+        || commands.iter().any(|c| privileged(c))
+    {
         Severity::High
     } else {
         Severity::Medium
@@ -369,6 +388,9 @@ fn changed_unit(
         parts.push(format!("security-relevant: {}", keys.join(", ")));
     }
     let mut severity = directive_severity(&directives);
+    if readable_change && new.unreadable.is_some() {
+        severity = Severity::High;
+    }
     if runs_as_user(&old.directives) && !runs_as_user(&new.directives) {
         severity = Severity::High;
         parts.push("now runs as root".to_owned());
@@ -560,6 +582,78 @@ mod tests {
             "{detail}"
         );
         assert!(!detail.contains("now runs as root"), "{detail}");
+    }
+
+    /// Returns the files of a system whose units are `units`, each
+    /// written to a file in `dir`.
+    fn system_with_units(
+        dir: &std::path::Path,
+        units: &[(&str, &[u8])],
+    ) -> SystemFiles {
+        let mut map = std::collections::BTreeMap::new();
+        for (index, (name, bytes)) in units.iter().enumerate() {
+            let location = dir.join(index.to_string());
+            std::fs::write(&location, bytes).unwrap();
+            let node = Node::File {
+                location: location.to_string_lossy().into_owned(),
+                size: bytes.len() as u64,
+                executable: false,
+                sha256: None,
+            };
+            map.insert((*name).to_owned(), node);
+        }
+        SystemFiles {
+            toplevel: Default::default(),
+            units: map,
+            etc: Default::default(),
+            specialisations: Default::default(),
+            truncated: false,
+        }
+    }
+
+    #[test]
+    fn binary_drop_in_still_applies() {
+        // systemd ends a line at NUL and reads bytes that are not UTF-8,
+        // so this drop-in sets User=root.
+        let dir = tempfile::tempdir().unwrap();
+        let unit: &[u8] = b"[Service]\nUser=backup\nExecStart=/bin/x\n";
+        for drop_in in [
+            &b"[Service]\nUser=root\n\0"[..],
+            &b"[Service]\nUser=root\n\xff\n"[..],
+        ] {
+            let files = system_with_units(
+                dir.path(),
+                &[
+                    ("backup.service", unit),
+                    ("backup.service.d/overrides.conf", drop_in),
+                ],
+            );
+            let merged = merged(&files, "backup.service").unwrap().unwrap();
+            assert_eq!(merged.directives.get("Service", "User"), ["root"]);
+            assert_eq!(merged.unreadable, None);
+        }
+    }
+
+    #[test]
+    fn unreadable_drop_in_is_high() {
+        let dir = tempfile::tempdir().unwrap();
+        let unit: &[u8] = b"[Service]\nUser=backup\nExecStart=/bin/x\n";
+        let old = system_with_units(dir.path(), &[("backup.service", unit)]);
+        let mut new =
+            system_with_units(dir.path(), &[("backup.service", unit)]);
+        new.units.insert(
+            "backup.service.d/overrides.conf".to_owned(),
+            Node::Missing,
+        );
+        let old = merged(&old, "backup.service").unwrap().unwrap();
+        let new = merged(&new, "backup.service").unwrap().unwrap();
+        let (_, severity, detail) =
+            changed_unit("backup.service", &[], &old, &new).unwrap();
+        assert_eq!(severity, Severity::High);
+        assert!(
+            detail.contains("drop-in overrides.conf a dangling link"),
+            "{detail}"
+        );
     }
 
     #[test]
