@@ -3,6 +3,7 @@
 //! `run-switch` is the detached runner of one switch script, which the
 //! activator starts itself.
 
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -67,8 +68,11 @@ fn main() -> ExitCode {
     }
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour codes only on a terminal: under systemd or in a log file
+    // they would be stored as escape sequences.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     let config = args.config.expect("clap requires --config");

@@ -80,7 +80,9 @@ enum Command {
         #[arg(long, conflicts_with = "key")]
         token_file: Option<PathBuf>,
         /// Wait until the build ends and print the resulting state.
-        #[arg(long)]
+        /// Reading the proposal needs an approver's key, which the
+        /// trigger token is not.
+        #[arg(long, conflicts_with = "token_file")]
         wait: bool,
     },
     /// Show the running system and the recent proposals.
