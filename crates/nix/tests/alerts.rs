@@ -1074,7 +1074,7 @@ fn outside_link_reported() {
 #[test]
 fn new_command_on_path() {
     let alerts = check("path-added", &[(K::SystemPathChanged, S::Info)], &[]);
-    assert_eq!(alerts[0].detail, "added jq (jq)");
+    assert_eq!(alerts[0].detail, "added commands jq");
 }
 
 #[test]

@@ -680,9 +680,17 @@ pub(super) fn system_path(ctx: &mut Ctx<'_>) -> Result<()> {
     let mut added = Vec::new();
     let mut removed = Vec::new();
     let mut moved = Vec::new();
+    // A command named like its package is listed once.
+    let entry = |name: &String, provider: &String| {
+        if name == provider {
+            name.clone()
+        } else {
+            format!("{name} (from {provider})")
+        }
+    };
     for (name, provider) in &after {
         match before.get(name) {
-            None => added.push(format!("{name} ({provider})")),
+            None => added.push(entry(name, provider)),
             Some(old) if old != provider => {
                 moved.push(format!("{name}: {old} -> {provider}"));
             }
@@ -691,7 +699,7 @@ pub(super) fn system_path(ctx: &mut Ctx<'_>) -> Result<()> {
     }
     for (name, provider) in &before {
         if !after.contains_key(name) {
-            removed.push(format!("{name} ({provider})"));
+            removed.push(entry(name, provider));
         }
     }
     let list = |items: &[String]| {
@@ -719,10 +727,10 @@ pub(super) fn system_path(ctx: &mut Ctx<'_>) -> Result<()> {
     }
     let mut parts = Vec::new();
     if !added.is_empty() {
-        parts.push(format!("added {}", list(&added)));
+        parts.push(format!("added commands {}", list(&added)));
     }
     if !removed.is_empty() {
-        parts.push(format!("removed {}", list(&removed)));
+        parts.push(format!("removed commands {}", list(&removed)));
     }
     if !parts.is_empty() {
         ctx.push(
