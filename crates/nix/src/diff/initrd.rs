@@ -287,6 +287,11 @@ impl Default for Limits {
 pub(super) struct Files {
     pub files: BTreeMap<String, ReadEntry>,
     pub entries: u64,
+    /// The symbolic links unpacked so far, by path as unpacked (no
+    /// leading `/`, store paths kept) to their target as written. The
+    /// kernel follows them in the folders of later names, also across
+    /// concatenated archives, which unpack into the same tree.
+    pub links: BTreeMap<String, String>,
 }
 
 #[cfg(feature = "initrd")]
@@ -641,10 +646,23 @@ mod reader {
                 return Ok(());
             }
             reader.take_entry()?;
-            let entry = read_entry(reader, mode, uid, gid, size)?;
+            let (entry, link_target) =
+                read_entry(reader, mode, uid, gid, size)?;
             skip(reader, padding(size))?;
             files.entries += 1;
-            let key = entry_key(&name);
+            let path = unpacked_path(&name, &files.links);
+            match link_target {
+                Some(target) => {
+                    files.links.insert(path.clone(), target);
+                }
+                // A file or device replaces a link at its path; `mkdir`
+                // fails there and the link stays.
+                None if entry.entry.kind != InitrdEntryKind::Directory => {
+                    files.links.remove(&path);
+                }
+                None => {}
+            }
+            let key = entry_key(&path);
             if mode & 0o170000 == 0o100000 && field(4)? >= 2 {
                 let inode = (field(0)?, field(7)?, field(8)?);
                 let names = links.entry(inode).or_default();
@@ -689,13 +707,14 @@ mod reader {
     }
 
     /// Reads an entry's data: a file is hashed, a link's target kept.
+    /// For a link, the target as written comes back beside the entry.
     fn read_entry(
         reader: &mut impl Entries,
         mode: u64,
         uid: u64,
         gid: u64,
         size: u64,
-    ) -> Result<ReadEntry, String> {
+    ) -> Result<(ReadEntry, Option<String>), String> {
         let kind = match mode & 0o170000 {
             0o100000 => InitrdEntryKind::File,
             0o040000 => InitrdEntryKind::Directory,
@@ -714,6 +733,7 @@ mod reader {
         };
         let mut reduced_sha256 = None;
         let mut text = None;
+        let mut link_target = None;
         match kind {
             InitrdEntryKind::Symlink => {
                 if size > MAX_TARGET_BYTES {
@@ -724,9 +744,9 @@ mod reader {
                 }
                 let mut target = vec![0u8; size as usize];
                 reader.read_exact(&mut target).map_err(|e| io_reason(&e))?;
-                entry.target = Some(reduce_store_paths(
-                    &String::from_utf8_lossy(&target),
-                ));
+                let target = String::from_utf8_lossy(&target).into_owned();
+                entry.target = Some(reduce_store_paths(&target));
+                link_target = Some(target);
             }
             InitrdEntryKind::File => {
                 let keep = size <= MAX_TEXT_BYTES && reader.take_text(size);
@@ -762,36 +782,69 @@ mod reader {
                 skip(reader, size)?;
             }
         }
-        Ok(ReadEntry {
-            entry,
-            reduced_sha256,
-            text,
-        })
+        Ok((
+            ReadEntry {
+                entry,
+                reduced_sha256,
+                text,
+            },
+            link_target,
+        ))
     }
 
-    /// Returns the key of an entry: the path the kernel creates for its
-    /// name, relative to the root, with store paths reduced to package
-    /// names. Empty and `.` components are dropped and `..` removes the
-    /// component before it, so `bin/../init` is `init`.
-    ///
-    /// NOTE: `..` is resolved by name. After a component that an
-    /// earlier entry made a symbolic link, the kernel follows the link
-    /// first, and so writes elsewhere than this key says.
-    fn entry_key(name: &str) -> String {
-        let mut parts: Vec<&str> = Vec::new();
-        for part in name.split('/') {
-            match part {
-                "" | "." => {}
+    /// The most links followed in one name, as the kernel's own limit
+    /// on nested links; past it the name is kept as resolved so far.
+    const MAX_LINK_HOPS: usize = 40;
+
+    /// Returns the path the kernel writes an entry `name` to, without a
+    /// leading `/`: empty and `.` components are dropped, `..` removes
+    /// the component before it, and a folder component that an earlier
+    /// entry made a symbolic link is replaced by the link's target, as
+    /// the kernel's path walk follows it. The last component is never
+    /// followed, since the kernel unlinks what is there first.
+    fn unpacked_path(name: &str, links: &BTreeMap<String, String>) -> String {
+        let mut pending: std::collections::VecDeque<String> =
+            name.split('/').map(str::to_owned).collect();
+        let mut parts: Vec<String> = Vec::new();
+        let mut hops = 0;
+        while let Some(part) = pending.pop_front() {
+            match part.as_str() {
+                "" | "." => continue,
                 ".." => {
                     parts.pop();
+                    continue;
                 }
                 _ => parts.push(part),
             }
+            let last = pending.iter().all(|p| p.is_empty() || p == ".");
+            if last || links.is_empty() {
+                continue;
+            }
+            let Some(target) = links.get(&parts.join("/")) else {
+                continue;
+            };
+            hops += 1;
+            if hops > MAX_LINK_HOPS {
+                break;
+            }
+            parts.pop();
+            if target.starts_with('/') {
+                parts.clear();
+            }
+            for piece in target.split('/').rev() {
+                pending.push_front(piece.to_owned());
+            }
         }
-        if parts.is_empty() {
+        parts.join("/")
+    }
+
+    /// Returns the key of an entry unpacked at `path` (as
+    /// [`unpacked_path`] gives it), with store paths reduced.
+    fn entry_key(path: &str) -> String {
+        if path.is_empty() {
             return ".".to_owned();
         }
-        let reduced = reduce_store_paths(&format!("/{}", parts.join("/")));
+        let reduced = reduce_store_paths(&format!("/{path}"));
         reduced.trim_start_matches('/').to_owned()
     }
 
@@ -970,6 +1023,46 @@ mod tests {
             files.files["init"].text.as_deref(),
             Some("#!/bin/sh\nnew\n")
         );
+    }
+
+    #[test]
+    fn folder_links_are_followed_like_the_kernel() {
+        // A file written through a link to a folder lands in that
+        // folder, so a key for root's initrd SSH login cannot hide
+        // behind a harmless name.
+        let archive = newc_archive(&[
+            CpioEntry::directory("etc"),
+            CpioEntry::directory("etc/ssh"),
+            CpioEntry::directory("etc/ssh/authorized_keys.d"),
+            CpioEntry::symlink("keys", "etc/ssh/authorized_keys.d"),
+            CpioEntry::file("keys/root", b"ssh-ed25519 AAAA x\n", 0o644),
+            CpioEntry::symlink("abs", "/etc"),
+            CpioEntry::file("abs/motd", b"hi\n", 0o644),
+            CpioEntry::symlink("ssh", "etc/ssh"),
+            CpioEntry::file("ssh/../shadow", b"s\n", 0o600),
+            // The last component is replaced, not followed.
+            CpioEntry::file("keys", b"plain\n", 0o644),
+            CpioEntry::file("keys/after", b"a\n", 0o644),
+            // A loop of links ends at the hop limit.
+            CpioEntry::symlink("l1", "l2"),
+            CpioEntry::symlink("l2", "l1"),
+            CpioEntry::file("l1/x", b"x\n", 0o644),
+        ]);
+        let files = read(&archive).1.unwrap();
+        let keys: Vec<&str> = files.files.keys().map(String::as_str).collect();
+        for key in [
+            "etc/ssh/authorized_keys.d/root",
+            "etc/motd",
+            "etc/shadow",
+            "keys",
+            "keys/after",
+        ] {
+            assert!(keys.contains(&key), "{key} missing from {keys:?}");
+        }
+        for key in ["keys/root", "abs/motd", "ssh/../shadow", "shadow"] {
+            assert!(!keys.contains(&key), "{key} in {keys:?}");
+        }
+        assert_eq!(files.files["keys"].text.as_deref(), Some("plain\n"));
     }
 
     #[test]
