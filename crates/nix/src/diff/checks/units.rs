@@ -363,6 +363,10 @@ fn list_units(units: &[&str]) -> String {
 /// unit that only the new system has, from the new system with the old
 /// folder. Returns the highest severity of the units and the detail,
 /// or `None` when the change alters no unit.
+///
+/// NOTE: when two shared folders change at once and a file of one
+/// overrides a file of the other, each is still judged against the
+/// other's old files, so an alert may list a change the other cancels.
 fn changed_shared_folder(
     old: &BTreeMap<String, Node>,
     new: &BTreeMap<String, Node>,
