@@ -377,6 +377,11 @@ fn variants() -> Vec<(&'static str, Change)> {
                 "[Service]\nUser=root\n",
             );
         }),
+        ("unit-type-drop-in", |s| {
+            // A drop-in for every service: each one without a later
+            // `User=` of its own now runs as root.
+            s.set_unit("service.d/zz.conf", "[Service]\nUser=root\n");
+        }),
         ("unit-script", |s| {
             s.set_package(Package::unit_script(
                 "backup",
@@ -1170,6 +1175,64 @@ fn unit_drop_in_overrides_user_with_root() {
         "{unit:#?}"
     );
     assert!(unit.detail.contains("now runs as root"), "{unit:#?}");
+}
+
+#[test]
+fn unit_type_drop_in_is_one_alert() {
+    let alerts = check("unit-type-drop-in", &[(K::UnitChanged, S::High)], &[]);
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    let folder = &alerts[0];
+    assert_eq!(folder.subject, "/etc/systemd/system/service.d/");
+
+    let services = [
+        "backup.service",
+        "firewall.service",
+        "hello.service",
+        "sshd.service",
+        "suid-sgid-wrappers.service",
+    ];
+    let prefix = format!(
+        "unit type drop-in folder for {} units ({}); changes {} of them",
+        services.len(),
+        services.join(", "),
+        services.len()
+    );
+    assert!(folder.detail.starts_with(&prefix), "{folder:#?}");
+    assert!(
+        folder
+            .detail
+            .contains("[Service] User: backup -> root (backup.service)"),
+        "{folder:#?}"
+    );
+    assert!(
+        folder.detail.contains(
+            "added [Service] User=root (firewall.service, hello.service, \
+             sshd.service, suid-sgid-wrappers.service)"
+        ),
+        "{folder:#?}"
+    );
+    assert!(
+        folder.detail.contains("security-relevant: User"),
+        "{folder:#?}"
+    );
+    assert!(
+        folder.detail.contains("now runs as root: backup.service"),
+        "{folder:#?}"
+    );
+
+    let diff = system_diff(path("base"), path("unit-type-drop-in")).unwrap();
+    let drop_in = diff
+        .units
+        .iter()
+        .find(|c| c.path == "service.d/zz.conf")
+        .expect("the drop-in is listed");
+    assert_eq!(drop_in.directives.len(), 1, "{:#?}", drop_in.directives);
+
+    // The same system on both sides raises nothing, shared folder or not.
+    let same =
+        system_diff(path("unit-type-drop-in"), path("unit-type-drop-in"))
+            .unwrap();
+    assert!(system_alerts(&same).is_empty());
 }
 
 #[test]

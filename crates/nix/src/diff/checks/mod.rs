@@ -10,6 +10,7 @@
 
 mod access;
 mod boot;
+mod drop_ins;
 mod initrd;
 mod services;
 mod units;

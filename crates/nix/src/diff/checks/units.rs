@@ -1,18 +1,21 @@
 //! systemd units, compared by their directives.
 //!
 //! A unit is read as systemd reads it: the unit file with its drop-ins
-//! (`<unit>.d/*.conf`) applied in name order, so a single-valued setting
-//! such as `User=` has its last value and the checks see the value
-//! systemd uses. Two versions that set the
+//! applied in name order, those of `<unit>.d/` and of the shared folders
+//! of its template, name prefixes and type (see [`super::drop_ins`]). So
+//! a single-valued setting such as `User=` has its last value and the
+//! checks see the value systemd uses. Two versions that set the
 //! same directives raise nothing, however their lines are ordered or
 //! formatted, and a change is described per directive as
 //! `[Section] Key: old -> new`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 
+use super::drop_ins::{drop_in_folders, is_unit_name, shared_folder_kind};
 use super::{Ctx, status_text};
 use crate::diff::alerts::{Alert, AlertKind, Severity};
-use crate::diff::system::{ChangeStatus, EntryChange, Node, SystemFiles};
+use crate::diff::system::{ChangeStatus, EntryChange, Node, unit_node_text};
 use crate::diff::unit_file::{DirectiveChange, UnitFile, directive_changes};
 use crate::error::Result;
 
@@ -132,44 +135,72 @@ struct Merged {
     unreadable: Option<String>,
 }
 
-/// Reads the unit `name` of a system with its drop-ins; `None` when the
-/// system has neither.
-fn merged(files: &SystemFiles, name: &str) -> Result<Option<Merged>> {
+/// Returns the entries of a unit directory whose path starts with
+/// `prefix`.
+fn entries_under<'a>(
+    units: &'a BTreeMap<String, Node>,
+    prefix: &str,
+) -> impl Iterator<Item = (&'a String, &'a Node)> {
+    units
+        .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+        .take_while(move |(path, _)| path.starts_with(prefix))
+}
+
+/// Reads the unit `name` of a unit directory with its drop-ins.
+/// Returns `None` when the directory has neither the unit file nor a
+/// drop-in in the unit's own `<name>.d/`. Drop-ins of shared folders
+/// apply too (see [`drop_in_folders`]) but do not make a unit exist.
+fn merged(
+    units: &BTreeMap<String, Node>,
+    name: &str,
+) -> Result<Option<Merged>> {
     let mut found = false;
     let mut unit = Merged {
         directives: UnitFile::default(),
         unreadable: None,
     };
-    if let Some(node) = files.units.get(name) {
+    if let Some(node) = units.get(name) {
         found = true;
-        match files.unit_text(name)? {
+        match unit_node_text(node)? {
             Some(text) => unit.directives.apply(&text),
             None => unit.unreadable = Some(describe_unreadable(node)),
         }
     }
-    // The map is sorted, so drop-ins come in file name order.
-    // NOTE: only `<name>.d/` is read. systemd also applies the drop-ins
-    // of the type (`service.d/`), of a template (`foo@.service.d/` for
-    // `foo@bar.service`) and of each dash prefix (`foo-.service.d/`),
-    // sorted with these by file name, so a `User=root` there is missed.
-    let prefix = format!("{name}.d/");
-    for path in files.units.keys() {
-        let Some(file) = path.strip_prefix(&prefix) else {
-            continue;
-        };
-        if !file.ends_with(".conf") || file.contains('/') {
-            continue;
+    // systemd sorts the `.conf` files of all folders by file name, and
+    // takes a name found in several folders from the most specific one,
+    // which comes first in the list.
+    let own = format!("{name}.d");
+    let mut chosen: BTreeMap<&str, &String> = BTreeMap::new();
+    for folder in drop_in_folders(name) {
+        let prefix = format!("{folder}/");
+        for (path, _) in entries_under(units, &prefix) {
+            let file = &path[prefix.len()..];
+            if !file.ends_with(".conf") || file.contains('/') {
+                continue;
+            }
+            found |= folder == own;
+            chosen.entry(file).or_insert(path);
         }
-        found = true;
-        match files.unit_text(path)? {
+    }
+    // NOTE: drop-ins of the unit's aliases (`<alias>.d/`, where the
+    // alias is a link to this unit) also apply in systemd and are not
+    // read here.
+    let own_prefix = format!("{own}/");
+    for (file, path) in chosen {
+        let node = &units[path];
+        match unit_node_text(node)? {
             Some(text) => unit.directives.apply(&text),
             None => {
                 // systemd applies a drop-in the diff cannot read, so its
-                // settings are unknown here.
-                let reason = format!(
-                    "drop-in {file} {}",
-                    describe_unreadable(&files.units[path])
-                );
+                // settings are unknown here. A drop-in of a shared
+                // folder is named with its folder.
+                let label = if path.starts_with(&own_prefix) {
+                    file
+                } else {
+                    path.as_str()
+                };
+                let reason =
+                    format!("drop-in {label} {}", describe_unreadable(node));
                 unit.unreadable = Some(match unit.unreadable.take() {
                     Some(before) => format!("{before}; {reason}"),
                     None => reason,
@@ -195,13 +226,21 @@ fn describe_unreadable(node: &Node) -> String {
 }
 
 /// systemd units: added, removed, or changed in their directives or in
-/// a generated file they run.
+/// a generated file they run, and shared drop-in folders that changed.
 pub(super) fn check(ctx: &mut Ctx<'_>) -> Result<()> {
     let mut found = Vec::new();
     let mut units = BTreeSet::new();
+    let mut shared = BTreeSet::new();
     for change in &ctx.diff.units {
         if !enabling_link(&change.path) {
-            units.insert(unit_of(&change.path).to_owned());
+            let unit = unit_of(&change.path);
+            // A drop-in of a shared folder changes the units it applies
+            // to, which are compared in one alert for the folder.
+            if unit != change.path && shared_folder_kind(unit).is_some() {
+                shared.insert(unit.to_owned());
+            } else {
+                units.insert(unit.to_owned());
+            }
             continue;
         }
         // An enabling link's unit is reported on its own; only a link
@@ -230,8 +269,8 @@ pub(super) fn check(ctx: &mut Ctx<'_>) -> Result<()> {
             .iter()
             .filter(|c| !enabling_link(&c.path) && unit_of(&c.path) == name)
             .collect();
-        let old = merged(ctx.old, &name)?;
-        let new = merged(ctx.new, &name)?;
+        let old = merged(&ctx.old.units, &name)?;
+        let new = merged(&ctx.new.units, &name)?;
         let subject = format!("/etc/systemd/system/{name}");
         let alert = match (old, new) {
             (None, Some(new)) => Some(added_unit(&new)),
@@ -249,8 +288,179 @@ pub(super) fn check(ctx: &mut Ctx<'_>) -> Result<()> {
             found.push(Alert::new(kind, severity, subject, detail));
         }
     }
+    for name in shared {
+        if let Some((severity, detail)) =
+            changed_shared_folder(&ctx.old.units, &ctx.new.units, &name)?
+        {
+            let subject = format!("/etc/systemd/system/{name}.d/");
+            found.push(Alert::new(
+                AlertKind::UnitChanged,
+                severity,
+                subject,
+                detail,
+            ));
+        }
+    }
     ctx.alerts.extend(found);
     Ok(())
+}
+
+/// Lists the units of a unit directory: entries at its top whose name
+/// is a unit name. Aliases (relative links to another unit) and enabling
+/// links are left out, since they name a unit listed on its own.
+fn unit_names(units: &BTreeMap<String, Node>) -> impl Iterator<Item = &str> {
+    units
+        .iter()
+        .filter(|(path, node)| {
+            !path.contains('/')
+                && is_unit_name(path)
+                && !matches!(node, Node::RelativeLink { .. })
+        })
+        .map(|(path, _)| path.as_str())
+}
+
+/// Copies the unit directory `base`, with the entries under `prefix`
+/// taken from `other`.
+fn with_entries_of(
+    base: &BTreeMap<String, Node>,
+    other: &BTreeMap<String, Node>,
+    prefix: &str,
+) -> BTreeMap<String, Node> {
+    let mut units = base.clone();
+    units.retain(|path, _| !path.starts_with(prefix));
+    units.extend(
+        entries_under(other, prefix)
+            .map(|(path, node)| (path.clone(), node.clone())),
+    );
+    units
+}
+
+/// Maximum number of unit names listed in one alert.
+const MAX_UNITS_LISTED: usize = 5;
+
+/// Names up to [`MAX_UNITS_LISTED`] units, then how many more there are.
+fn list_units(units: &[&str]) -> String {
+    let mut text = units
+        .iter()
+        .take(MAX_UNITS_LISTED)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if units.len() > MAX_UNITS_LISTED {
+        text.push_str(&format!(
+            " and {} more",
+            units.len() - MAX_UNITS_LISTED
+        ));
+    }
+    text
+}
+
+/// Compares the units that the shared drop-in folder `<name>.d/` applies
+/// to, in either system, and describes the change of the folder alone.
+///
+/// Each unit is read twice from one system with only the folder's
+/// entries swapped: from the old system with the new folder, or, for a
+/// unit that only the new system has, from the new system with the old
+/// folder. Returns the highest severity of the units and the detail,
+/// or `None` when the change alters no unit.
+///
+/// NOTE: when two shared folders change at once and a file of one
+/// overrides a file of the other, each is still judged against the
+/// other's old files, so an alert may list a change the other cancels.
+fn changed_shared_folder(
+    old: &BTreeMap<String, Node>,
+    new: &BTreeMap<String, Node>,
+    name: &str,
+) -> Result<Option<(Severity, String)>> {
+    let folder = format!("{name}.d");
+    let prefix = format!("{folder}/");
+    let applies: BTreeSet<&str> = unit_names(old)
+        .chain(unit_names(new))
+        .filter(|unit| drop_in_folders(unit).contains(&folder))
+        .collect();
+    let old_with_new_folder = with_entries_of(old, new, &prefix);
+    let new_with_old_folder = with_entries_of(new, old, &prefix);
+
+    let mut severity = Severity::Info;
+    let mut changed = 0;
+    // Each change description, with the units it applies to.
+    let mut by_change: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    let mut keys = BTreeSet::new();
+    let mut now_root = Vec::new();
+    for unit in &applies {
+        let (before, after) = match merged(old, unit)? {
+            Some(before) => {
+                (Some(before), merged(&old_with_new_folder, unit)?)
+            }
+            None => (merged(&new_with_old_folder, unit)?, merged(new, unit)?),
+        };
+        let (Some(before), Some(after)) = (before, after) else {
+            continue;
+        };
+        let effect = assess(&before, &after);
+        if effect.directives.is_empty() && !effect.readable_change {
+            continue;
+        }
+        changed += 1;
+        severity = severity.max(effect.severity);
+        keys.extend(
+            security_keys(&effect.directives)
+                .into_iter()
+                .map(str::to_owned),
+        );
+        if effect.now_root {
+            now_root.push(*unit);
+        }
+        let mut descriptions: Vec<String> = effect
+            .directives
+            .iter()
+            .map(|change| cut(&change.describe()))
+            .collect();
+        if effect.readable_change {
+            descriptions.push(match &after.unreadable {
+                Some(reason) => format!("now {reason}"),
+                None => "readable again".to_owned(),
+            });
+        }
+        for description in descriptions {
+            by_change.entry(description).or_default().push(unit);
+        }
+    }
+    if changed == 0 {
+        // Reordered, reformatted, overridden by every unit, or no unit
+        // of that kind.
+        return Ok(None);
+    }
+
+    let applies: Vec<&str> = applies.into_iter().collect();
+    let kind = shared_folder_kind(name).unwrap_or("shared");
+    let mut parts = vec![format!(
+        "{kind} drop-in folder for {} units ({}); changes {changed} of them",
+        applies.len(),
+        list_units(&applies)
+    )];
+    let mut listed: Vec<String> = by_change
+        .iter()
+        .take(MAX_DIRECTIVES_LISTED)
+        .map(|(description, units)| {
+            format!("{description} ({})", list_units(units))
+        })
+        .collect();
+    if by_change.len() > MAX_DIRECTIVES_LISTED {
+        listed.push(format!(
+            "and {} more",
+            by_change.len() - MAX_DIRECTIVES_LISTED
+        ));
+    }
+    parts.push(format!("changed: {}", listed.join("; ")));
+    if !keys.is_empty() {
+        let keys: Vec<String> = keys.into_iter().collect();
+        parts.push(format!("security-relevant: {}", keys.join(", ")));
+    }
+    if !now_root.is_empty() {
+        parts.push(format!("now runs as root: {}", list_units(&now_root)));
+    }
+    Ok(Some((severity, parts.join("; "))))
 }
 
 /// Tells whether `key` is a setting whose value is a command line, such
@@ -336,20 +546,60 @@ fn runs_as_user(unit: &UnitFile) -> bool {
             .is_some_and(|value| matches!(value, "yes" | "true" | "1" | "on"))
 }
 
+/// The change between two readings of one unit.
+struct Effect {
+    directives: Vec<DirectiveChange>,
+    severity: Severity,
+    /// Whether the unit named a user other than root before and now
+    /// runs as root.
+    now_root: bool,
+    /// Whether the unit file or a drop-in became unreadable, or
+    /// readable again.
+    readable_change: bool,
+}
+
+fn assess(old: &Merged, new: &Merged) -> Effect {
+    let directives = directive_changes(&old.directives, &new.directives);
+    let readable_change = old.unreadable != new.unreadable;
+    let now_root =
+        runs_as_user(&old.directives) && !runs_as_user(&new.directives);
+    let mut severity = directive_severity(&directives);
+    if now_root || (readable_change && new.unreadable.is_some()) {
+        severity = Severity::High;
+    }
+    Effect {
+        directives,
+        severity,
+        now_root,
+        readable_change,
+    }
+}
+
+/// Returns the keys among the changed directives that
+/// [`security_relevant`] accepts, sorted.
+fn security_keys(directives: &[DirectiveChange]) -> BTreeSet<&str> {
+    directives
+        .iter()
+        .map(|change| change.key.as_str())
+        .filter(|key| security_relevant(key))
+        .collect()
+}
+
 fn changed_unit(
     name: &str,
     changes: &[&EntryChange],
     old: &Merged,
     new: &Merged,
 ) -> Option<(AlertKind, Severity, String)> {
-    let directives = directive_changes(&old.directives, &new.directives);
+    let effect = assess(old, new);
+    let directives = &effect.directives;
     let named: Vec<String> = changes
         .iter()
         .flat_map(|change| &change.referenced)
         .filter(|r| !r.only_store_paths_changed)
         .map(|r| r.path.clone())
         .collect();
-    let readable_change = old.unreadable != new.unreadable;
+    let readable_change = effect.readable_change;
     if directives.is_empty() && named.is_empty() && !readable_change {
         // Reordered, reformatted, or only store paths changed.
         return None;
@@ -362,7 +612,7 @@ fn changed_unit(
     }
     let mut parts = Vec::new();
     if !directives.is_empty() {
-        parts.push(format!("changed: {}", list_directives(&directives)));
+        parts.push(format!("changed: {}", list_directives(directives)));
     } else if readable_change {
         let status = changes
             .iter()
@@ -378,24 +628,24 @@ fn changed_unit(
     if !named.is_empty() {
         parts.push(format!("files it names changed: {}", named.join(", ")));
     }
-    let keys: BTreeSet<&str> = directives
-        .iter()
-        .map(|change| change.key.as_str())
-        .filter(|key| security_relevant(key))
-        .collect();
+    let keys = security_keys(directives);
     if !keys.is_empty() {
         let keys: Vec<&str> = keys.into_iter().collect();
         parts.push(format!("security-relevant: {}", keys.join(", ")));
     }
-    let mut severity = directive_severity(&directives);
-    if readable_change && new.unreadable.is_some() {
-        severity = Severity::High;
-    }
-    if runs_as_user(&old.directives) && !runs_as_user(&new.directives) {
-        severity = Severity::High;
+    if effect.now_root {
         parts.push("now runs as root".to_owned());
     }
-    Some((AlertKind::UnitChanged, severity, parts.join("; ")))
+    Some((AlertKind::UnitChanged, effect.severity, parts.join("; ")))
+}
+
+/// Cuts a directive change description to 200 characters.
+fn cut(text: &str) -> String {
+    let mut cut: String = text.chars().take(200).collect();
+    if text.chars().count() > 200 {
+        cut.push('…');
+    }
+    cut
 }
 
 /// Describes up to [`MAX_DIRECTIVES_LISTED`] directive changes.
@@ -403,14 +653,7 @@ fn list_directives(directives: &[DirectiveChange]) -> String {
     let mut parts: Vec<String> = directives
         .iter()
         .take(MAX_DIRECTIVES_LISTED)
-        .map(|change| {
-            let text = change.describe();
-            let mut cut: String = text.chars().take(200).collect();
-            if text.chars().count() > 200 {
-                cut.push('…');
-            }
-            cut
-        })
+        .map(|change| cut(&change.describe()))
         .collect();
     if directives.len() > MAX_DIRECTIVES_LISTED {
         parts.push(format!(
@@ -489,6 +732,7 @@ fn covered_elsewhere(unit: &str, changes: &[&EntryChange]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::diff::system::SystemFiles;
 
     fn change(old: &str, new: &str) -> Vec<DirectiveChange> {
         directive_changes(&UnitFile::parse(old), &UnitFile::parse(new))
@@ -628,7 +872,8 @@ mod tests {
                     ("backup.service.d/overrides.conf", drop_in),
                 ],
             );
-            let merged = merged(&files, "backup.service").unwrap().unwrap();
+            let merged =
+                merged(&files.units, "backup.service").unwrap().unwrap();
             assert_eq!(merged.directives.get("Service", "User"), ["root"]);
             assert_eq!(merged.unreadable, None);
         }
@@ -645,8 +890,8 @@ mod tests {
             "backup.service.d/overrides.conf".to_owned(),
             Node::Missing,
         );
-        let old = merged(&old, "backup.service").unwrap().unwrap();
-        let new = merged(&new, "backup.service").unwrap().unwrap();
+        let old = merged(&old.units, "backup.service").unwrap().unwrap();
+        let new = merged(&new.units, "backup.service").unwrap().unwrap();
         let (_, severity, detail) =
             changed_unit("backup.service", &[], &old, &new).unwrap();
         assert_eq!(severity, Severity::High);
@@ -654,6 +899,124 @@ mod tests {
             detail.contains("drop-in overrides.conf a dangling link"),
             "{detail}"
         );
+    }
+
+    #[test]
+    fn shared_drop_ins_sorted_by_file_name() {
+        // `10-a.conf` of the type folder comes before `20-b.conf` of the
+        // unit's own folder, and `30-c.conf` of the dash prefix after
+        // both, whatever folder each is in.
+        let dir = tempfile::tempdir().unwrap();
+        let files = system_with_units(
+            dir.path(),
+            &[
+                ("foo-bar.service", b"[Service]\nUser=unit\n"),
+                ("service.d/10-a.conf", b"[Service]\nUser=type\n"),
+                ("foo-bar.service.d/20-b.conf", b"[Service]\nUser=own\n"),
+                ("foo-.service.d/30-c.conf", b"[Service]\nGroup=prefix\n"),
+            ],
+        );
+        let unit = merged(&files.units, "foo-bar.service").unwrap().unwrap();
+        assert_eq!(unit.directives.get("Service", "User"), ["own"]);
+        assert_eq!(unit.directives.get("Service", "Group"), ["prefix"]);
+    }
+
+    #[test]
+    fn most_specific_folder_wins_per_file_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = system_with_units(
+            dir.path(),
+            &[
+                ("foo-bar@x.service", b"[Service]\nUser=unit\n"),
+                ("foo-baz.service", b"[Service]\nUser=unit\n"),
+                ("service.d/50-user.conf", b"[Service]\nUser=root\n"),
+                ("foo-.service.d/50-user.conf", b"[Service]\nUser=prefix\n"),
+                (
+                    "foo-bar@.service.d/50-user.conf",
+                    b"[Service]\nUser=template\n",
+                ),
+            ],
+        );
+        // The template folder is the most specific of the three, so only
+        // its `50-user.conf` applies to the instance.
+        let instance =
+            merged(&files.units, "foo-bar@x.service").unwrap().unwrap();
+        assert_eq!(instance.directives.get("Service", "User"), ["template"]);
+        // The dash-prefix folder is the most specific one of another
+        // unit with that prefix.
+        let sibling =
+            merged(&files.units, "foo-baz.service").unwrap().unwrap();
+        assert_eq!(sibling.directives.get("Service", "User"), ["prefix"]);
+        // Shared drop-ins alone make no unit.
+        assert!(merged(&files.units, "other.service").unwrap().is_none());
+    }
+
+    #[test]
+    fn shared_folder_reports_once_with_units() {
+        let dir = tempfile::tempdir().unwrap();
+        let units: &[(&str, &[u8])] = &[
+            ("backup.service", b"[Service]\nUser=backup\n"),
+            ("hello.service", b"[Service]\nExecStart=/bin/hello\n"),
+            ("own-user.service", b"[Service]\n"),
+            ("own-user.service.d/zz.conf", b"[Service]\nUser=nobody\n"),
+            ("sshd.socket", b"[Socket]\nListenStream=22\n"),
+        ];
+        let old = system_with_units(dir.path(), units);
+        let mut with_drop_in = units.to_vec();
+        with_drop_in.push(("service.d/zz.conf", b"[Service]\nUser=root\n"));
+        let new = system_with_units(dir.path(), &with_drop_in);
+
+        let (severity, detail) =
+            changed_shared_folder(&old.units, &new.units, "service")
+                .unwrap()
+                .unwrap();
+        assert_eq!(severity, Severity::High);
+
+        assert!(
+            detail.starts_with(
+                "unit type drop-in folder for 3 units (backup.service, \
+                 hello.service, own-user.service); changes 2 of them"
+            ),
+            "{detail}"
+        );
+        assert!(
+            detail.contains("[Service] User: backup -> root (backup.service)"),
+            "{detail}"
+        );
+        assert!(
+            detail.contains("added [Service] User=root (hello.service)"),
+            "{detail}"
+        );
+        assert!(detail.contains("security-relevant: User"), "{detail}");
+        assert!(
+            detail.contains("now runs as root: backup.service"),
+            "{detail}"
+        );
+
+        // A unit with its own `zz.conf` keeps its own file.
+        assert!(!detail.contains("nobody"), "{detail}");
+        assert!(!detail.contains("sshd.socket"), "{detail}");
+    }
+
+    #[test]
+    fn long_unit_lists_are_cut() {
+        let names = ["a", "b", "c", "d", "e", "f", "g"];
+        assert_eq!(list_units(&names), "a, b, c, d, e and 2 more");
+        assert_eq!(list_units(&names[..2]), "a, b");
+    }
+
+    #[test]
+    fn shared_folder_without_effect_is_silent() {
+        let dir = tempfile::tempdir().unwrap();
+        let units: &[(&str, &[u8])] =
+            &[("backup.service", b"[Service]\nUser=backup\n")];
+        let old = system_with_units(dir.path(), units);
+        let mut with_drop_in = units.to_vec();
+        with_drop_in.push(("socket.d/zz.conf", b"[Socket]\nBacklog=8\n"));
+        let new = system_with_units(dir.path(), &with_drop_in);
+        let found =
+            changed_shared_folder(&old.units, &new.units, "socket").unwrap();
+        assert_eq!(found, None);
     }
 
     #[test]
