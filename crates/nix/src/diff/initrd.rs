@@ -792,16 +792,18 @@ mod reader {
         ))
     }
 
-    /// The most links followed in one name, as the kernel's own limit
-    /// on nested links; past it the name is kept as resolved so far.
+    /// The limit on links followed in one name, as the kernel's own
+    /// limit on nested links; past it the name is kept as resolved so
+    /// far.
     const MAX_LINK_HOPS: usize = 40;
 
     /// Returns the path the kernel writes an entry `name` to, without a
-    /// leading `/`: empty and `.` components are dropped, `..` removes
-    /// the component before it, and a folder component that an earlier
-    /// entry made a symbolic link is replaced by the link's target, as
-    /// the kernel's path walk follows it. The last component is never
-    /// followed, since the kernel unlinks what is there first.
+    /// leading `/`. Empty and `.` components are dropped, and `..`
+    /// removes the component before it. A folder component that an
+    /// earlier entry made a symbolic link is replaced by the link's
+    /// target, since the kernel's path walk follows it. The last
+    /// component is never followed, because the kernel unlinks what is
+    /// there first.
     fn unpacked_path(name: &str, links: &BTreeMap<String, String>) -> String {
         let mut pending: std::collections::VecDeque<String> =
             name.split('/').map(str::to_owned).collect();
