@@ -4,7 +4,7 @@
 //! a fresh server challenge with the approver's SSH key, or presents the
 //! trigger token, which may only create proposals.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -14,7 +14,13 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use ureq::Agent;
 
+use crate::commands::vote::unix_now;
 use crate::sign;
+
+/// Seconds before its session token expires at which a client that
+/// polls logs in again, so that no request is sent with a token about to
+/// expire.
+const RELOGIN_MARGIN_SECS: u64 = 60;
 
 pub struct Client {
     base: String,
@@ -24,30 +30,52 @@ pub struct Client {
     /// token expires, or `None` for the trigger token, which has no
     /// expiry.
     expires: Option<u64>,
+    /// The SSH key that signed the login, kept to log in again when the
+    /// session nears its expiry. It is `None` for the trigger token.
+    key: Option<PathBuf>,
 }
 
 impl Client {
     /// Opens a session by signing a login challenge with `key_path`.
     pub fn login(server: &str, key_path: &Path) -> Result<Self> {
         let mut client = Self::unauthenticated(server)?;
+        client.open_session(key_path)?;
+        Ok(client)
+    }
+
+    /// Logs in again with the same key when the session expires within
+    /// a minute by the local clock. A client without a session expiry,
+    /// such as one using the trigger token, is left as it is.
+    pub fn renew_if_expiring(&mut self) -> Result<()> {
+        if !session_expires_soon(self.expires, unix_now()) {
+            return Ok(());
+        }
+        let Some(key) = self.key.clone() else {
+            return Ok(());
+        };
+        self.open_session(&key)
+    }
+
+    fn open_session(&mut self, key_path: &Path) -> Result<()> {
         let challenge: Value =
-            client.post_json("/api/v1/auth/challenge", &json!({}))?;
+            self.post_json("/api/v1/auth/challenge", &json!({}))?;
         let challenge = challenge["challenge"]
             .as_str()
             .context("the server sent no login challenge")?
             .to_owned();
         let signature =
             sign::sign(key_path, Namespace::Login, challenge.as_bytes())?;
-        let session: Value = client.post_json(
+        let session: Value = self.post_json(
             "/api/v1/auth/login",
             &json!({ "challenge": challenge, "signature": signature }),
         )?;
-        client.token = session["token"]
+        self.token = session["token"]
             .as_str()
             .context("the server sent no session token")?
             .to_owned();
-        client.expires = session["expires"].as_u64();
-        Ok(client)
+        self.expires = session["expires"].as_u64();
+        self.key = Some(key_path.to_owned());
+        Ok(())
     }
 
     /// Uses the trigger token read from `path`.
@@ -81,6 +109,7 @@ impl Client {
             agent,
             token: String::new(),
             expires: None,
+            key: None,
         })
     }
 
@@ -162,6 +191,15 @@ fn read_json<T: DeserializeOwned>(
     })
 }
 
+/// Returns whether a session that expires at `expires` (Unix seconds)
+/// should be replaced by a new login at `now`. A session without a known
+/// expiry is kept.
+fn session_expires_soon(expires: Option<u64>, now: u64) -> bool {
+    expires.is_some_and(|expires| {
+        now.saturating_add(RELOGIN_MARGIN_SECS) >= expires
+    })
+}
+
 /// The server's `{"error": …}` message, or the raw status.
 fn error_message(status: u16, body: &[u8]) -> String {
     let message = serde_json::from_slice::<Value>(body)
@@ -169,4 +207,36 @@ fn error_message(status: u16, body: &[u8]) -> String {
         .and_then(|value| value["error"].as_str().map(str::to_owned))
         .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
     format!("the server rejected the request (HTTP {status}): {message}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_kept_until_margin() {
+        let login = 1_000_000;
+        let expires = login + 600;
+        assert!(!session_expires_soon(Some(expires), login));
+        assert!(!session_expires_soon(
+            Some(expires),
+            expires - RELOGIN_MARGIN_SECS - 1
+        ));
+    }
+
+    #[test]
+    fn session_renewed_near_expiry() {
+        let expires = 1_000_600;
+        assert!(session_expires_soon(
+            Some(expires),
+            expires - RELOGIN_MARGIN_SECS
+        ));
+        assert!(session_expires_soon(Some(expires), expires));
+        assert!(session_expires_soon(Some(expires), expires + 3600));
+    }
+
+    #[test]
+    fn session_without_expiry_kept() {
+        assert!(!session_expires_soon(None, u64::MAX / 2));
+    }
 }

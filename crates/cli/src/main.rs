@@ -201,7 +201,7 @@ fn run(cli: Cli) -> Result<()> {
             token_file,
             wait,
         } => {
-            let client = match token_file {
+            let mut client = match token_file {
                 Some(path) => {
                     Client::with_token_file(&connection.server, &path)?
                 }
@@ -209,8 +209,10 @@ fn run(cli: Cli) -> Result<()> {
             };
             let number = commands::proposals::propose(&client, rev, rollback)?;
             if wait {
-                let detail =
-                    commands::proposals::wait_until_built(&client, number)?;
+                let detail = commands::proposals::wait_until_built(
+                    &mut client,
+                    number,
+                )?;
                 eprintln!(
                     "proposal {number} is {}",
                     terminal::sanitize(

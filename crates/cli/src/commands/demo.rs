@@ -35,9 +35,6 @@ const MARKER: &str = ".countersign-demo";
 /// Time between two reads of a proposal's state while waiting for it to
 /// change. Each read is one line in the server log.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
-/// Seconds before its session token expires at which the demo logs in
-/// again, so that no request is sent with a token about to expire.
-const RELOGIN_MARGIN_SECS: u64 = 60;
 
 #[derive(clap::Args)]
 pub struct DemoOptions {
@@ -301,9 +298,7 @@ impl Environment {
         let mut client = self.client("phone")?;
         let start = Instant::now();
         loop {
-            if session_expires_soon(client.expires(), vote::unix_now()) {
-                client = self.client("phone")?;
-            }
+            client.renew_if_expiring()?;
             let detail: Value =
                 client.get_json(&format!("/api/v1/proposals/{number}"))?;
             let state = detail["state"].as_str().unwrap_or("");
@@ -435,15 +430,6 @@ pub fn run(options: DemoOptions) -> Result<()> {
         Some(&environment.layout.path("activator.toml")),
     )?;
     Ok(())
-}
-
-/// Returns whether a session that expires at `expires` (Unix seconds)
-/// should be replaced by a new login at `now`. A session without a known
-/// expiry is kept.
-fn session_expires_soon(expires: Option<u64>, now: u64) -> bool {
-    expires.is_some_and(|expires| {
-        now.saturating_add(RELOGIN_MARGIN_SECS) >= expires
-    })
 }
 
 fn step(text: &str) {
@@ -742,36 +728,4 @@ fn check_result(
         );
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn session_kept_until_margin() {
-        let login = 1_000_000;
-        let expires = login + 600;
-        assert!(!session_expires_soon(Some(expires), login));
-        assert!(!session_expires_soon(
-            Some(expires),
-            expires - RELOGIN_MARGIN_SECS - 1
-        ));
-    }
-
-    #[test]
-    fn session_renewed_near_expiry() {
-        let expires = 1_000_600;
-        assert!(session_expires_soon(
-            Some(expires),
-            expires - RELOGIN_MARGIN_SECS
-        ));
-        assert!(session_expires_soon(Some(expires), expires));
-        assert!(session_expires_soon(Some(expires), expires + 3600));
-    }
-
-    #[test]
-    fn session_without_expiry_kept() {
-        assert!(!session_expires_soon(None, u64::MAX / 2));
-    }
 }

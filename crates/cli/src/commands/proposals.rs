@@ -27,18 +27,17 @@ pub fn propose(
 }
 
 /// Waits until proposal `number` leaves the `building` state and returns
-/// its detail.
-// NOTE: a login session expires after 10 minutes and this wait does not
-// log in again, so a longer build ends it with HTTP 401 while the
-// proposal keeps building.
-pub fn wait_until_built(client: &Client, number: u64) -> Result<Value> {
+/// its detail. The client logs in again before its session expires, so
+/// the wait lasts as long as the build.
+pub fn wait_until_built(client: &mut Client, number: u64) -> Result<Value> {
     loop {
+        client.renew_if_expiring()?;
         let detail: Value =
             client.get_json(&format!("/api/v1/proposals/{number}"))?;
         if detail["state"] != "building" {
             return Ok(detail);
         }
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        std::thread::sleep(std::time::Duration::from_secs(1));
     }
 }
 
