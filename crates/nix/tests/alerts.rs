@@ -48,6 +48,7 @@ fn base_spec(log: &Path) -> SystemSpec {
         "[Service]\nUser=backup\n\
          ExecStart=@pkg:unit-script-backup-start@/bin/backup-start\n",
     );
+    spec.set_unit_alias("nightly-backup.service", "backup.service");
     let mut rescue = spec.clone();
     rescue
         .kernel_params
@@ -376,6 +377,17 @@ fn variants() -> Vec<(&'static str, Change)> {
                 "backup.service.d/overrides.conf",
                 "[Service]\nUser=root\n",
             );
+        }),
+        ("unit-alias-drop-in", |s| {
+            // systemd applies the drop-ins of an alias's folder to the
+            // unit the alias names.
+            s.set_unit(
+                "nightly-backup.service.d/overrides.conf",
+                "[Service]\nUser=root\n",
+            );
+        }),
+        ("unit-alias-added", |s| {
+            s.set_unit_alias("backup-now.service", "backup.service");
         }),
         ("unit-type-drop-in", |s| {
             // A drop-in for every service: each one without a later
@@ -1175,6 +1187,26 @@ fn unit_drop_in_overrides_user_with_root() {
         "{unit:#?}"
     );
     assert!(unit.detail.contains("now runs as root"), "{unit:#?}");
+}
+
+#[test]
+fn unit_alias_drop_in_changes_its_unit() {
+    let alerts =
+        check("unit-alias-drop-in", &[(K::UnitChanged, S::High)], &[]);
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    let unit = &alerts[0];
+    assert_eq!(unit.subject, "/etc/systemd/system/backup.service");
+    assert!(
+        unit.detail.contains("[Service] User: backup -> root"),
+        "{unit:#?}"
+    );
+    assert!(unit.detail.contains("now runs as root"), "{unit:#?}");
+}
+
+#[test]
+fn unit_alias_added() {
+    let alerts = check("unit-alias-added", &[(K::UnitAdded, S::Medium)], &[]);
+    assert_eq!(alerts[0].subject, "/etc/systemd/system/backup-now.service");
 }
 
 #[test]

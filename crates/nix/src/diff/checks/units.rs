@@ -170,8 +170,14 @@ fn merged(
     // takes a name found in several folders from the most specific one,
     // which comes first in the list.
     let own = format!("{name}.d");
+    let mut folders = drop_in_folders(name);
+    // systemd applies the drop-ins of every name of a unit, so the
+    // folders of its aliases follow its own folder.
+    let alias_folders =
+        aliases_of(units, name).map(|alias| format!("{alias}.d"));
+    folders.splice(1..1, alias_folders);
     let mut chosen: BTreeMap<&str, &String> = BTreeMap::new();
-    for folder in drop_in_folders(name) {
+    for folder in folders {
         let prefix = format!("{folder}/");
         for (path, _) in entries_under(units, &prefix) {
             let file = &path[prefix.len()..];
@@ -182,9 +188,6 @@ fn merged(
             chosen.entry(file).or_insert(path);
         }
     }
-    // NOTE: drop-ins of the unit's aliases (`<alias>.d/`, where the
-    // alias is a link to this unit) also apply in systemd and are not
-    // read here.
     let own_prefix = format!("{own}/");
     for (file, path) in chosen {
         let node = &units[path];
@@ -209,6 +212,41 @@ fn merged(
         }
     }
     Ok(found.then_some(unit))
+}
+
+/// Lists the aliases of the unit `name`: links at the top of the unit
+/// directory whose text is `name`, as NixOS writes them for
+/// `systemd.units.<name>.aliases`.
+fn aliases_of<'a>(
+    units: &'a BTreeMap<String, Node>,
+    name: &'a str,
+) -> impl Iterator<Item = &'a str> {
+    units
+        .iter()
+        .filter(move |(path, node)| {
+            !path.contains('/')
+                && is_unit_name(path)
+                && matches!(node, Node::RelativeLink { target } if target == name)
+        })
+        .map(|(path, _)| path.as_str())
+}
+
+/// Returns the unit that `name` is an alias of in a unit directory, or
+/// `None` when `name` is not a link to another unit.
+fn alias_target<'a>(
+    units: &'a BTreeMap<String, Node>,
+    name: &str,
+) -> Option<&'a str> {
+    match units.get(name)? {
+        Node::RelativeLink { target }
+            if !target.contains('/')
+                && is_unit_name(target)
+                && units.contains_key(target) =>
+        {
+            Some(target)
+        }
+        _ => None,
+    }
 }
 
 fn describe_unreadable(node: &Node) -> String {
@@ -238,7 +276,11 @@ pub(super) fn check(ctx: &mut Ctx<'_>) -> Result<()> {
             // to, which are compared in one alert for the folder.
             if unit != change.path && shared_folder_kind(unit).is_some() {
                 shared.insert(unit.to_owned());
+            } else if unit != change.path {
+                units.insert(drop_in_owner(ctx, unit).to_owned());
             } else {
+                // An alias link that appears or disappears is reported
+                // under the alias's own name.
                 units.insert(unit.to_owned());
             }
             continue;
@@ -267,11 +309,20 @@ pub(super) fn check(ctx: &mut Ctx<'_>) -> Result<()> {
             .diff
             .units
             .iter()
-            .filter(|c| !enabling_link(&c.path) && unit_of(&c.path) == name)
+            .filter(|c| {
+                !enabling_link(&c.path)
+                    && (unit_of(&c.path) == name
+                        || (unit_of(&c.path) != c.path
+                            && drop_in_owner(ctx, unit_of(&c.path)) == name))
+            })
             .collect();
+        let subject = format!("/etc/systemd/system/{name}");
+        if let Some((kind, detail)) = alias_change(ctx, &name) {
+            found.push(Alert::new(kind, Severity::Medium, subject, detail));
+            continue;
+        }
         let old = merged(&ctx.old.units, &name)?;
         let new = merged(&ctx.new.units, &name)?;
-        let subject = format!("/etc/systemd/system/{name}");
         let alert = match (old, new) {
             (None, Some(new)) => Some(added_unit(&new)),
             (Some(_), None) => Some((
@@ -303,6 +354,52 @@ pub(super) fn check(ctx: &mut Ctx<'_>) -> Result<()> {
     }
     ctx.alerts.extend(found);
     Ok(())
+}
+
+/// Describes the change of `name` when it is an alias, or absent, in
+/// each system: an alias added, removed or pointed at another unit.
+/// `None` when either system has `name` as something else, such as a
+/// unit file, which the unit comparison reports.
+fn alias_change(ctx: &Ctx<'_>, name: &str) -> Option<(AlertKind, String)> {
+    match (
+        alias_or_absent(&ctx.old.units, name)?,
+        alias_or_absent(&ctx.new.units, name)?,
+    ) {
+        (None, Some(unit)) => Some((
+            AlertKind::UnitAdded,
+            format!("added as an alias of {unit}"),
+        )),
+        (Some(unit), None) => Some((
+            AlertKind::UnitRemoved,
+            format!("removed; it was an alias of {unit}"),
+        )),
+        (Some(old), Some(new)) if old != new => Some((
+            AlertKind::UnitChanged,
+            format!("now an alias of {new} instead of {old}"),
+        )),
+        _ => None,
+    }
+}
+
+/// Returns `Some(None)` when a unit directory has no `name`,
+/// `Some(Some(unit))` when `name` is an alias of `unit`, and `None` when
+/// it is anything else.
+fn alias_or_absent<'a>(
+    units: &'a BTreeMap<String, Node>,
+    name: &str,
+) -> Option<Option<&'a str>> {
+    match units.get(name) {
+        None => Some(None),
+        Some(_) => alias_target(units, name).map(Some),
+    }
+}
+
+/// Returns the unit whose drop-in folder is `<unit>.d/`: the unit an
+/// alias names in either system, else `unit` itself.
+fn drop_in_owner<'a>(ctx: &'a Ctx<'_>, unit: &'a str) -> &'a str {
+    alias_target(&ctx.new.units, unit)
+        .or_else(|| alias_target(&ctx.old.units, unit))
+        .unwrap_or(unit)
 }
 
 /// Lists the units of a unit directory: entries at its top whose name
