@@ -291,6 +291,7 @@ pub(super) struct Files {
     /// leading `/`, store paths kept) to their target as written. The
     /// kernel follows them in the folders of later names, also across
     /// concatenated archives, which unpack into the same tree.
+    #[cfg(feature = "initrd")]
     pub links: BTreeMap<String, String>,
 }
 
