@@ -222,9 +222,16 @@ impl Activator {
     fn refuse_locked(
         &self,
         history: &mut History,
-        refusal: Refusal,
+        mut refusal: Refusal,
         events: &mut dyn EventSink,
     ) {
+        // Without a verified certificate the reason may quote the
+        // request's own bytes, up to a mebibyte per request, which would
+        // go into the history and the log of every refusal.
+        if refusal.proposal.is_none() {
+            refusal.reason =
+                shorten(refusal.reason, MAX_UNVERIFIED_REASON_BYTES);
+        }
         tracing::warn!(
             proposal = refusal.proposal,
             reason = %refusal.reason,
@@ -647,6 +654,33 @@ fn store_counters(state: &mut ActivatorState, counters: &[SignCounter]) {
     }
 }
 
+/// The longest reason kept for the refusal of a request whose
+/// certificate did not verify.
+const MAX_UNVERIFIED_REASON_BYTES: usize = 1024;
+
+/// Cuts the middle out of `text` when it is longer than `limit` bytes,
+/// keeping about `limit / 2` bytes at each end, so that the start and
+/// the end of a message that quotes a long value stay readable.
+fn shorten(text: String, limit: usize) -> String {
+    if text.len() <= limit {
+        return text;
+    }
+    let mut head = limit / 2;
+    while !text.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = text.len() - limit / 2;
+    while !text.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!(
+        "{} [{} bytes cut] {}",
+        &text[..head],
+        tail - head,
+        &text[tail..]
+    )
+}
+
 pub(crate) fn progress(
     events: &mut dyn EventSink,
     step: Step,
@@ -660,4 +694,17 @@ pub(crate) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |duration| duration.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shorten_keeps_both_ends() {
+        assert_eq!(shorten("short".to_owned(), 10), "short");
+        assert_eq!(shorten("abcdefgh".to_owned(), 4), "ab [4 bytes cut] gh");
+        // "é" takes two bytes, and a cut inside one drops it whole.
+        assert_eq!(shorten("aébcdéf".to_owned(), 4), "a [7 bytes cut] f");
+    }
 }
