@@ -243,8 +243,9 @@ pub(crate) struct History {
 
 impl History {
     /// Opens the history in `state_dir` for appending. Entries continue
-    /// after the last readable line, even when the chain is broken: the
-    /// break stays visible to [`verify_history`].
+    /// after the last readable line, or after the head that the state
+    /// file records when that is newer, even when the chain is broken:
+    /// the break stays visible to [`verify_history`].
     pub(crate) fn open(state_dir: &Path) -> Result<Self, HistoryError> {
         let path = state_dir.join(HISTORY_FILE);
         let text = match fs::read(&path) {
@@ -255,7 +256,7 @@ impl History {
             Err(source) => return Err(HistoryError::Read { path, source }),
         };
         let needs_line_break = text.last().is_some_and(|byte| *byte != b'\n');
-        let head = text
+        let file_head = text
             .split(|byte| *byte == b'\n')
             .filter_map(|line| serde_json::from_slice::<Line>(line).ok())
             .next_back()
@@ -263,6 +264,25 @@ impl History {
                 seq: line.seq,
                 hash: line.hash,
             });
+        // A crash after the state recorded a new head and before its
+        // entry was appended leaves the state ahead of the file. Entries
+        // then continue after the recorded head, so that the missing
+        // entry stays a gap; continuing after the file's last entry
+        // would make the next state update hide it.
+        let state_head = state::read_state(state_dir)
+            .ok()
+            .and_then(|state| state.history_head)
+            .map(|head| Anchor {
+                seq: head.seq,
+                hash: head.hash,
+            });
+        let head = match (file_head, state_head) {
+            (Some(file), Some(recorded)) if recorded.seq > file.seq => {
+                Some(recorded)
+            }
+            (None, Some(recorded)) => Some(recorded),
+            (file, _) => file,
+        };
         match verify_history(state_dir) {
             Ok(summary) => tracing::info!(
                 path = %path.display(),
