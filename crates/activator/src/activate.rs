@@ -102,13 +102,14 @@ impl Activator {
         events: &mut dyn EventSink,
     ) {
         let mut history = self.lock();
-        let accepted = match self.check(certificate, events) {
-            Ok(accepted) => accepted,
-            Err(refusal) => {
-                self.refuse_locked(&mut history, refusal, events);
-                return;
-            }
-        };
+        let accepted =
+            match self.check(certificate, history.last_accepted(), events) {
+                Ok(accepted) => accepted,
+                Err(refusal) => {
+                    self.refuse_locked(&mut history, refusal, events);
+                    return;
+                }
+            };
         let statement = &accepted.statement;
         let proposal = statement.proposal;
 
@@ -257,6 +258,7 @@ impl Activator {
     fn check(
         &self,
         certificate: &Certificate,
+        history_last_accepted: u64,
         events: &mut dyn EventSink,
     ) -> Result<Accepted, Refusal> {
         let policy_path = &self.config.policy;
@@ -331,11 +333,14 @@ impl Activator {
                 pending.proposal
             )));
         }
-        if statement.proposal <= state.last_proposal {
+        // The history is checked too, because a state restored from an
+        // older backup records a lower number.
+        let last_proposal = state.last_proposal.max(history_last_accepted);
+        if statement.proposal <= last_proposal {
             return Err(refuse(format!(
                 "proposal {} is not above the last accepted proposal {}; \
                  a certificate is used only once",
-                statement.proposal, state.last_proposal
+                statement.proposal, last_proposal
             )));
         }
         let counters = verified.webauthn_counters().to_vec();
@@ -654,8 +659,8 @@ fn store_counters(state: &mut ActivatorState, counters: &[SignCounter]) {
     }
 }
 
-/// The longest reason kept for the refusal of a request whose
-/// certificate did not verify.
+/// The maximum length in bytes of the reason kept for the refusal of a
+/// request whose certificate did not verify.
 const MAX_UNVERIFIED_REASON_BYTES: usize = 1024;
 
 /// Cuts the middle out of `text` when it is longer than `limit` bytes,

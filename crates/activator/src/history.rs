@@ -239,6 +239,8 @@ pub(crate) struct History {
     /// Whether the file ends without a line break after a torn write, so
     /// that the next entry must start on a new line.
     needs_line_break: bool,
+    /// The highest proposal number of an `accepted` entry.
+    last_accepted: u64,
 }
 
 impl History {
@@ -256,19 +258,27 @@ impl History {
             Err(source) => return Err(HistoryError::Read { path, source }),
         };
         let needs_line_break = text.last().is_some_and(|byte| *byte != b'\n');
-        let file_head = text
+        let lines: Vec<Line> = text
             .split(|byte| *byte == b'\n')
             .filter_map(|line| serde_json::from_slice::<Line>(line).ok())
-            .next_back()
-            .map(|line| Anchor {
-                seq: line.seq,
-                hash: line.hash,
-            });
+            .collect();
+        let last_accepted = lines
+            .iter()
+            .filter_map(|line| match serde_json::from_str(line.body.get()) {
+                Ok(HistoryRecord::Accepted { proposal, .. }) => Some(proposal),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        let file_head = lines.last().map(|line| Anchor {
+            seq: line.seq,
+            hash: line.hash,
+        });
         // A crash after the state recorded a new head and before its
         // entry was appended leaves the state ahead of the file. Entries
         // then continue after the recorded head, so that the missing
-        // entry stays a gap; continuing after the file's last entry
-        // would make the next state update hide it.
+        // entry stays a gap. Continuing after the file's last entry
+        // would let the next state update hide it.
         let state_head = state::read_state(state_dir)
             .ok()
             .and_then(|state| state.history_head)
@@ -300,7 +310,15 @@ impl History {
             state_dir: state_dir.to_owned(),
             head,
             needs_line_break,
+            last_accepted,
         })
+    }
+
+    /// Returns the highest proposal number that the history records as
+    /// accepted. It can be above the state's number when the state was
+    /// restored from an older backup.
+    pub(crate) fn last_accepted(&self) -> u64 {
+        self.last_accepted
     }
 
     /// Records `record` durably: first the state file, updated by
@@ -342,6 +360,9 @@ impl History {
         self.append(&bytes)?;
         self.needs_line_break = false;
         self.head = Some(Anchor { seq, hash });
+        if let HistoryRecord::Accepted { proposal, .. } = record {
+            self.last_accepted = self.last_accepted.max(*proposal);
+        }
         Ok(())
     }
 

@@ -160,6 +160,38 @@ fn lost_state_does_not_allow_replay() {
 }
 
 #[test]
+fn older_state_backup_does_not_allow_replay() {
+    let world = World::build(WorldOptions::default());
+    let mut activator = Activator::start(&world, "");
+    let events = activator.request(b"{broken\n");
+    assert_eq!(finished(&events).0, Outcome::Refused);
+    let state_file = activator.state_dir.join(STATE_FILE);
+    let backup = fs::read(&state_file).unwrap();
+    let certificate = approved(&world.statement(&policy_text(), 1));
+    let (outcome, _, message) = finished(&activator.activate(&certificate));
+    assert_eq!(outcome, Outcome::Activated, "{message}");
+    set_profile(&activator.profile, &world.base);
+
+    // The state is restored from a backup taken before proposal 1, and
+    // the history still records proposal 1 as accepted.
+    activator.stop();
+    fs::write(&state_file, backup).unwrap();
+    activator.restart();
+    let (outcome, _, message) = finished(&activator.activate(&certificate));
+    assert_eq!(outcome, Outcome::Refused, "{message}");
+    assert!(
+        message
+            .contains("proposal 1 is not above the last accepted proposal 1"),
+        "{message}"
+    );
+    assert_eq!(activator.profile_target(), world.base.as_path());
+    assert_eq!(
+        world.switch_log_lines(),
+        [format!("switch {}", world.target)]
+    );
+}
+
+#[test]
 fn failing_switch_rolls_back() {
     let world = World::build(WorldOptions {
         fail_switch: true,
