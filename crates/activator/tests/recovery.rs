@@ -108,6 +108,9 @@ fn assert_recovered(
     certificate: &Certificate,
     step: &str,
 ) -> String {
+    // A runner may still hold its lock for a moment after it wrote its
+    // status, and the recovery then finishes on a thread after start.
+    wait_for("the recovery", || activator.record_kinds().len() >= 2);
     let kinds = activator.record_kinds();
     assert_eq!(
         kinds,
