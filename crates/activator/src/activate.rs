@@ -63,6 +63,10 @@ pub(crate) struct Activator {
     pub(crate) config: Config,
     pub(crate) nix: NixTools,
     history: Mutex<History>,
+    /// The highest proposal that the history recorded as accepted at
+    /// start. Every later acceptance records a higher number in the
+    /// state, so the higher of the two is the last accepted proposal.
+    history_last_accepted: u64,
     pub(crate) evaluation_lock: Mutex<()>,
     /// Prepare requests running or waiting for the evaluation lock.
     pub(crate) prepares: AtomicUsize,
@@ -78,6 +82,7 @@ impl Activator {
         Self {
             config,
             nix,
+            history_last_accepted: history.last_accepted(),
             history: Mutex::new(history),
             evaluation_lock: Mutex::new(()),
             prepares: AtomicUsize::new(0),
@@ -102,14 +107,13 @@ impl Activator {
         events: &mut dyn EventSink,
     ) {
         let mut history = self.lock();
-        let accepted =
-            match self.check(certificate, history.last_accepted(), events) {
-                Ok(accepted) => accepted,
-                Err(refusal) => {
-                    self.refuse_locked(&mut history, refusal, events);
-                    return;
-                }
-            };
+        let accepted = match self.check(certificate, events) {
+            Ok(accepted) => accepted,
+            Err(refusal) => {
+                self.refuse_locked(&mut history, refusal, events);
+                return;
+            }
+        };
         let statement = &accepted.statement;
         let proposal = statement.proposal;
 
@@ -258,7 +262,6 @@ impl Activator {
     fn check(
         &self,
         certificate: &Certificate,
-        history_last_accepted: u64,
         events: &mut dyn EventSink,
     ) -> Result<Accepted, Refusal> {
         let policy_path = &self.config.policy;
@@ -335,7 +338,7 @@ impl Activator {
         }
         // The history is checked too, because a state restored from an
         // older backup records a lower number.
-        let last_proposal = state.last_proposal.max(history_last_accepted);
+        let last_proposal = self.last_proposal(&state);
         if statement.proposal <= last_proposal {
             return Err(refuse(format!(
                 "proposal {} is not above the last accepted proposal {}; \
@@ -580,6 +583,12 @@ impl Activator {
         Ok(())
     }
 
+    /// Returns the last accepted proposal: the higher of the numbers in
+    /// `state` and in the history.
+    fn last_proposal(&self, state: &ActivatorState) -> u64 {
+        state.last_proposal.max(self.history_last_accepted)
+    }
+
     /// Builds the reply to a status request.
     pub(crate) fn status(&self) -> Result<Event, String> {
         let state = state::read_state(&self.config.state_dir)
@@ -595,7 +604,7 @@ impl Activator {
         };
         Ok(Event::Status {
             current_system,
-            last_proposal: state.last_proposal,
+            last_proposal: self.last_proposal(&state),
             audit_head: state.audit_head,
             activating: state.intent.map(|intent| intent.proposal),
             awaiting_confirmation: self.confirmations.awaiting(),

@@ -239,7 +239,8 @@ pub(crate) struct History {
     /// Whether the file ends without a line break after a torn write, so
     /// that the next entry must start on a new line.
     needs_line_break: bool,
-    /// The highest proposal number of an `accepted` entry.
+    /// The highest proposal number of an `accepted` entry when the
+    /// history was opened.
     last_accepted: u64,
 }
 
@@ -314,9 +315,9 @@ impl History {
         })
     }
 
-    /// Returns the highest proposal number that the history records as
-    /// accepted. It can be above the state's number when the state was
-    /// restored from an older backup.
+    /// Returns the highest proposal number that the history recorded as
+    /// accepted when it was opened. It can be above the state's number
+    /// when the state was restored from an older backup.
     pub(crate) fn last_accepted(&self) -> u64 {
         self.last_accepted
     }
@@ -360,9 +361,6 @@ impl History {
         self.append(&bytes)?;
         self.needs_line_break = false;
         self.head = Some(Anchor { seq, hash });
-        if let HistoryRecord::Accepted { proposal, .. } = record {
-            self.last_accepted = self.last_accepted.max(*proposal);
-        }
         Ok(())
     }
 

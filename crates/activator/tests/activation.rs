@@ -177,6 +177,17 @@ fn older_state_backup_does_not_allow_replay() {
     activator.stop();
     fs::write(&state_file, backup).unwrap();
     activator.restart();
+    let status = activator.request(b"{\"request\":\"status\"}\n");
+    assert!(
+        matches!(
+            status.last(),
+            Some(Event::Status {
+                last_proposal: 1,
+                ..
+            })
+        ),
+        "{status:?}"
+    );
     let (outcome, _, message) = finished(&activator.activate(&certificate));
     assert_eq!(outcome, Outcome::Refused, "{message}");
     assert!(
