@@ -417,6 +417,38 @@ fn kill_during_failing_switch_rolls_back() {
 }
 
 #[test]
+fn kill_during_rollback_recovers() {
+    let world = World::build(WorldOptions {
+        fail_switch: true,
+        switch_delay_secs: 1,
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (wrapper, script) = pausing_nix_env(dir.path(), Pause::BeforeNixEnv);
+    let mut activator =
+        Activator::start_with_programs(&world, "", &[("nix-env", script)]);
+    let certificate = approved(&world.statement(&policy_text(), 1));
+
+    // Armed once the target's switch runs, the wrapper pauses the
+    // rollback's `nix-env`, which puts the profile back.
+    let mut armed = false;
+    activate_and_kill(&activator, &certificate, "the rollback", || {
+        if !armed && !world.switch_log_lines().is_empty() {
+            fs::write(&wrapper.armed, "").unwrap();
+            armed = true;
+        }
+        wrapper.paused.exists()
+    });
+    assert_eq!(intent_step(&activator), Some(IntentStep::RollBack));
+    assert_eq!(activator.profile_target(), world.target.as_path());
+
+    activator.restart();
+    let message =
+        assert_recovered(&activator, &world, &certificate, "roll-back");
+    assert!(message.contains("generation 1"), "{message}");
+    assert_switched_target_then_base(&world);
+}
+
+#[test]
 fn restart_waits_for_running_switch() {
     let world = World::build(WorldOptions {
         fail_switch: true,
