@@ -63,6 +63,10 @@ pub(crate) struct Activator {
     pub(crate) config: Config,
     pub(crate) nix: NixTools,
     history: Mutex<History>,
+    /// The highest proposal that the history recorded as accepted at
+    /// start. Every later acceptance records a higher number in the
+    /// state, so the higher of the two is the last accepted proposal.
+    history_last_accepted: u64,
     pub(crate) evaluation_lock: Mutex<()>,
     /// Prepare requests running or waiting for the evaluation lock.
     pub(crate) prepares: AtomicUsize,
@@ -78,6 +82,7 @@ impl Activator {
         Self {
             config,
             nix,
+            history_last_accepted: history.last_accepted(),
             history: Mutex::new(history),
             evaluation_lock: Mutex::new(()),
             prepares: AtomicUsize::new(0),
@@ -222,9 +227,16 @@ impl Activator {
     fn refuse_locked(
         &self,
         history: &mut History,
-        refusal: Refusal,
+        mut refusal: Refusal,
         events: &mut dyn EventSink,
     ) {
+        // Without a verified certificate the reason may quote the
+        // request's own bytes, up to a mebibyte per request, which would
+        // go into the history and the log of every refusal.
+        if refusal.proposal.is_none() {
+            refusal.reason =
+                shorten(refusal.reason, MAX_UNVERIFIED_REASON_BYTES);
+        }
         tracing::warn!(
             proposal = refusal.proposal,
             reason = %refusal.reason,
@@ -324,11 +336,14 @@ impl Activator {
                 pending.proposal
             )));
         }
-        if statement.proposal <= state.last_proposal {
+        // The history is checked too, because a state restored from an
+        // older backup records a lower number.
+        let last_proposal = self.last_proposal(&state);
+        if statement.proposal <= last_proposal {
             return Err(refuse(format!(
                 "proposal {} is not above the last accepted proposal {}; \
                  a certificate is used only once",
-                statement.proposal, state.last_proposal
+                statement.proposal, last_proposal
             )));
         }
         let counters = verified.webauthn_counters().to_vec();
@@ -568,6 +583,12 @@ impl Activator {
         Ok(())
     }
 
+    /// Returns the last accepted proposal: the higher of the numbers in
+    /// `state` and in the history.
+    fn last_proposal(&self, state: &ActivatorState) -> u64 {
+        state.last_proposal.max(self.history_last_accepted)
+    }
+
     /// Builds the reply to a status request.
     pub(crate) fn status(&self) -> Result<Event, String> {
         let state = state::read_state(&self.config.state_dir)
@@ -583,7 +604,7 @@ impl Activator {
         };
         Ok(Event::Status {
             current_system,
-            last_proposal: state.last_proposal,
+            last_proposal: self.last_proposal(&state),
             audit_head: state.audit_head,
             activating: state.intent.map(|intent| intent.proposal),
             awaiting_confirmation: self.confirmations.awaiting(),
@@ -647,6 +668,33 @@ fn store_counters(state: &mut ActivatorState, counters: &[SignCounter]) {
     }
 }
 
+/// The maximum length in bytes of the reason kept for the refusal of a
+/// request whose certificate did not verify.
+const MAX_UNVERIFIED_REASON_BYTES: usize = 1024;
+
+/// Cuts the middle out of `text` when it is longer than `limit` bytes,
+/// keeping about `limit / 2` bytes at each end, so that the start and
+/// the end of a message that quotes a long value stay readable.
+fn shorten(text: String, limit: usize) -> String {
+    if text.len() <= limit {
+        return text;
+    }
+    let mut head = limit / 2;
+    while !text.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = text.len() - limit / 2;
+    while !text.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!(
+        "{} [{} bytes cut] {}",
+        &text[..head],
+        tail - head,
+        &text[tail..]
+    )
+}
+
 pub(crate) fn progress(
     events: &mut dyn EventSink,
     step: Step,
@@ -660,4 +708,17 @@ pub(crate) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |duration| duration.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shorten_keeps_both_ends() {
+        assert_eq!(shorten("short".to_owned(), 10), "short");
+        assert_eq!(shorten("abcdefgh".to_owned(), 4), "ab [4 bytes cut] gh");
+        // "é" takes two bytes, and a cut inside one drops it whole.
+        assert_eq!(shorten("aébcdéf".to_owned(), 4), "a [7 bytes cut] f");
+    }
 }

@@ -269,6 +269,14 @@ impl Config {
 
 impl Config {
     fn validate_checks(&self) -> Result<(), String> {
+        if self.confirm_timeout_secs > MAX_TIMEOUT_SECS {
+            return Err(format!(
+                "`confirm_timeout_secs` is {}, above the limit of \
+                 {MAX_TIMEOUT_SECS} s (7 days); give a shorter window, or 0 \
+                 for none",
+                self.confirm_timeout_secs
+            ));
+        }
         for (index, entry) in self.pre_switch.iter().enumerate() {
             let key = format!("pre_switch[{index}]");
             validate_command(&key, &entry.command)?;
@@ -308,11 +316,21 @@ fn validate_command(key: &str, command: &[String]) -> Result<(), String> {
     }
 }
 
+/// The maximum time in seconds that a step may be given, 7 days, so
+/// that no deadline computed from the clock can overflow.
+const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 60 * 60;
+
 fn validate_timeout(key: &str, seconds: u64) -> Result<(), String> {
     if seconds == 0 {
         return Err(format!(
             "`{key}.timeout_secs` is 0; give the seconds the step may take, \
              or leave the key out for the default"
+        ));
+    }
+    if seconds > MAX_TIMEOUT_SECS {
+        return Err(format!(
+            "`{key}.timeout_secs` is {seconds}, above the limit of \
+             {MAX_TIMEOUT_SECS} s (7 days); give a shorter time"
         ));
     }
     Ok(())
@@ -530,6 +548,22 @@ mod tests {
                 "health.http[0].url",
             ),
             ("[[health.disks]]\npath = \"/\"\n", "disks"),
+            // Adding such a time to the clock overflows, which made the
+            // activation panic after its switch.
+            (
+                "[[health.commands]]\ncommand = [\"/bin/true\"]\n\
+                 timeout_secs = 18446744073709551615\n",
+                "health.commands[0].timeout_secs",
+            ),
+            (
+                "[[pre_switch]]\ncommand = [\"/bin/true\"]\n\
+                 timeout_secs = 9223372036854775808\n",
+                "pre_switch[0].timeout_secs",
+            ),
+            (
+                "confirm_timeout_secs = 18446744073709551615\n",
+                "confirm_timeout_secs",
+            ),
         ];
         for (extra, key) in cases {
             let error =

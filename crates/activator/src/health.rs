@@ -2,7 +2,7 @@
 //! switch. Both come from the activator's own configuration, never from
 //! the certificate or the system being activated.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -315,8 +315,12 @@ fn http_get_status(url: &HttpUrl, deadline: Instant) -> Result<u16, String> {
         .map_err(|error| {
             format!("cannot connect to {}: {error}", url.address)
         })?;
-    let io_error = |error: std::io::Error| {
-        format!("the exchange with {} failed: {error}", url.address)
+    let io_error = |error: std::io::Error| match error.kind() {
+        // A socket timeout shows as EAGAIN, whose text names no timeout.
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            format!("the exchange with {} timed out", url.address)
+        }
+        _ => format!("the exchange with {} failed: {error}", url.address),
     };
     stream
         .set_write_timeout(Some(remaining()?))
@@ -327,13 +331,24 @@ fn http_get_status(url: &HttpUrl, deadline: Instant) -> Result<u16, String> {
         url.target, url.authority
     );
     stream.write_all(request.as_bytes()).map_err(io_error)?;
-    stream
-        .set_read_timeout(Some(remaining()?))
-        .map_err(io_error)?;
+    // The timeout of each read is what is left before the deadline, so
+    // that a server sending a byte at a time cannot stretch the check.
     let mut line = Vec::new();
-    BufReader::new((&stream).take(MAX_STATUS_LINE_BYTES))
-        .read_until(b'\n', &mut line)
-        .map_err(io_error)?;
+    let mut buffer = [0; 512];
+    while !line.contains(&b'\n') && (line.len() as u64) < MAX_STATUS_LINE_BYTES
+    {
+        stream
+            .set_read_timeout(Some(remaining()?))
+            .map_err(io_error)?;
+        let read = stream.read(&mut buffer).map_err(io_error)?;
+        if read == 0 {
+            break;
+        }
+        line.extend_from_slice(&buffer[..read]);
+    }
+    if let Some(end) = line.iter().position(|byte| *byte == b'\n') {
+        line.truncate(end + 1);
+    }
     parse_status_line(&line).ok_or_else(|| {
         format!(
             "{} did not answer with an HTTP/1.x status line: {:?}",
@@ -360,6 +375,7 @@ fn parse_status_line(line: &[u8]) -> Option<u16> {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{BufRead, BufReader};
     use std::net::TcpListener;
 
     use super::*;
@@ -441,6 +457,51 @@ mod tests {
             request.contains(&format!("Host: {address}\r\n")),
             "{request}"
         );
+    }
+
+    #[test]
+    fn slow_status_line_times_out() {
+        // A server that sends a byte every 200 ms never lets one read
+        // wait for its whole timeout.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            for _ in 0..50 {
+                if stream.write_all(b"H").is_err() {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(200));
+            }
+        });
+        let url = HttpUrl::parse(&format!("http://{address}/")).unwrap();
+        let started = Instant::now();
+        let error = http_get_status(&url, started + Duration::from_secs(1))
+            .unwrap_err();
+        let waited = started.elapsed();
+        assert!(waited < Duration::from_secs(3), "waited {waited:?}");
+        assert!(error.contains("timed out"), "{error}");
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn status_line_does_not_wait_for_close() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n")
+                .unwrap();
+            thread::sleep(Duration::from_secs(3));
+        });
+        let url = HttpUrl::parse(&format!("http://{address}/")).unwrap();
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(10);
+        assert_eq!(http_get_status(&url, deadline), Ok(200));
+        let waited = started.elapsed();
+        assert!(waited < Duration::from_secs(2), "waited {waited:?}");
+        server.join().unwrap();
     }
 
     #[test]

@@ -239,12 +239,16 @@ pub(crate) struct History {
     /// Whether the file ends without a line break after a torn write, so
     /// that the next entry must start on a new line.
     needs_line_break: bool,
+    /// The highest proposal number of an `accepted` entry when the
+    /// history was opened.
+    last_accepted: u64,
 }
 
 impl History {
     /// Opens the history in `state_dir` for appending. Entries continue
-    /// after the last readable line, even when the chain is broken: the
-    /// break stays visible to [`verify_history`].
+    /// after the last readable line, or after the head that the state
+    /// file records when that is newer, even when the chain is broken:
+    /// the break stays visible to [`verify_history`].
     pub(crate) fn open(state_dir: &Path) -> Result<Self, HistoryError> {
         let path = state_dir.join(HISTORY_FILE);
         let text = match fs::read(&path) {
@@ -255,14 +259,41 @@ impl History {
             Err(source) => return Err(HistoryError::Read { path, source }),
         };
         let needs_line_break = text.last().is_some_and(|byte| *byte != b'\n');
-        let head = text
+        let lines: Vec<Line> = text
             .split(|byte| *byte == b'\n')
             .filter_map(|line| serde_json::from_slice::<Line>(line).ok())
-            .next_back()
-            .map(|line| Anchor {
-                seq: line.seq,
-                hash: line.hash,
+            .collect();
+        let last_accepted = lines
+            .iter()
+            .filter_map(|line| match serde_json::from_str(line.body.get()) {
+                Ok(HistoryRecord::Accepted { proposal, .. }) => Some(proposal),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        let file_head = lines.last().map(|line| Anchor {
+            seq: line.seq,
+            hash: line.hash,
+        });
+        // A crash after the state recorded a new head and before its
+        // entry was appended leaves the state ahead of the file. Entries
+        // then continue after the recorded head, so that the missing
+        // entry stays a gap. Continuing after the file's last entry
+        // would let the next state update hide it.
+        let state_head = state::read_state(state_dir)
+            .ok()
+            .and_then(|state| state.history_head)
+            .map(|head| Anchor {
+                seq: head.seq,
+                hash: head.hash,
             });
+        let head = match (file_head, state_head) {
+            (Some(file), Some(recorded)) if recorded.seq > file.seq => {
+                Some(recorded)
+            }
+            (None, Some(recorded)) => Some(recorded),
+            (file, _) => file,
+        };
         match verify_history(state_dir) {
             Ok(summary) => tracing::info!(
                 path = %path.display(),
@@ -280,7 +311,15 @@ impl History {
             state_dir: state_dir.to_owned(),
             head,
             needs_line_break,
+            last_accepted,
         })
+    }
+
+    /// Returns the highest proposal number that the history recorded as
+    /// accepted when it was opened. It can be above the state's number
+    /// when the state was restored from an older backup.
+    pub(crate) fn last_accepted(&self) -> u64 {
+        self.last_accepted
     }
 
     /// Records `record` durably: first the state file, updated by

@@ -43,7 +43,8 @@
 //!    approvers.
 //! 3. The statement's base is the running system (the resolved
 //!    `current_system` link).
-//! 4. The proposal number is above the last accepted one, and each
+//! 4. The proposal number is above the last accepted one, as the state
+//!    file and the history record it, and each
 //!    WebAuthn approval's signature counter is above the counter stored
 //!    for its credential, unless both are zero.
 //! 5. The source store path is valid and has the stated NAR hash. A

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use countersign_core::protocol::AuditHead;
 use serde::{Deserialize, Serialize};
 
+use crate::history::HISTORY_FILE;
 use crate::intent::Intent;
 
 /// Name of the state file inside the state directory.
@@ -61,6 +62,12 @@ pub enum StateError {
         #[source]
         source: serde_json::Error,
     },
+    #[error(
+        "the activator state {path} is missing, but the history {history} \
+         has entries, so the state was lost; restore it from a backup, \
+         because starting without it would allow old certificates again"
+    )]
+    Lost { path: PathBuf, history: PathBuf },
     #[error("cannot write {path}: {source}")]
     Write {
         path: PathBuf,
@@ -69,13 +76,22 @@ pub enum StateError {
     },
 }
 
-/// Reads the state from `state_dir`; a missing file is the initial state.
+/// Reads the state from `state_dir`. A missing file is the initial
+/// state while the history is empty too. Every history entry is written
+/// after the state that records it, so a history with entries means that
+/// the state was lost.
 pub fn read_state(state_dir: &Path) -> Result<ActivatorState, StateError> {
     let path = state_dir.join(STATE_FILE);
     let bytes = match fs::read(&path) {
         Ok(bytes) => bytes,
         Err(error) if error.kind() == io::ErrorKind::NotFound => {
-            return Ok(ActivatorState::default());
+            let history = state_dir.join(HISTORY_FILE);
+            return match fs::metadata(&history) {
+                Ok(metadata) if metadata.len() > 0 => {
+                    Err(StateError::Lost { path, history })
+                }
+                _ => Ok(ActivatorState::default()),
+            };
         }
         Err(source) => return Err(StateError::Read { path, source }),
     };
@@ -180,6 +196,20 @@ mod tests {
         let state = read_state(directory.path()).unwrap();
         assert_eq!(state.last_proposal, 4);
         assert!(state.webauthn_counters.is_empty());
+    }
+
+    #[test]
+    fn missing_state_with_history_is_lost() {
+        let directory = tempfile::tempdir().unwrap();
+        let history = directory.path().join(HISTORY_FILE);
+        fs::write(&history, b"").unwrap();
+        assert_eq!(
+            read_state(directory.path()).unwrap(),
+            ActivatorState::default()
+        );
+        fs::write(&history, b"{}\n").unwrap();
+        let error = read_state(directory.path()).unwrap_err();
+        assert!(matches!(error, StateError::Lost { .. }), "{error}");
     }
 
     #[test]

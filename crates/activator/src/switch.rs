@@ -233,6 +233,15 @@ impl Run {
             Some(libc::EISDIR) => {
                 "move away the directory that has the lock file's name"
             }
+            Some(libc::EEXIST | libc::ENOTDIR) => {
+                return format!(
+                    "{operation} the switch lock file {} failed: {error}; \
+                     {} must be a directory, so move away the file that has \
+                     its name",
+                    self.file("lock").display(),
+                    self.directory.display()
+                );
+            }
             Some(libc::ENOSPC | libc::EDQUOT) => {
                 "free space on the file system of the state directory"
             }
@@ -816,6 +825,14 @@ fn settle_other_runs(run: &Run) -> Result<(), String> {
         Err(error) if error.kind() == io::ErrorKind::NotFound => {
             return Ok(());
         }
+        Err(error) if error.raw_os_error() == Some(libc::ENOTDIR) => {
+            return Err(format!(
+                "cannot list the switch runs in {}: {error}; {} must be a \
+                 directory, so move away the file that has its name",
+                run.directory.display(),
+                run.directory.display()
+            ));
+        }
         Err(error) => {
             return Err(format!(
                 "cannot list the switch runs in {}: {error}",
@@ -1268,6 +1285,22 @@ mod tests {
         let denied = io::Error::from_raw_os_error(libc::EACCES);
         let message = run.lock_error("opening", &denied);
         assert!(message.contains("writable for root"), "{message}");
+    }
+
+    #[test]
+    fn runs_path_taken_by_file_is_named() {
+        let directory = tempfile::tempdir().unwrap();
+        let runs = directory.path().join(SWITCH_RUNS_DIR);
+        fs::write(&runs, "").unwrap();
+        let run = Run::target(directory.path(), 3);
+        let expected = format!(
+            "{} must be a directory, so move away the file",
+            runs.display()
+        );
+        let error = run.try_settle().unwrap_err();
+        assert!(error.contains(&expected), "{error}");
+        let error = settle_other_runs(&run).unwrap_err();
+        assert!(error.contains(&expected), "{error}");
     }
 
     #[test]

@@ -3,9 +3,10 @@
 
 mod support;
 
+use std::fs;
 use std::process::Command;
 
-use countersign_activator::{read_state, verify_history};
+use countersign_activator::{STATE_FILE, read_state, verify_history};
 use countersign_core::protocol::{AuditHead, Event, Outcome, Step};
 use countersign_core::{Action, Sha256Digest};
 use support::{
@@ -125,6 +126,80 @@ fn used_certificate_is_refused() {
     assert_eq!(world.switch_log_lines(), switched);
     assert_eq!(read_state(&activator.state_dir).unwrap().last_proposal, 3);
     verify_history(&activator.state_dir).unwrap();
+}
+
+#[test]
+fn lost_state_does_not_allow_replay() {
+    let world = World::build(WorldOptions::default());
+    let mut activator = Activator::start(&world, "");
+    let certificate = approved(&world.statement(&policy_text(), 1));
+    let (outcome, _, message) = finished(&activator.activate(&certificate));
+    assert_eq!(outcome, Outcome::Activated, "{message}");
+    set_profile(&activator.profile, &world.base);
+
+    // The state file is gone, but the history still records proposal 1.
+    activator.stop();
+    let state_file = activator.state_dir.join(STATE_FILE);
+    fs::remove_file(&state_file).unwrap();
+    activator.restart_refusing_status();
+    let log = activator.log();
+    assert!(log.contains("is missing, but the history"), "{log}");
+    let (outcome, _, message) = finished(&activator.activate(&certificate));
+    assert_eq!(outcome, Outcome::Refused, "{message}");
+    assert!(
+        message.contains(&state_file.display().to_string()),
+        "{message}"
+    );
+    assert!(message.contains("restore it from a backup"), "{message}");
+    assert_eq!(activator.profile_target(), world.base.as_path());
+    assert_eq!(
+        world.switch_log_lines(),
+        [format!("switch {}", world.target)]
+    );
+    assert!(verify_history(&activator.state_dir).is_err());
+}
+
+#[test]
+fn older_state_backup_does_not_allow_replay() {
+    let world = World::build(WorldOptions::default());
+    let mut activator = Activator::start(&world, "");
+    let events = activator.request(b"{broken\n");
+    assert_eq!(finished(&events).0, Outcome::Refused);
+    let state_file = activator.state_dir.join(STATE_FILE);
+    let backup = fs::read(&state_file).unwrap();
+    let certificate = approved(&world.statement(&policy_text(), 1));
+    let (outcome, _, message) = finished(&activator.activate(&certificate));
+    assert_eq!(outcome, Outcome::Activated, "{message}");
+    set_profile(&activator.profile, &world.base);
+
+    // The state is restored from a backup taken before proposal 1, and
+    // the history still records proposal 1 as accepted.
+    activator.stop();
+    fs::write(&state_file, backup).unwrap();
+    activator.restart();
+    let status = activator.request(b"{\"request\":\"status\"}\n");
+    assert!(
+        matches!(
+            status.last(),
+            Some(Event::Status {
+                last_proposal: 1,
+                ..
+            })
+        ),
+        "{status:?}"
+    );
+    let (outcome, _, message) = finished(&activator.activate(&certificate));
+    assert_eq!(outcome, Outcome::Refused, "{message}");
+    assert!(
+        message
+            .contains("proposal 1 is not above the last accepted proposal 1"),
+        "{message}"
+    );
+    assert_eq!(activator.profile_target(), world.base.as_path());
+    assert_eq!(
+        world.switch_log_lines(),
+        [format!("switch {}", world.target)]
+    );
 }
 
 #[test]

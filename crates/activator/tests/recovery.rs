@@ -13,7 +13,7 @@ use std::thread;
 
 use countersign_activator::state::write_state;
 use countersign_activator::{
-    IntentStep, SWITCH_RUNS_DIR, read_state, verify_history,
+    HISTORY_FILE, IntentStep, SWITCH_RUNS_DIR, read_state, verify_history,
 };
 use countersign_core::Certificate;
 use countersign_core::protocol::{Event, Outcome, Request};
@@ -108,6 +108,9 @@ fn assert_recovered(
     certificate: &Certificate,
     step: &str,
 ) -> String {
+    // A runner may still hold its lock for a moment after it wrote its
+    // status, and the recovery then finishes on a thread after start.
+    wait_for("the recovery", || activator.record_kinds().len() >= 2);
     let kinds = activator.record_kinds();
     assert_eq!(
         kinds,
@@ -212,6 +215,33 @@ fn kill_during_profile_switch_recovers() {
         "{message}"
     );
     assert!(world.switch_log_lines().is_empty());
+}
+
+#[test]
+fn entry_lost_in_crash_stays_missing() {
+    let world = World::build(WorldOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let (wrapper, script) = pausing_nix_env(dir.path(), Pause::BeforeNixEnv);
+    let mut activator =
+        Activator::start_with_programs(&world, "", &[("nix-env", script)]);
+    fs::write(&wrapper.armed, "").unwrap();
+    let certificate = approved(&world.statement(&policy_text(), 1));
+    activate_and_kill(&activator, &certificate, "nix-env to pause", || {
+        wrapper.paused.exists()
+    });
+    // The files of an activator killed after it wrote the state that
+    // records the `accepted` entry, and before it appended that entry.
+    let history = activator.state_dir.join(HISTORY_FILE);
+    assert_eq!(fs::read_to_string(&history).unwrap().lines().count(), 1);
+    fs::write(&history, "").unwrap();
+    assert!(verify_history(&activator.state_dir).is_err());
+
+    activator.restart();
+    assert_eq!(intent_step(&activator), None, "{}", activator.log());
+    assert_eq!(activator.profile_target(), world.base.as_path());
+    // The entries written after the crash must not hide the lost one.
+    let error = verify_history(&activator.state_dir).unwrap_err();
+    assert!(error.to_string().contains("gap"), "{error}");
 }
 
 #[test]
@@ -382,6 +412,38 @@ fn kill_during_failing_switch_rolls_back() {
     activator.restart();
     let message = assert_recovered(&activator, &world, &certificate, "switch");
     assert!(message.contains("exited with exit status: 1"), "{message}");
+    assert!(message.contains("generation 1"), "{message}");
+    assert_switched_target_then_base(&world);
+}
+
+#[test]
+fn kill_during_rollback_recovers() {
+    let world = World::build(WorldOptions {
+        fail_switch: true,
+        switch_delay_secs: 1,
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (wrapper, script) = pausing_nix_env(dir.path(), Pause::BeforeNixEnv);
+    let mut activator =
+        Activator::start_with_programs(&world, "", &[("nix-env", script)]);
+    let certificate = approved(&world.statement(&policy_text(), 1));
+
+    // Armed once the target's switch runs, the wrapper pauses the
+    // rollback's `nix-env`, which puts the profile back.
+    let mut armed = false;
+    activate_and_kill(&activator, &certificate, "the rollback", || {
+        if !armed && !world.switch_log_lines().is_empty() {
+            fs::write(&wrapper.armed, "").unwrap();
+            armed = true;
+        }
+        wrapper.paused.exists()
+    });
+    assert_eq!(intent_step(&activator), Some(IntentStep::RollBack));
+    assert_eq!(activator.profile_target(), world.target.as_path());
+
+    activator.restart();
+    let message =
+        assert_recovered(&activator, &world, &certificate, "roll-back");
     assert!(message.contains("generation 1"), "{message}");
     assert_switched_target_then_base(&world);
 }

@@ -303,6 +303,34 @@ fn oversized_request_is_refused() {
 }
 
 #[test]
+fn request_text_is_not_copied_into_history() {
+    // Parse errors quote the offending value, so a request just under
+    // the size limit would put almost a mebibyte into every refusal.
+    let activator = start();
+    let history = activator.state_dir.join(HISTORY_FILE);
+    let long = "v".repeat(MAX_REQUEST_BYTES - 100);
+    for request in [
+        format!("{{\"request\":\"{long}\"}}\n"),
+        format!("{{\"request\":\"activate\",\"certificate\":\"{long}\"}}\n"),
+    ] {
+        let events = activator.request(request.as_bytes());
+        assert_refused(&activator, &events, "not a valid JSON request line");
+        let (_, _, message) = finished(&events);
+        assert!(message.len() < 4096, "refusal of {} bytes", message.len());
+    }
+    // An approver's name is quoted before any signature is checked.
+    let statement = shared_world().world.statement(&policy_text(), 1);
+    let mut forged = approved(&statement);
+    forged.approvals[1].approver = "n".repeat(MAX_REQUEST_BYTES / 2);
+    let events = activator.activate(&forged);
+    assert_refused(&activator, &events, "is not in the policy");
+    let (_, _, message) = finished(&events);
+    assert!(message.len() < 4096, "refusal of {} bytes", message.len());
+    let size = fs::metadata(&history).unwrap().len();
+    assert!(size < 16 * 1024, "the history grew to {size} bytes");
+}
+
+#[test]
 fn tampered_history_fails_verification() {
     let activator = start();
     for _ in 0..3 {

@@ -574,6 +574,14 @@ exec '{}' \"$@\"
     }
 
     fn spawn(&mut self) {
+        self.spawn_until(|events| {
+            matches!(events.last(), Some(Event::Status { .. }))
+        });
+    }
+
+    /// Starts the process and waits until a status request gets a reply
+    /// that `ready` accepts.
+    fn spawn_until(&mut self, ready: fn(&[Event]) -> bool) {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -625,10 +633,10 @@ exec '{}' \"$@\"
             .spawn()
             .expect("start countersign-activator");
         self.child = Some(child);
-        self.wait_until_listening();
+        self.wait_until_listening(ready);
     }
 
-    fn wait_until_listening(&mut self) {
+    fn wait_until_listening(&mut self, ready: fn(&[Event]) -> bool) {
         let started = Instant::now();
         loop {
             if let Some(status) =
@@ -640,7 +648,7 @@ exec '{}' \"$@\"
                 );
             }
             if let Ok(events) = self.try_request(b"{\"request\":\"status\"}\n")
-                && matches!(events.last(), Some(Event::Status { .. }))
+                && ready(&events)
             {
                 return;
             }
@@ -666,6 +674,21 @@ exec '{}' \"$@\"
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
+    }
+
+    /// Restarts the process and waits until it replies to a status
+    /// request with a refusal, as it does when it cannot read its state.
+    pub fn restart_refusing_status(&mut self) {
+        self.stop();
+        self.spawn_until(|events| {
+            matches!(
+                events.last(),
+                Some(Event::Finished {
+                    outcome: Outcome::Refused,
+                    ..
+                })
+            )
+        });
     }
 
     /// Kills the activator and every process of its group with SIGKILL,
