@@ -732,10 +732,12 @@ async fn sign_in_page(
     })
 }
 
-fn client(request_address: Option<&ClientAddr>) -> std::net::IpAddr {
+fn client(request_address: Option<&ClientAddr>) -> ClientAddr {
     request_address
-        .map(|address| address.0)
-        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+        .copied()
+        .unwrap_or(ClientAddr(std::net::IpAddr::V4(
+            std::net::Ipv4Addr::UNSPECIFIED,
+        )))
 }
 
 /// The 429 response when the client address made too many passkey
