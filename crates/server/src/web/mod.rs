@@ -35,7 +35,7 @@ use tokio::sync::Semaphore;
 use tower_http::csrf::CsrfLayer;
 
 pub use config::{PublicOrigin, WebConfig};
-pub use security::CONTENT_SECURITY_POLICY;
+pub use security::{CONTENT_SECURITY_POLICY, ClientAddr};
 pub use session::CHALLENGE_LIFETIME_SECS;
 
 use crate::api_error::ApiError;

@@ -777,7 +777,11 @@ async fn sign_in_challenge(
         .map_err(|error| ApiError::conflict(error).into_response())?;
     let challenge = enabled
         .sessions
-        .challenge(Purpose::SignIn, db::now())
+        .challenge(
+            Purpose::SignIn,
+            db::now(),
+            client(address.as_deref()).limit_key(),
+        )
         .map_err(|error| challenge_error(error).into_response())?;
     Ok(Json(json!({
         "challenge": passkey::encode(&challenge),
@@ -926,6 +930,7 @@ async fn enrol_challenge(
                 user_id: user_id.clone(),
             },
             db::now(),
+            client(address.as_deref()).limit_key(),
         )
         .map_err(|error| challenge_error(error).into_response())?;
     Ok(Json(json!({
