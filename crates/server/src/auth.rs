@@ -225,6 +225,32 @@ impl Auth {
     }
 }
 
+/// Checks that the policy in force still lists the approver of a
+/// browser session. When it does not, every browser session of the
+/// approver ends and the request is rejected with 401, as the pages do.
+/// Bearer tokens are left to expire after [`TOKEN_LIFETIME_SECS`].
+fn require_listed(state: &AppState, approver: &str) -> Result<(), ApiError> {
+    let policy = state.policy.current().map_err(|error| {
+        ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, error)
+    })?;
+    if policy
+        .approvers
+        .keys()
+        .any(|listed| listed.as_str() == approver)
+    {
+        return Ok(());
+    }
+    crate::web::close_sessions_of(state, approver);
+    tracing::warn!(
+        approver,
+        "sessions of an approver that the policy no longer lists ended"
+    );
+    Err(ApiError::unauthorized(format!(
+        "approver {approver} is no longer in the policy, so its browser \
+         sessions ended; sign in again once the policy lists it"
+    )))
+}
+
 /// Finds the policy's approver whose SSH key is embedded in an armored
 /// SSH signature, and that key. The signature itself is not checked
 /// here. Approvers with a passkey never match: they sign in and vote
@@ -313,6 +339,7 @@ impl FromRequestParts<AppState> for Principal {
             // may authenticate the request.
             if let Some(approver) = crate::web::session_approver(state, parts)?
             {
+                require_listed(state, &approver)?;
                 return Ok(Principal::Approver(approver));
             }
             return Err(ApiError::unauthorized(

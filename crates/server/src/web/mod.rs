@@ -185,6 +185,13 @@ pub fn session_approver(
     Ok(Some(approver))
 }
 
+/// Ends every browser session of `approver`.
+pub fn close_sessions_of(state: &AppState, approver: &str) {
+    if let Some(enabled) = state.web.enabled() {
+        enabled.sessions.close_all_of(approver);
+    }
+}
+
 /// Renders the proposal page of a diff document for a made-up
 /// proposal, without a database or a session. For the benchmark of
 /// page generation only; not a stable interface.
