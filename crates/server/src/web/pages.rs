@@ -457,19 +457,31 @@ pub fn is_live(state: ProposalState) -> bool {
 /// Reads the last [`LOG_TAIL_BYTES`] of a build log, from a line start,
 /// and the file's length.
 pub async fn log_tail(state: &AppState, number: u64) -> (String, u64) {
-    let path = state.log_path(number);
-    let Ok(bytes) = tokio::fs::read(&path).await else {
-        return (String::new(), 0);
-    };
-    let length = bytes.len() as u64;
-    let start = bytes.len().saturating_sub(LOG_TAIL_BYTES as usize);
-    let mut tail = &bytes[start..];
+    read_tail(&state.log_path(number))
+        .await
+        .unwrap_or((String::new(), 0))
+}
+
+/// Reads the last [`LOG_TAIL_BYTES`] of the file at `path`, from a line
+/// start, with each line escaped for display, and the file's length. Only
+/// the tail is read, however long the file is.
+async fn read_tail(path: &std::path::Path) -> std::io::Result<(String, u64)> {
+    use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+    let mut file = tokio::fs::File::open(path).await?;
+    let length = file.metadata().await?.len();
+    let start = length.saturating_sub(LOG_TAIL_BYTES);
+    file.seek(std::io::SeekFrom::Start(start)).await?;
+    let mut bytes = Vec::new();
+    file.take(LOG_TAIL_BYTES).read_to_end(&mut bytes).await?;
+    let mut tail = bytes.as_slice();
     if start > 0
         && let Some(newline) = tail.iter().position(|byte| *byte == b'\n')
     {
         tail = &tail[newline + 1..];
     }
-    (clean(&String::from_utf8_lossy(tail)), length)
+    let text = String::from_utf8_lossy(tail);
+    let lines: Vec<String> = text.lines().map(clean).collect();
+    Ok((lines.join("\n"), length))
 }
 
 async fn proposal(
@@ -1230,6 +1242,33 @@ mod tests {
         assert!(html.contains("etc/&#60;i&#62;banner&#60;/i&#62;"));
         assert!(!html.contains("<b>hi"));
         assert!(!html.contains("<i>banner"));
+    }
+
+    #[tokio::test]
+    async fn log_tail_reads_lines_of_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("1.log");
+        let mut text = String::new();
+        let mut number = 0;
+        while text.len() <= 2 * LOG_TAIL_BYTES as usize {
+            text.push_str(&format!("line {number}\n"));
+            number += 1;
+        }
+        text.push_str("last \u{1b}[2J line\n");
+        std::fs::write(&path, &text).unwrap();
+
+        let (tail, length) = read_tail(&path).await.unwrap();
+        assert_eq!(length, text.len() as u64);
+        assert!(tail.len() <= LOG_TAIL_BYTES as usize, "{}", tail.len());
+        assert!(tail.starts_with("line "), "{}", &tail[..40]);
+        assert!(!tail.contains("line 0\n"));
+        assert!(tail.contains(&format!("\nline {}\n", number - 1)));
+        assert!(
+            tail.ends_with("\nlast \\x1b[2J line"),
+            "{}",
+            &tail[tail.len() - 40..]
+        );
+        assert!(tail.lines().count() > 1000);
     }
 
     #[test]
