@@ -708,13 +708,17 @@ struct NextQuery {
 }
 
 /// Keeps a post-sign-in destination on this server: a path, never a
-/// scheme or another host.
+/// scheme or another host. Only visible ASCII other than a backslash
+/// passes, because browsers drop tabs and newlines from a URL and read a
+/// backslash as a slash, so `/\t/host` or `/\\host` would name a host.
 fn safe_next(next: Option<&str>) -> String {
     match next {
         Some(path)
             if path.starts_with('/')
                 && !path.starts_with("//")
-                && !path.contains('\\')
+                && path
+                    .bytes()
+                    .all(|byte| byte.is_ascii_graphic() && byte != b'\\')
                 && path.len() <= 512 =>
         {
             path.to_owned()
@@ -1129,6 +1133,18 @@ mod tests {
         assert_eq!(safe_next(Some("https://evil.example")), "/proposals");
         assert_eq!(safe_next(Some("/\\evil.example")), "/proposals");
         assert_eq!(safe_next(None), "/proposals");
+        // Browsers drop tabs and newlines while parsing a URL, which
+        // would turn each of these into `//evil.example`.
+        for next in
+            ["/\t/evil.example", "/\n/evil.example", "/\r/evil.example"]
+        {
+            assert_eq!(safe_next(Some(next)), "/proposals", "{next:?}");
+        }
+        assert_eq!(safe_next(Some("/ /evil.example")), "/proposals");
+        assert_eq!(
+            safe_next(Some("/proposals?x=%2F%2Fa")),
+            "/proposals?x=%2F%2Fa"
+        );
     }
 
     /// Builds a document whose unit directive, boot.json field and
