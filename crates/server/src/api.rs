@@ -77,8 +77,13 @@ async fn health() -> Json<Value> {
 
 async fn challenge(
     State(state): State<AppState>,
+    address: Option<axum::Extension<crate::web::ClientAddr>>,
 ) -> Result<Json<Value>, ApiError> {
-    let (challenge, expires) = state.auth.challenge(db::now())?;
+    let client = address.map_or(
+        std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        |address| address.limit_key(),
+    );
+    let (challenge, expires) = state.auth.challenge(db::now(), client)?;
     Ok(Json(json!({ "challenge": challenge, "expires": expires })))
 }
 

@@ -6,6 +6,8 @@
 //! session. The server keeps the SHA-256 of each token, never the token.
 
 use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
 use std::sync::Mutex;
 
 use axum::extract::FromRequestParts;
@@ -30,6 +32,11 @@ const MAX_OPEN_CHALLENGES: usize = 1024;
 
 /// Maximum number of sessions kept at once.
 const MAX_SESSIONS: usize = 4096;
+
+/// Maximum number of open challenges per client (an IPv4 address or an
+/// IPv6 /64). A new challenge beyond it replaces the client's oldest, so
+/// one client cannot fill [`MAX_OPEN_CHALLENGES`] and lock out others.
+pub const MAX_CHALLENGES_PER_CLIENT: usize = 8;
 
 /// Who made a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,9 +73,15 @@ struct Session {
     expires: u64,
 }
 
+struct OpenChallenge {
+    expires: u64,
+    /// The limit key of the client that asked for it.
+    client: IpAddr,
+}
+
 /// Challenges, sessions and the trigger token's digest.
 pub struct Auth {
-    challenges: Mutex<HashMap<String, u64>>,
+    challenges: Mutex<HashMap<String, OpenChallenge>>,
     sessions: Mutex<HashMap<Sha256Digest, Session>>,
     trigger: Option<Sha256Digest>,
 }
@@ -89,10 +102,18 @@ impl Auth {
         }
     }
 
-    /// Creates a challenge: 32 random bytes as 64 hex digits.
-    pub fn challenge(&self, now: u64) -> Result<(String, u64), ApiError> {
+    /// Creates a challenge for `client`, the limit key of the
+    /// requester: 32 random bytes as 64 hex digits.
+    pub fn challenge(
+        &self,
+        now: u64,
+        client: IpAddr,
+    ) -> Result<(String, u64), ApiError> {
         let mut challenges = lock(&self.challenges);
-        challenges.retain(|_, expires| *expires > now);
+        challenges.retain(|_, open| open.expires > now);
+        drop_oldest_over_quota(&mut challenges, client, |open| {
+            (open.client, open.expires)
+        });
         if challenges.len() >= MAX_OPEN_CHALLENGES {
             return Err(ApiError::new(
                 axum::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -102,7 +123,8 @@ impl Auth {
         }
         let challenge = random_hex::<32>();
         let expires = now + CHALLENGE_LIFETIME_SECS;
-        challenges.insert(challenge.clone(), expires);
+        challenges
+            .insert(challenge.clone(), OpenChallenge { expires, client });
         Ok((challenge, expires))
     }
 
@@ -116,9 +138,9 @@ impl Auth {
         armored: &str,
         now: u64,
     ) -> Result<(String, Issued), ApiError> {
-        let expires = lock(&self.challenges).remove(challenge);
-        match expires {
-            Some(expires) if expires > now => {}
+        let open = lock(&self.challenges).remove(challenge);
+        match open {
+            Some(open) if open.expires > now => {}
             _ => {
                 return Err(ApiError::unauthorized(
                     "the challenge is unknown, expired or already used; \
@@ -203,6 +225,32 @@ impl Auth {
     }
 }
 
+/// Checks that the policy in force still lists the approver of a
+/// browser session. When it does not, every browser session of the
+/// approver ends and the request is rejected with 401, as the pages do.
+/// Bearer tokens are left to expire after [`TOKEN_LIFETIME_SECS`].
+fn require_listed(state: &AppState, approver: &str) -> Result<(), ApiError> {
+    let policy = state.policy.current().map_err(|error| {
+        ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, error)
+    })?;
+    if policy
+        .approvers
+        .keys()
+        .any(|listed| listed.as_str() == approver)
+    {
+        return Ok(());
+    }
+    crate::web::close_sessions_of(state, approver);
+    tracing::warn!(
+        approver,
+        "sessions of an approver that the policy no longer lists ended"
+    );
+    Err(ApiError::unauthorized(format!(
+        "approver {approver} is no longer in the policy, so its browser \
+         sessions ended; sign in again once the policy lists it"
+    )))
+}
+
 /// Finds the policy's approver whose SSH key is embedded in an armored
 /// SSH signature, and that key. The signature itself is not checked
 /// here. Approvers with a passkey never match: they sign in and vote
@@ -239,6 +287,34 @@ pub fn approver_for_signature<'p>(
         })
 }
 
+/// Removes the challenge of `client` that expires first when the client
+/// already has [`MAX_CHALLENGES_PER_CLIENT`] open in `open`. `owner`
+/// returns a challenge's client and expiry.
+pub(crate) fn drop_oldest_over_quota<K: Clone + Eq + Hash, V>(
+    open: &mut HashMap<K, V>,
+    client: IpAddr,
+    owner: impl Fn(&V) -> (IpAddr, u64),
+) {
+    let mut open_of_client = 0;
+    let mut oldest: Option<(&K, u64)> = None;
+    for (key, value) in open.iter() {
+        let (holder, expires) = owner(value);
+        if holder != client {
+            continue;
+        }
+        open_of_client += 1;
+        if oldest.is_none_or(|(_, first)| expires < first) {
+            oldest = Some((key, expires));
+        }
+    }
+    if open_of_client >= MAX_CHALLENGES_PER_CLIENT
+        && let Some((key, _)) = oldest
+    {
+        let key = key.clone();
+        open.remove(&key);
+    }
+}
+
 fn random_hex<const N: usize>() -> String {
     let mut bytes = [0u8; N];
     rand::fill(&mut bytes[..]);
@@ -263,6 +339,7 @@ impl FromRequestParts<AppState> for Principal {
             // may authenticate the request.
             if let Some(approver) = crate::web::session_approver(state, parts)?
             {
+                require_listed(state, &approver)?;
                 return Ok(Principal::Approver(approver));
             }
             return Err(ApiError::unauthorized(

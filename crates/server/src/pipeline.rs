@@ -197,11 +197,27 @@ async fn run(state: AppState, job: BuildJob) {
     }
 }
 
+/// Maximum size of the build output kept in a proposal's log, in bytes.
+/// Builders run code from the repository, which can print without end.
+/// Output past this size is dropped so that it cannot fill the server's
+/// disk, but the pipeline's own step lines are still written.
+pub const MAX_BUILD_LOG_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Maximum length of one step line of the pipeline in the build log, in
+/// bytes. A step can quote a failed command's standard error, which the
+/// builders control.
+const MAX_STEP_LINE_BYTES: usize = 64 * 1024;
+
 /// The build log of one proposal. Every line is escaped, because it
 /// comes from the repository's builders and is shown in terminals.
 struct BuildLog {
     file: Option<File>,
     path: String,
+    /// Bytes written so far.
+    written: u64,
+    /// Whether build output was dropped because the log reached
+    /// [`MAX_BUILD_LOG_BYTES`].
+    truncated: bool,
 }
 
 impl BuildLog {
@@ -214,29 +230,77 @@ impl BuildLog {
             Ok(file) => Self {
                 file: Some(file),
                 path: path.display().to_string(),
+                written: 0,
+                truncated: false,
             },
             Err(error) => {
                 tracing::error!(path = %path.display(), %error, "cannot create the build log");
                 Self {
                     file: None,
                     path: path.display().to_string(),
+                    written: 0,
+                    truncated: false,
                 }
             }
         }
     }
 
+    /// Appends one line of build output, unless the log has reached
+    /// [`MAX_BUILD_LOG_BYTES`]. A line longer than the room left is cut.
     fn line(&mut self, text: &str) {
-        let Some(file) = &mut self.file else { return };
+        if self.truncated {
+            return;
+        }
         let escaped = countersign_nix::escape_control_chars(text);
-        if let Err(error) = writeln!(file, "{escaped}") {
-            tracing::error!(path = self.path, %error, "writing the build log failed");
-            self.file = None;
+        let room = MAX_BUILD_LOG_BYTES.saturating_sub(self.written) as usize;
+        if escaped.len() < room {
+            self.write(&escaped);
+            return;
+        }
+        let cut = prefix_within(&escaped, room);
+        if !cut.is_empty() {
+            self.write(cut);
+        }
+        self.truncated = true;
+        self.write(&format!(
+            "countersign: the build log reached {} MiB; further build \
+             output is not kept",
+            MAX_BUILD_LOG_BYTES / (1024 * 1024)
+        ));
+    }
+
+    /// Appends a step line of the pipeline, whatever the log's size, cut
+    /// to [`MAX_STEP_LINE_BYTES`].
+    fn step(&mut self, text: &str) {
+        let line = format!("countersign: {text}");
+        let escaped = countersign_nix::escape_control_chars(&line);
+        let cut = prefix_within(&escaped, MAX_STEP_LINE_BYTES);
+        if cut.len() < escaped.len() {
+            self.write(&format!("{cut} [cut]"));
+        } else {
+            self.write(cut);
         }
     }
 
-    fn step(&mut self, text: &str) {
-        self.line(&format!("countersign: {text}"));
+    fn write(&mut self, escaped: &str) {
+        let Some(file) = &mut self.file else { return };
+        if let Err(error) = writeln!(file, "{escaped}") {
+            tracing::error!(path = self.path, %error, "writing the build log failed");
+            self.file = None;
+            return;
+        }
+        self.written += escaped.len() as u64 + 1;
     }
+}
+
+/// Returns the longest prefix of `text` that has at most `max` bytes and
+/// ends on a character boundary.
+fn prefix_within(text: &str, max: usize) -> &str {
+    let mut end = max.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// Runs the blocking part of the pipeline.
@@ -730,5 +794,44 @@ mod tests {
         for rev in ["main~1", "v1.2", "0123abcd"] {
             assert!(check_rev(rev).is_ok(), "{rev:?} was rejected");
         }
+    }
+
+    #[test]
+    fn build_log_stops_at_max_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("logs/1.log");
+        let mut log = BuildLog::create(&path);
+        log.step("building");
+        let chunk = "x".repeat(64 * 1024);
+        let chunks = MAX_BUILD_LOG_BYTES as usize / chunk.len() + 16;
+        for _ in 0..chunks {
+            log.line(&chunk);
+        }
+        // One line alone larger than what is left.
+        log.line(&"y".repeat(2 * MAX_BUILD_LOG_BYTES as usize));
+        log.step(&format!("failed: {}", "z".repeat(1024 * 1024)));
+        log.step("failed: the builder printed too much");
+        drop(log);
+
+        let size = std::fs::metadata(&path).unwrap().len();
+        assert!(
+            size <= MAX_BUILD_LOG_BYTES + 3 * MAX_STEP_LINE_BYTES as u64,
+            "the log has {size} bytes"
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("countersign: building\n"));
+        assert_eq!(
+            text.matches("further build output is not kept").count(),
+            1
+        );
+        assert!(!text.contains('y'));
+        let failed = text.lines().find(|line| line.contains("zzz")).unwrap();
+        assert!(failed.len() <= MAX_STEP_LINE_BYTES + 16, "{}", failed.len());
+        assert!(failed.ends_with(" [cut]"));
+        assert!(
+            text.ends_with(
+                "countersign: failed: the builder printed too much\n"
+            )
+        );
     }
 }

@@ -294,3 +294,106 @@ fn statement_time(bytes: &[u8]) -> u64 {
     let statement = countersign_core::Statement::parse(bytes).unwrap();
     statement.created + 1
 }
+
+/// Signs `authenticator` in to the pages over HTTP, as the pages' script
+/// does, and returns the session cookie (`name=value`).
+async fn sign_in(
+    harness: &Harness,
+    root: &str,
+    authenticator: &mut TestAuthenticator,
+) -> String {
+    let client = &harness.client;
+    let response = client
+        .post(format!("{root}/sign-in/challenge"))
+        .header("origin", ORIGIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let options: Value = response.json().await.unwrap();
+    let text = options["challenge"].as_str().unwrap().to_owned();
+    let challenge: [u8; 32] = decode_base64url("challenge", &text)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let assertion = authenticator.assert(challenge);
+    let response = client
+        .post(format!("{root}/sign-in"))
+        .header("origin", ORIGIN)
+        .header("content-type", "application/json")
+        .body(
+            json!({
+                "challenge": text,
+                "credential_id": encode_base64url(&assertion.credential_id),
+                "authenticator_data":
+                    encode_base64url(&assertion.authenticator_data),
+                "client_data_json":
+                    encode_base64url(&assertion.client_data_json),
+                "signature": encode_base64url(&assertion.signature),
+            })
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let cookie = response
+        .headers()
+        .get("set-cookie")
+        .expect("the sign-in sets a cookie")
+        .to_str()
+        .unwrap();
+    cookie.split(';').next().unwrap().to_owned()
+}
+
+/// An approver that the policy no longer lists loses its browser
+/// session for the API too, as it does for the pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_approver_cookie_ends_for_the_api() {
+    let mut harness = Harness::prepare(Options::default());
+    let mut tablet = TestAuthenticator::new(
+        Algorithm::Es256,
+        b"tablet",
+        "localhost",
+        ORIGIN,
+    );
+    fs::write(harness.policy_path(), policy_text(&harness.phone, &tablet))
+        .unwrap();
+    harness.config.web = Some(countersign_server::WebConfig {
+        enabled: true,
+        public_origin: ORIGIN.to_owned(),
+        trusted_proxies: Vec::new(),
+    });
+    harness.start_server().await;
+    let root = harness.url.trim_end_matches("/api/v1").to_owned();
+    let cookie = sign_in(&harness, &root, &mut tablet).await;
+
+    let list = format!("{}/proposals", harness.url);
+    let with_cookie = || harness.client.get(&list).header("cookie", &cookie);
+    assert_eq!(with_cookie().send().await.unwrap().status(), StatusCode::OK);
+
+    // A new policy that does not list tablet.
+    fs::write(
+        harness.policy_path(),
+        format!(
+            "host = \"{HOST}\"\nthreshold = 2\n\
+             [approvers.phone]\nssh = \"{}\"\n\
+             [approvers.laptop]\nssh = \"{}\"\n",
+            harness.phone.public, harness.laptop.public
+        ),
+    )
+    .unwrap();
+    let response = with_cookie().send().await.unwrap();
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(error_text(&body).contains("no longer"), "{body}");
+
+    // Listing tablet again does not bring the ended session back.
+    fs::write(harness.policy_path(), policy_text(&harness.phone, &tablet))
+        .unwrap();
+    assert_eq!(
+        with_cookie().send().await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+}

@@ -107,6 +107,47 @@ async fn login_rejects_wrong_namespace_and_stranger() {
     );
 }
 
+/// A client that requests login challenges without end cannot use up
+/// the server's room for them, so an approver at another address still
+/// logs in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_use_up_login_challenges() {
+    let harness = Harness::start(Options::default()).await;
+    let flooder = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let challenge_url = format!("{}/auth/challenge", harness.url);
+    let started = std::time::Instant::now();
+    let mut issued = 0;
+    // More challenges than the server keeps open, paced by its rate
+    // limit, and bounded in time.
+    while issued < 1100 && started.elapsed().as_secs() < 90 {
+        let response = flooder
+            .post(&challenge_url)
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .expect("the request is sent");
+        match response.status() {
+            StatusCode::OK => issued += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            // The server now rejects every client's challenge request.
+            StatusCode::SERVICE_UNAVAILABLE => break,
+            other => panic!("challenge request {issued} returned {other}"),
+        }
+    }
+    assert!(issued >= 1024, "only {issued} challenges were asked for");
+
+    // The approver at 127.0.0.1 still gets a challenge and logs in.
+    let token = harness.login(&harness.phone).await;
+    let (status, body) = harness.get("/status", &token).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trigger_token_only_proposes() {
     let harness = Harness::start(Options::default()).await;

@@ -35,7 +35,7 @@ use tokio::sync::Semaphore;
 use tower_http::csrf::CsrfLayer;
 
 pub use config::{PublicOrigin, WebConfig};
-pub use security::CONTENT_SECURITY_POLICY;
+pub use security::{CONTENT_SECURITY_POLICY, ClientAddr};
 pub use session::CHALLENGE_LIFETIME_SECS;
 
 use crate::api_error::ApiError;
@@ -183,6 +183,13 @@ pub fn session_approver(
         ));
     }
     Ok(Some(approver))
+}
+
+/// Ends every browser session of `approver`.
+pub fn close_sessions_of(state: &AppState, approver: &str) {
+    if let Some(enabled) = state.web.enabled() {
+        enabled.sessions.close_all_of(approver);
+    }
 }
 
 /// Renders the proposal page of a diff document for a made-up

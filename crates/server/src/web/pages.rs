@@ -457,19 +457,31 @@ pub fn is_live(state: ProposalState) -> bool {
 /// Reads the last [`LOG_TAIL_BYTES`] of a build log, from a line start,
 /// and the file's length.
 pub async fn log_tail(state: &AppState, number: u64) -> (String, u64) {
-    let path = state.log_path(number);
-    let Ok(bytes) = tokio::fs::read(&path).await else {
-        return (String::new(), 0);
-    };
-    let length = bytes.len() as u64;
-    let start = bytes.len().saturating_sub(LOG_TAIL_BYTES as usize);
-    let mut tail = &bytes[start..];
+    read_tail(&state.log_path(number))
+        .await
+        .unwrap_or((String::new(), 0))
+}
+
+/// Reads the last [`LOG_TAIL_BYTES`] of the file at `path`, from a line
+/// start, with each line escaped for display, and the file's length. Only
+/// the tail is read, however long the file is.
+async fn read_tail(path: &std::path::Path) -> std::io::Result<(String, u64)> {
+    use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+    let mut file = tokio::fs::File::open(path).await?;
+    let length = file.metadata().await?.len();
+    let start = length.saturating_sub(LOG_TAIL_BYTES);
+    file.seek(std::io::SeekFrom::Start(start)).await?;
+    let mut bytes = Vec::new();
+    file.take(LOG_TAIL_BYTES).read_to_end(&mut bytes).await?;
+    let mut tail = bytes.as_slice();
     if start > 0
         && let Some(newline) = tail.iter().position(|byte| *byte == b'\n')
     {
         tail = &tail[newline + 1..];
     }
-    (clean(&String::from_utf8_lossy(tail)), length)
+    let text = String::from_utf8_lossy(tail);
+    let lines: Vec<String> = text.lines().map(clean).collect();
+    Ok((lines.join("\n"), length))
 }
 
 async fn proposal(
@@ -696,13 +708,17 @@ struct NextQuery {
 }
 
 /// Keeps a post-sign-in destination on this server: a path, never a
-/// scheme or another host.
+/// scheme or another host. Only visible ASCII other than a backslash
+/// passes, because browsers drop tabs and newlines from a URL and read a
+/// backslash as a slash, so `/\t/host` or `/\\host` would name a host.
 fn safe_next(next: Option<&str>) -> String {
     match next {
         Some(path)
             if path.starts_with('/')
                 && !path.starts_with("//")
-                && !path.contains('\\')
+                && path
+                    .bytes()
+                    .all(|byte| byte.is_ascii_graphic() && byte != b'\\')
                 && path.len() <= 512 =>
         {
             path.to_owned()
@@ -732,10 +748,12 @@ async fn sign_in_page(
     })
 }
 
-fn client(request_address: Option<&ClientAddr>) -> std::net::IpAddr {
+fn client(request_address: Option<&ClientAddr>) -> ClientAddr {
     request_address
-        .map(|address| address.0)
-        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+        .copied()
+        .unwrap_or(ClientAddr(std::net::IpAddr::V4(
+            std::net::Ipv4Addr::UNSPECIFIED,
+        )))
 }
 
 /// The 429 response when the client address made too many passkey
@@ -775,7 +793,11 @@ async fn sign_in_challenge(
         .map_err(|error| ApiError::conflict(error).into_response())?;
     let challenge = enabled
         .sessions
-        .challenge(Purpose::SignIn, db::now())
+        .challenge(
+            Purpose::SignIn,
+            db::now(),
+            client(address.as_deref()).limit_key(),
+        )
         .map_err(|error| challenge_error(error).into_response())?;
     Ok(Json(json!({
         "challenge": passkey::encode(&challenge),
@@ -924,6 +946,7 @@ async fn enrol_challenge(
                 user_id: user_id.clone(),
             },
             db::now(),
+            client(address.as_deref()).limit_key(),
         )
         .map_err(|error| challenge_error(error).into_response())?;
     Ok(Json(json!({
@@ -1110,6 +1133,18 @@ mod tests {
         assert_eq!(safe_next(Some("https://evil.example")), "/proposals");
         assert_eq!(safe_next(Some("/\\evil.example")), "/proposals");
         assert_eq!(safe_next(None), "/proposals");
+        // Browsers drop tabs and newlines while parsing a URL, which
+        // would turn each of these into `//evil.example`.
+        for next in
+            ["/\t/evil.example", "/\n/evil.example", "/\r/evil.example"]
+        {
+            assert_eq!(safe_next(Some(next)), "/proposals", "{next:?}");
+        }
+        assert_eq!(safe_next(Some("/ /evil.example")), "/proposals");
+        assert_eq!(
+            safe_next(Some("/proposals?x=%2F%2Fa")),
+            "/proposals?x=%2F%2Fa"
+        );
     }
 
     /// Builds a document whose unit directive, boot.json field and
@@ -1223,6 +1258,33 @@ mod tests {
         assert!(html.contains("etc/&#60;i&#62;banner&#60;/i&#62;"));
         assert!(!html.contains("<b>hi"));
         assert!(!html.contains("<i>banner"));
+    }
+
+    #[tokio::test]
+    async fn log_tail_reads_lines_of_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("1.log");
+        let mut text = String::new();
+        let mut number = 0;
+        while text.len() <= 2 * LOG_TAIL_BYTES as usize {
+            text.push_str(&format!("line {number}\n"));
+            number += 1;
+        }
+        text.push_str("last \u{1b}[2J line\n");
+        std::fs::write(&path, &text).unwrap();
+
+        let (tail, length) = read_tail(&path).await.unwrap();
+        assert_eq!(length, text.len() as u64);
+        assert!(tail.len() <= LOG_TAIL_BYTES as usize, "{}", tail.len());
+        assert!(tail.starts_with("line "), "{}", &tail[..40]);
+        assert!(!tail.contains("line 0\n"));
+        assert!(tail.contains(&format!("\nline {}\n", number - 1)));
+        assert!(
+            tail.ends_with("\nlast \\x1b[2J line"),
+            "{}",
+            &tail[tail.len() - 40..]
+        );
+        assert!(tail.lines().count() > 1000);
     }
 
     #[test]

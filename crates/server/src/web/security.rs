@@ -3,7 +3,7 @@
 //! rate limits per client address and per approver, and the same-origin
 //! check for requests that a session cookie authenticates.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -46,6 +46,23 @@ const SWEEP_EVERY: u64 = 4096;
 /// The address a request is attributed to, as a request extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub IpAddr);
+
+impl ClientAddr {
+    /// Returns the key that rate limits count this client under: the
+    /// IPv4 address, or the /64 network of an IPv6 address. An IPv6 host
+    /// is commonly assigned a whole /64, so keying by the full address
+    /// would give it 2^64 separate allowances. An IPv4-mapped IPv6
+    /// address counts as its IPv4 address.
+    pub fn limit_key(self) -> IpAddr {
+        match self.0.to_canonical() {
+            IpAddr::V6(address) => {
+                let bits = u128::from(address) & !((1u128 << 64) - 1);
+                IpAddr::V6(Ipv6Addr::from(bits))
+            }
+            v4 => v4,
+        }
+    }
+}
 
 /// The keyed rate limiters.
 pub struct Limits {
@@ -109,18 +126,18 @@ impl Limits {
 
     /// Counts one request from `address`; `Err` with the wait when over
     /// the limit.
-    pub fn address(&self, address: IpAddr) -> Result<(), Duration> {
+    pub fn address(&self, address: ClientAddr) -> Result<(), Duration> {
         self.sweep();
         self.per_address
-            .check_key(&address)
+            .check_key(&address.limit_key())
             .map_err(|not_until| wait_of(&not_until))
     }
 
     /// Counts one passkey ceremony step (challenge, sign-in, enrolment)
     /// from `address`.
-    pub fn passkey(&self, address: IpAddr) -> Result<(), Duration> {
+    pub fn passkey(&self, address: ClientAddr) -> Result<(), Duration> {
         self.passkey_per_address
-            .check_key(&address)
+            .check_key(&address.limit_key())
             .map_err(|not_until| wait_of(&not_until))
     }
 
@@ -204,7 +221,7 @@ pub async fn limit_by_address(
     let address =
         client_address(peer, request.headers(), state.web.trusted_proxies());
     request.extensions_mut().insert(ClientAddr(address));
-    if let Err(wait) = state.web.limits.address(address) {
+    if let Err(wait) = state.web.limits.address(ClientAddr(address)) {
         tracing::warn!(client = %address, "rate limit reached");
         let api = request.uri().path().starts_with("/api/");
         return too_many(wait, api);
@@ -340,17 +357,39 @@ mod tests {
     #[test]
     fn limits_stop_bursts() {
         let limits = Limits::new();
-        let address: IpAddr = "192.0.2.1".parse().unwrap();
+        let address = ClientAddr("192.0.2.1".parse().unwrap());
         for _ in 0..PASSKEY_BURST {
             limits.passkey(address).unwrap();
         }
         assert!(limits.passkey(address).is_err());
-        let other: IpAddr = "192.0.2.2".parse().unwrap();
+        let other = ClientAddr("192.0.2.2".parse().unwrap());
         assert!(limits.passkey(other).is_ok());
         for _ in 0..APPROVER_BURST {
             limits.approver("phone").unwrap();
         }
         assert!(limits.approver("phone").is_err());
         assert!(limits.approver("laptop").is_ok());
+    }
+
+    #[test]
+    fn one_ipv6_network_shares_one_limit() {
+        let limits = Limits::new();
+        // Each request from another address of the same /64.
+        for host in 0..PASSKEY_BURST {
+            let address = ClientAddr(
+                format!("2001:db8:1:2::{:x}", host + 1).parse().unwrap(),
+            );
+            limits.passkey(address).unwrap();
+        }
+        let next = ClientAddr("2001:db8:1:2:ffff::9".parse().unwrap());
+        assert!(limits.passkey(next).is_err());
+        let neighbour = ClientAddr("2001:db8:1:3::1".parse().unwrap());
+        assert!(limits.passkey(neighbour).is_ok());
+
+        // IPv4 clients of a dual-stack listener keep one key each.
+        let mapped = ClientAddr("::ffff:192.0.2.7".parse().unwrap());
+        assert_eq!(mapped.limit_key(), "192.0.2.7".parse::<IpAddr>().unwrap());
+        let other = ClientAddr("::ffff:192.0.2.8".parse().unwrap());
+        assert_ne!(mapped.limit_key(), other.limit_key());
     }
 }

@@ -8,11 +8,14 @@
 //! refuse it unless it is secure, host-only and for path `/`.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 
 use axum::http::HeaderMap;
 use axum::http::header;
 use countersign_core::Sha256Digest;
+
+use crate::auth::drop_oldest_over_quota;
 
 /// How long a passkey challenge (sign-in or enrolment) can be used, in
 /// seconds.
@@ -46,6 +49,8 @@ pub enum Purpose {
 struct Challenge {
     purpose: Purpose,
     expires: u64,
+    /// The limit key of the client that asked for it.
+    client: IpAddr,
 }
 
 struct Session {
@@ -79,14 +84,21 @@ impl Sessions {
         }
     }
 
-    /// Issues a fresh random challenge for `purpose`.
+    /// Issues a fresh random challenge for `purpose` to `client`, the
+    /// limit key of the requester. Beyond
+    /// [`crate::auth::MAX_CHALLENGES_PER_CLIENT`] open challenges of the
+    /// client, the new one replaces the client's oldest.
     pub fn challenge(
         &self,
         purpose: Purpose,
         now: u64,
+        client: IpAddr,
     ) -> Result<[u8; 32], TooManyChallenges> {
         let mut challenges = lock(&self.challenges);
         challenges.retain(|_, challenge| challenge.expires > now);
+        drop_oldest_over_quota(&mut challenges, client, |challenge| {
+            (challenge.client, challenge.expires)
+        });
         if challenges.len() >= MAX_OPEN_CHALLENGES {
             return Err(TooManyChallenges);
         }
@@ -97,6 +109,7 @@ impl Sessions {
             Challenge {
                 purpose,
                 expires: now + CHALLENGE_LIFETIME_SECS,
+                client,
             },
         );
         Ok(bytes)
@@ -229,22 +242,39 @@ mod tests {
         pair.split_once('=').unwrap().1.to_owned()
     }
 
+    const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
     #[test]
     fn challenges_are_single_use_and_expire() {
         let sessions = Sessions::new(true);
-        let challenge = sessions.challenge(Purpose::SignIn, 100).unwrap();
+        let challenge =
+            sessions.challenge(Purpose::SignIn, 100, CLIENT).unwrap();
         assert_eq!(
             sessions.take_challenge(&challenge, 101),
             Some(Purpose::SignIn)
         );
         assert_eq!(sessions.take_challenge(&challenge, 101), None);
 
-        let late = sessions.challenge(Purpose::SignIn, 100).unwrap();
+        let late = sessions.challenge(Purpose::SignIn, 100, CLIENT).unwrap();
         assert_eq!(
             sessions.take_challenge(&late, 100 + CHALLENGE_LIFETIME_SECS),
             None
         );
         assert_eq!(sessions.take_challenge(&[7; 32], 100), None);
+    }
+
+    #[test]
+    fn one_client_cannot_fill_the_challenges() {
+        let sessions = Sessions::new(true);
+        let flooder = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 9));
+        let first = sessions.challenge(Purpose::SignIn, 100, flooder).unwrap();
+        for _ in 0..MAX_OPEN_CHALLENGES {
+            sessions.challenge(Purpose::SignIn, 101, flooder).unwrap();
+        }
+        // The flooder's oldest challenge made room for its newer ones.
+        assert_eq!(sessions.take_challenge(&first, 102), None);
+        let mine = sessions.challenge(Purpose::SignIn, 102, CLIENT).unwrap();
+        assert_eq!(sessions.take_challenge(&mine, 103), Some(Purpose::SignIn));
     }
 
     #[test]
