@@ -132,6 +132,9 @@ impl Activator {
             base: statement.base.clone(),
             target: statement.target.clone(),
             base_generation: self.base_generation(&statement.base),
+            profile_generation: intent::profile_generation(
+                &self.config.profile,
+            ),
             rollback_generation: statement.rollback_generation,
             step: IntentStep::PreSwitch,
             switch_started: false,
@@ -173,6 +176,7 @@ impl Activator {
             base = %statement.base,
             target = %statement.target,
             base_generation = intent.base_generation,
+            profile_generation = intent.profile_generation,
             approvers = ?accepted.approvers,
             "certificate accepted"
         );

@@ -269,9 +269,9 @@ impl Activator {
         }
     }
 
-    /// Applies the recovery rule: puts the profile back at the base once
-    /// its step began, and runs the base's switch script with the same
-    /// action once the target's was started. Returns what it did.
+    /// Applies the recovery rule: puts the profile back once its step
+    /// began, and reruns switch scripts once the target's was started
+    /// (see [`crate::intent`]). Returns what it did.
     fn restore_base(
         &self,
         intent: &Intent,
@@ -279,22 +279,34 @@ impl Activator {
     ) -> Result<Vec<String>, String> {
         let mut done = Vec::new();
         let mut errors = Vec::new();
+        let mut profile_system = None;
         if intent.action != Action::Test
             && intent.step >= IntentStep::SetProfile
         {
             match self.restore_profile(intent) {
-                Ok(what) => done.push(what),
+                Ok((what, system)) => {
+                    done.push(what);
+                    profile_system = Some(system);
+                }
                 Err(error) => errors.push(error),
             }
         }
         if intent.switch_started {
-            let run = Run::next_base(&self.config.state_dir, intent.proposal);
-            match self.run_switch(&run, &intent.base, intent.action, events) {
-                Ok(()) => done.push(format!(
-                    "the base's switch-to-configuration {} ran",
-                    intent.action
-                )),
-                Err(error) => errors.push(error),
+            for (system, action) in
+                restoring_switches(intent, profile_system.as_ref())
+            {
+                let run =
+                    Run::next_base(&self.config.state_dir, intent.proposal);
+                match self.run_switch(&run, system, action, events) {
+                    Ok(()) if *system == intent.base => done.push(format!(
+                        "the base's switch-to-configuration {action} ran"
+                    )),
+                    Ok(()) => done.push(format!(
+                        "the switch-to-configuration {action} of {system}, \
+                         the profile's system, ran"
+                    )),
+                    Err(error) => errors.push(error),
+                }
             }
         }
         if errors.is_empty() {
@@ -304,17 +316,53 @@ impl Activator {
         }
     }
 
-    /// Points the profile at the base: at the base's recorded generation
-    /// while that still resolves to the base, otherwise at a new
-    /// generation of the base. Returns what it did.
-    fn restore_profile(&self, intent: &Intent) -> Result<String, String> {
+    /// Points the profile back at the generation it had when the proposal
+    /// was accepted, or, when that generation is gone or unknown, at the
+    /// base: at the base's recorded generation while that still resolves
+    /// to the base, otherwise at a new generation of the base. Returns
+    /// what it did and the system the profile then points at.
+    fn restore_profile(
+        &self,
+        intent: &Intent,
+    ) -> Result<(String, StorePath), String> {
         let profile = &self.config.profile;
         let base = &intent.base;
+        let previous = intent.profile_generation.and_then(|generation| {
+            let link = intent::generation_link(profile, generation);
+            intent::resolve_link(&link).map(|system| (generation, system))
+        });
+        if let Some((generation, system)) = previous {
+            if intent::profile_generation(profile) == Some(generation) {
+                let held = if system == *base { "the base, " } else { "" };
+                let what = format!(
+                    "the profile {} still pointed at {held}its generation \
+                     {generation}",
+                    profile.display()
+                );
+                return Ok((what, system));
+            }
+            return match self.nix.switch_generation(profile, generation) {
+                Ok(()) => {
+                    let what = format!(
+                        "the profile {} was set back to its generation \
+                         {generation}",
+                        profile.display()
+                    );
+                    Ok((what, system))
+                }
+                Err(error) => Err(format!(
+                    "setting the profile {} back to its generation \
+                     {generation} failed: {error}",
+                    profile.display()
+                )),
+            };
+        }
         if intent::resolve_link(profile).as_ref() == Some(base) {
-            return Ok(format!(
+            let what = format!(
                 "the profile {} still pointed at the base",
                 profile.display()
-            ));
+            );
+            return Ok((what, base.clone()));
         }
         let generation = intent.base_generation.filter(|generation| {
             let link = intent::generation_link(profile, *generation);
@@ -337,7 +385,7 @@ impl Activator {
                 )
             }),
         };
-        result.map_err(|error| {
+        result.map(|what| (what, base.clone())).map_err(|error| {
             format!(
                 "setting the profile {} back to {base} failed: {error}",
                 profile.display()
@@ -625,4 +673,89 @@ struct LogOnly;
 
 impl EventSink for LogOnly {
     fn send(&mut self, _event: &Event) {}
+}
+
+/// Lists the switch scripts that restore the running system and the boot
+/// default after the target's script was started, in order. With the
+/// profile back at the base this is the base's script with the same
+/// action. With the profile at another system, the base's `test`
+/// restores the running system for `switch` and `test`, and the profile
+/// system's `boot` restores the boot default for `switch` and `boot`.
+fn restoring_switches<'a>(
+    intent: &'a Intent,
+    profile_system: Option<&'a StorePath>,
+) -> Vec<(&'a StorePath, Action)> {
+    let base = &intent.base;
+    match profile_system {
+        Some(system) if system != base && intent.action != Action::Test => {
+            let mut switches = Vec::new();
+            if intent.action == Action::Switch {
+                switches.push((base, Action::Test));
+            }
+            switches.push((system, Action::Boot));
+            switches
+        }
+        _ => vec![(base, intent.action)],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store_path(name: &str) -> StorePath {
+        StorePath::parse(&format!(
+            "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-{name}"
+        ))
+        .unwrap()
+    }
+
+    fn intent(action: Action) -> Intent {
+        Intent {
+            proposal: 2,
+            action,
+            base: store_path("base"),
+            target: store_path("target"),
+            base_generation: None,
+            profile_generation: Some(4),
+            rollback_generation: None,
+            step: IntentStep::HealthCheck,
+            switch_started: true,
+            since: 0,
+        }
+    }
+
+    #[test]
+    fn profile_at_base_reruns_base_with_same_action() {
+        for action in [Action::Switch, Action::Boot, Action::Test] {
+            let intent = intent(action);
+            let base = intent.base.clone();
+            assert_eq!(
+                restoring_switches(&intent, Some(&base)),
+                [(&base, action)]
+            );
+            assert_eq!(restoring_switches(&intent, None), [(&base, action)]);
+        }
+    }
+
+    #[test]
+    fn profile_elsewhere_restores_running_and_boot_apart() {
+        let other = store_path("approved-for-boot");
+        let switch = intent(Action::Switch);
+        assert_eq!(
+            restoring_switches(&switch, Some(&other)),
+            [(&switch.base, Action::Test), (&other, Action::Boot)]
+        );
+        let boot = intent(Action::Boot);
+        assert_eq!(
+            restoring_switches(&boot, Some(&other)),
+            [(&other, Action::Boot)]
+        );
+        // `test` leaves the profile and the boot default alone.
+        let test = intent(Action::Test);
+        assert_eq!(
+            restoring_switches(&test, Some(&other)),
+            [(&test.base, Action::Test)]
+        );
+    }
 }

@@ -26,16 +26,22 @@
 //! another system runs, as after a reboot that follows a `test` switch.
 //!
 //! At every other step, and after a failed switch, the activation is not
-//! kept: the activator puts the profile back at the base (the base's
-//! recorded profile generation when that still points at the base,
-//! otherwise a new generation) and, if the target's
-//! `switch-to-configuration` was started, runs the base's
-//! `switch-to-configuration` with the same action, because the target's
-//! may have run partly. The base's script starts only after every
-//! earlier switch run has ended. The activator then records a
-//! `recovered` history entry with the step and clears the intent. Either
-//! way the proposal number stays used, so the certificate is never
-//! activated again.
+//! kept. The activator puts the profile back at the generation it had
+//! when the proposal was accepted. When that generation is gone or was
+//! not recorded, it puts the profile at the base instead: at the base's
+//! recorded generation when that still points at the base, otherwise at
+//! a new generation. If the target's `switch-to-configuration` was
+//! started, it may have run partly, so the activator runs the base's
+//! with the same action. When the restored profile points at another
+//! system than the base (a system approved for `boot`, or the profile
+//! under a system approved for `test`), the running system and the boot
+//! default are restored apart: the base's `switch-to-configuration test`
+//! for `switch` and `test`, then the profile system's `boot` for
+//! `switch` and `boot`. These scripts start only after every earlier
+//! switch run has ended. The activator then records a `recovered`
+//! history entry with the step and clears the intent. Either way the
+//! proposal number stays used, so the certificate is never activated
+//! again.
 //!
 //! When recovery cannot finish (the run files or the state cannot be
 //! read), the intent stays, and every new certificate is refused with
@@ -94,6 +100,11 @@ pub struct Intent {
     /// The profile generation that pointed at the base when the proposal
     /// was accepted; `None` when the profile pointed at another system.
     pub base_generation: Option<u64>,
+    /// The profile's generation when the proposal was accepted, whatever
+    /// system it pointed at. A rollback returns the profile there, so
+    /// that a system approved earlier for `boot` stays the boot default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile_generation: Option<u64>,
     /// For a rollback, the generation of the profile that the target
     /// is; the profile is switched to it in place of a new generation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -210,6 +221,7 @@ mod tests {
             )
             .unwrap(),
             base_generation: Some(3),
+            profile_generation: Some(3),
             rollback_generation: None,
             step: IntentStep::SetProfile,
             switch_started: false,

@@ -96,10 +96,12 @@
 //!    `awaiting-confirmation` and waits that long for a `confirm` request
 //!    from the server of the new system.
 //!
-//! A failure in steps 2 to 5 rolls back to the certificate's base: the
-//! profile goes back to the base's generation and the base's
-//! `switch-to-configuration` runs with the same action, giving
-//! `rolled-back`, or `failed` when that fails too. The outcome is written
+//! A failure in steps 2 to 5 rolls back to the certificate's base. The
+//! profile goes back to its generation at acceptance, and the base's
+//! `switch-to-configuration` runs with the same action. When the profile
+//! held another system, the base's `test` and that system's `boot` run
+//! instead, as [`intent`] describes. The outcome is `rolled-back`, or
+//! `failed` when the rollback fails too. The outcome is written
 //! to the history, and the intent cleared, before it is sent.
 
 mod activate;

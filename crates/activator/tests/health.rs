@@ -267,6 +267,53 @@ fn boot_action_skips_checks() {
 }
 
 #[test]
+fn rollback_keeps_approved_boot_default() {
+    let world = World::build(WorldOptions::default());
+    let activator = Activator::start_with_running_system(
+        &world,
+        "[[health.commands]]\ncommand = [\"/bin/false\"]\ntimeout_secs = 1\n",
+    );
+    // The target is approved for the next boot; the base keeps running.
+    let mut boot = world.statement(&policy_text(), 1);
+    boot.action = Action::Boot;
+    let (outcome, _, message) =
+        finished(&activator.activate(&approved(&boot)));
+    assert_eq!(outcome, Outcome::Activated, "{message}");
+    assert_eq!(profile_link(&activator), "profile-2-link");
+
+    // Switching to it now fails its health check.
+    let switch = world.statement(&policy_text(), 2);
+    let events = activator.activate(&approved(&switch));
+    let (outcome, _, message) = finished(&events);
+    assert_eq!(outcome, Outcome::RolledBack, "{message}");
+    assert!(
+        message.contains(&format!("rolled back to {}", world.base)),
+        "{message}"
+    );
+    // The profile returns to the generation approved for `boot`, the
+    // base runs again without becoming the boot default, and the
+    // approved system installs the boot loader again.
+    assert_eq!(profile_link(&activator), "profile-2-link");
+    assert_eq!(activator.profile_target(), world.target.as_path());
+    assert_eq!(
+        world.switch_log_lines(),
+        [
+            format!("boot {}", world.target),
+            format!("switch {}", world.target),
+            format!("test {}", world.base),
+            format!("boot {}", world.target),
+        ]
+    );
+}
+
+fn profile_link(activator: &Activator) -> String {
+    std::fs::read_link(&activator.profile)
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
 fn failing_pre_switch_aborts() {
     let world = World::build(WorldOptions::default());
     let activator = Activator::start(

@@ -459,6 +459,36 @@ impl Activator {
         activator
     }
 
+    /// Starts an activator whose running system is the link
+    /// [`Activator::running_system_link`], pointed at the world's base,
+    /// apart from its profile, as on NixOS where `/run/current-system`
+    /// and the system profile differ after a `boot` or `test` switch.
+    pub fn start_with_running_system(
+        world: &World,
+        extra_config: &str,
+    ) -> Self {
+        let mut activator = Self::configure(world, extra_config);
+        let link = activator.running_system_link();
+        std::os::unix::fs::symlink(world.base.as_path(), &link).unwrap();
+        let config = fs::read_to_string(&activator.config_path).unwrap();
+        let profile_line =
+            format!("current_system = \"{}\"\n", activator.profile.display());
+        assert!(config.contains(&profile_line), "{config}");
+        let config = config.replace(
+            &profile_line,
+            &format!("current_system = \"{}\"\n", link.display()),
+        );
+        fs::write(&activator.config_path, config).unwrap();
+        activator.spawn();
+        activator
+    }
+
+    /// Returns the link that [`Activator::start_with_running_system`]
+    /// makes the activator's running system.
+    pub fn running_system_link(&self) -> PathBuf {
+        self.dir.path().join("current-system")
+    }
+
     /// Starts an activator the way systemd socket activation does: the
     /// test binds the socket, and the activator gets it as descriptor 3
     /// with `LISTEN_PID` set to its own pid and `LISTEN_FDS=1`.
