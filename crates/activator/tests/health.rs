@@ -279,7 +279,7 @@ fn rollback_keeps_approved_boot_default() {
     let (outcome, _, message) =
         finished(&activator.activate(&approved(&boot)));
     assert_eq!(outcome, Outcome::Activated, "{message}");
-    assert_eq!(profile_link(&activator), "profile-2-link");
+    assert_eq!(activator.profile_link(), "profile-2-link");
 
     // Switching to it now fails its health check.
     let switch = world.statement(&policy_text(), 2);
@@ -293,7 +293,7 @@ fn rollback_keeps_approved_boot_default() {
     // The profile returns to the generation approved for `boot`, the
     // base runs again without becoming the boot default, and the
     // approved system installs the boot loader again.
-    assert_eq!(profile_link(&activator), "profile-2-link");
+    assert_eq!(activator.profile_link(), "profile-2-link");
     assert_eq!(activator.profile_target(), world.target.as_path());
     assert_eq!(
         world.switch_log_lines(),
@@ -304,13 +304,6 @@ fn rollback_keeps_approved_boot_default() {
             format!("boot {}", world.target),
         ]
     );
-}
-
-fn profile_link(activator: &Activator) -> String {
-    std::fs::read_link(&activator.profile)
-        .unwrap()
-        .to_string_lossy()
-        .into_owned()
 }
 
 #[test]

@@ -19,7 +19,7 @@ fn deployed(world: &World) -> Activator {
     let certificate = approved(&world.statement(&policy_text(), 1));
     let (outcome, _, message) = finished(&activator.activate(&certificate));
     assert_eq!(outcome, Outcome::Activated, "{message}");
-    assert_eq!(profile_link(&activator), "profile-2-link");
+    assert_eq!(activator.profile_link(), "profile-2-link");
     activator.clear_nix_calls();
     activator
 }
@@ -33,13 +33,6 @@ fn rollback(world: &World, proposal: u64, generation: u64) -> Statement {
     statement.base = world.target.clone();
     statement.target = world.base.clone();
     statement
-}
-
-fn profile_link(activator: &Activator) -> String {
-    fs::read_link(&activator.profile)
-        .unwrap()
-        .to_string_lossy()
-        .into_owned()
 }
 
 #[test]
@@ -66,7 +59,7 @@ fn rollback_switches_to_generation() {
         ]
     );
     // The profile returns to its generation 1 instead of gaining a third.
-    assert_eq!(profile_link(&activator), "profile-1-link");
+    assert_eq!(activator.profile_link(), "profile-1-link");
     assert_eq!(activator.profile_target(), world.base.as_path());
     assert_eq!(
         world.switch_log_lines(),
@@ -115,7 +108,7 @@ fn rollback_to_other_generation_is_refused() {
     assert_eq!(outcome, Outcome::Refused, "{message}");
     assert!(message.contains("has no generation 9"), "{message}");
 
-    assert_eq!(profile_link(&activator), "profile-2-link");
+    assert_eq!(activator.profile_link(), "profile-2-link");
     assert_eq!(world.switch_log_lines().len(), 1);
     assert_eq!(
         activator.record_kinds(),
@@ -152,7 +145,7 @@ fn failed_rollback_restores_base_generation() {
     assert_eq!(outcome, Outcome::RolledBack, "{message}");
     // The rollback's base is the target at generation 2, and the failed
     // rollback returns there.
-    assert_eq!(profile_link(&activator), "profile-2-link");
+    assert_eq!(activator.profile_link(), "profile-2-link");
     assert_eq!(activator.profile_target(), world.target.as_path());
     assert_eq!(
         world.switch_log_lines(),

@@ -851,6 +851,14 @@ exec '{}' \"$@\"
     }
 
     /// The store path the profile resolves to.
+    /// Returns the text of the profile link, such as `profile-2-link`.
+    pub fn profile_link(&self) -> String {
+        fs::read_link(&self.profile)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    }
+
     pub fn profile_target(&self) -> PathBuf {
         fs::canonicalize(&self.profile).unwrap()
     }
