@@ -14,6 +14,11 @@ pub(crate) const STDERR_TAIL_LINES: usize = 25;
 /// Maximum characters of standard error or output quoted in an error.
 const QUOTE_MAX_CHARS: usize = 4000;
 
+/// Maximum bytes of one standard error line passed on. The rest of a
+/// longer line is read and dropped, so a builder that writes no line
+/// break cannot make the reader hold its whole output.
+const MAX_LINE_BYTES: usize = 64 * 1024;
+
 /// Runs `command` with no standard input and returns its standard output,
 /// or an error with the tail of its standard error when it exits non-zero.
 pub(crate) fn run(command: &mut Command) -> Result<Vec<u8>> {
@@ -29,6 +34,43 @@ pub(crate) fn run(command: &mut Command) -> Result<Vec<u8>> {
         return Err(failed(description, output.status, &output.stderr));
     }
     Ok(output.stdout)
+}
+
+/// Reads one line into `line`, at most [`MAX_LINE_BYTES`] of it, and
+/// skips the rest of a longer line. Returns `None` at the end of the
+/// stream, else the number of bytes skipped.
+fn read_line_capped(
+    reader: &mut impl BufRead,
+    line: &mut Vec<u8>,
+) -> std::io::Result<Option<usize>> {
+    let read = reader
+        .by_ref()
+        .take(MAX_LINE_BYTES as u64)
+        .read_until(b'\n', line)?;
+    if read == 0 {
+        return Ok(None);
+    }
+    if line.last() == Some(&b'\n') || read < MAX_LINE_BYTES {
+        return Ok(Some(0));
+    }
+    let mut skipped = 0;
+    loop {
+        let buffer = reader.fill_buf()?;
+        if buffer.is_empty() {
+            return Ok(Some(skipped));
+        }
+        match buffer.iter().position(|byte| *byte == b'\n') {
+            Some(end) => {
+                reader.consume(end + 1);
+                return Ok(Some(skipped + end));
+            }
+            None => {
+                let length = buffer.len();
+                reader.consume(length);
+                skipped += length;
+            }
+        }
+    }
 }
 
 /// Runs `command`, passes each line of its standard error to `on_line` as
@@ -65,9 +107,10 @@ pub(crate) fn run_streaming(
     let mut line = Vec::new();
     loop {
         line.clear();
-        match reader.read_until(b'\n', &mut line) {
-            Ok(0) => break,
-            Ok(_) => {}
+        let read = read_line_capped(&mut reader, &mut line);
+        let cut = match read {
+            Ok(None) => break,
+            Ok(Some(cut)) => cut,
             Err(error) => {
                 tracing::warn!(
                     command = %description,
@@ -76,14 +119,19 @@ pub(crate) fn run_streaming(
                 );
                 break;
             }
-        }
+        };
         let text = String::from_utf8_lossy(&line);
-        let text = text.trim_end_matches(['\n', '\r']);
-        on_line(text);
+        let mut text = text.trim_end_matches(['\n', '\r']).to_owned();
+        if cut > 0 {
+            text.push_str(&format!(
+                " [{cut} more bytes of this line dropped]"
+            ));
+        }
+        on_line(&text);
         if tail.len() == STDERR_TAIL_LINES {
             tail.pop_front();
         }
-        tail.push_back(text.to_owned());
+        tail.push_back(text);
     }
 
     let status = child.wait().map_err(|source| Error::Spawn {
@@ -224,5 +272,47 @@ mod tests {
         .unwrap();
         assert_eq!(stdout, b"out\n");
         assert_eq!(lines, ["a", "b"]);
+    }
+
+    #[test]
+    fn streaming_cuts_a_long_line() {
+        // 200,000 bytes without a line break from a real process, then a
+        // short line: the long one is cut at the cap, and the next line
+        // still arrives whole.
+        let mut command = Command::new("/bin/sh");
+        command.args([
+            "-c",
+            "head -c 200000 /dev/zero | tr '\\0' x >&2; echo >&2; echo next >&2",
+        ]);
+        let mut lines = Vec::new();
+        run_streaming(&mut command, &mut |line| lines.push(line.to_owned()))
+            .unwrap();
+        assert_eq!(lines.len(), 2, "{:?}", lines.iter().map(String::len));
+        let dropped = 200_000 - MAX_LINE_BYTES;
+        assert_eq!(
+            lines[0],
+            format!(
+                "{} [{dropped} more bytes of this line dropped]",
+                "x".repeat(MAX_LINE_BYTES)
+            )
+        );
+        assert_eq!(lines[1], "next");
+    }
+
+    #[test]
+    fn capped_read_handles_exact_and_unterminated_lines() {
+        let exact = "y".repeat(MAX_LINE_BYTES);
+        let input = format!("{exact}\nshort");
+        let mut reader = std::io::Cursor::new(input.into_bytes());
+        let mut line = Vec::new();
+        // A line of exactly the cap, without its line break yet, loses
+        // only that line break.
+        assert_eq!(read_line_capped(&mut reader, &mut line).unwrap(), Some(0));
+        assert_eq!(line.len(), MAX_LINE_BYTES);
+        line.clear();
+        assert_eq!(read_line_capped(&mut reader, &mut line).unwrap(), Some(0));
+        assert_eq!(line, b"short");
+        line.clear();
+        assert_eq!(read_line_capped(&mut reader, &mut line).unwrap(), None);
     }
 }
