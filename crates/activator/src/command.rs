@@ -147,18 +147,13 @@ fn drain(receiver: &mpsc::Receiver<String>, on_line: &mut dyn FnMut(&str)) {
 /// Kills the process group that `child` leads, then `child` itself in
 /// case the group could not be signalled, and reaps it.
 fn kill_group(child: &mut Child) {
-    // The activator links no libc bindings, so the group is signalled
-    // with kill(1); a negative process id names the group.
-    let group = format!("-{}", child.id());
-    let killed = Command::new("kill")
-        .args(["-KILL", "--", &group])
-        .env_clear()
-        .env("PATH", CLEAN_PATH)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    if !matches!(killed, Ok(status) if status.success()) {
+    // The command runs in a process group of its own (`process_group(0)`
+    // when spawned), led by the child, so the group id is the child's id.
+    let group = child.id() as libc::pid_t;
+    // SAFETY: killpg only sends a signal; the group was made for this
+    // command, and a group that is gone already makes it fail with ESRCH.
+    let killed = unsafe { libc::killpg(group, libc::SIGKILL) } == 0;
+    if !killed {
         tracing::warn!(
             pid = child.id(),
             "cannot kill the process group of a timed-out command; killing \
