@@ -18,6 +18,7 @@ mod ci_gate;
 mod config;
 mod db;
 mod forge_status;
+mod gc_roots;
 mod integrations;
 mod metrics;
 mod notify;
@@ -331,7 +332,8 @@ async fn recover(state: &AppState) -> Result<(), db::DbError> {
     Ok(())
 }
 
-/// Marks expired proposals every few seconds, and looks up activations
+/// Every few seconds, marks expired proposals and releases the GC roots
+/// of proposals that can no longer be deployed. Looks up activations
 /// with an unknown outcome now and then.
 async fn periodic(state: AppState) {
     let mut ticker = tokio::time::interval(EXPIRY_INTERVAL);
@@ -341,6 +343,17 @@ async fn periodic(state: AppState) {
         ticker.tick().await;
         if let Err(error) = expire_due(&state).await {
             tracing::error!(%error, "marking expired proposals failed");
+        }
+        match gc_roots::release(&state).await {
+            Ok(released) if !released.is_empty() => tracing::info!(
+                proposals = ?released,
+                "released the GC roots of proposals that can no longer \
+                 be deployed"
+            ),
+            Ok(_) => {}
+            Err(error) => {
+                tracing::error!(%error, "releasing GC roots failed");
+            }
         }
         if last_resolve.elapsed() >= RESOLVE_INTERVAL {
             last_resolve = tokio::time::Instant::now();

@@ -4,6 +4,7 @@
 mod common;
 
 use std::fs;
+use std::time::Duration;
 
 use common::activator::StubActivator;
 use common::{Harness, Options, git_in, policy_text};
@@ -532,6 +533,24 @@ async fn newer_proposal_supersedes_older() {
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert!(error_text(&body).contains("superseded"), "{body}");
+
+    // The superseded system's GC root is released within a few seconds,
+    // and the root of the proposal awaiting approval stays.
+    let roots = harness.config.state_dir.join("gcroots");
+    let first_root = roots.join(first.to_string());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while first_root.symlink_metadata().is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the GC root {} of the superseded proposal stays",
+            first_root.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        roots.join(second.to_string()).symlink_metadata().is_ok(),
+        "the GC root of the proposal awaiting approval stays"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
