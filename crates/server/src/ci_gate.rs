@@ -33,6 +33,7 @@ use crate::api_error::ApiError;
 use crate::db::{self, AuditEvent, Context, DbResult, ProposalState};
 use crate::state::AppState;
 use crate::votes;
+use crate::webhooks::printable;
 
 /// Statuses older than this are deleted, in seconds (90 days).
 const KEEP_SECS: u64 = 90 * 24 * 3600;
@@ -913,13 +914,6 @@ fn clean_url(value: Option<String>) -> Option<String> {
             && url.chars().count() <= MAX_URL_CHARS
             && !url.chars().any(|c| c.is_whitespace() || c.is_control())
     })
-}
-
-fn printable(text: &str, limit: usize) -> String {
-    text.chars()
-        .take(limit)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
 }
 
 /// Reads the stored state of `name` on `commit`.

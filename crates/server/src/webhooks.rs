@@ -370,13 +370,12 @@ fn header_value<'a>(
         .and_then(|value| value.to_str().ok())
 }
 
-/// Cuts `text` to `limit` characters and replaces control characters, for
-/// logs and responses.
-fn printable(text: &str, limit: usize) -> String {
-    text.chars()
-        .take(limit)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
+/// Cuts `text` to `limit` characters and escapes control and bidirectional
+/// formatting characters, for logs, responses and stored text that a
+/// forge sent.
+pub(crate) fn printable(text: &str, limit: usize) -> String {
+    let cut: String = text.chars().take(limit).collect();
+    countersign_nix::escape_control_chars(&cut).into_owned()
 }
 
 /// Checks a delivery's signature the way `forge` makes it. The secret
@@ -552,6 +551,13 @@ fn live_proposal_of(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn printable_escapes_controls_and_bidi() {
+        assert_eq!(printable("main\x1b[31m", 200), "main\\x1b[31m");
+        assert_eq!(printable("a\u{202e}b", 200), "a\\u{202e}b");
+        assert_eq!(printable("abcdef", 3), "abc");
+    }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
