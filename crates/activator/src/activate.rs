@@ -3,7 +3,7 @@
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use countersign_core::protocol::{AuditHead, Event, Outcome, Step};
 use countersign_core::webauthn::{self, encode_base64url};
@@ -18,6 +18,7 @@ use crate::evaluation::{self, Provenance};
 use crate::history::{History, HistoryRecord};
 use crate::intent::{self, Intent, IntentStep};
 use crate::nix::NixTools;
+use crate::refusal_budget::{self, RefusalBudget};
 use crate::source_check::{self, SourceCheck};
 use crate::state::{self, ActivatorState};
 use crate::system::{self, SWITCH_SCRIPT};
@@ -71,6 +72,9 @@ pub(crate) struct Activator {
     /// Prepare requests running or waiting for the evaluation lock.
     pub(crate) prepares: AtomicUsize,
     pub(crate) confirmations: Confirmations,
+    /// The refusals the history still takes in this minute. It is
+    /// locked only while the history's lock is held.
+    refusal_budget: Mutex<RefusalBudget>,
 }
 
 impl Activator {
@@ -87,6 +91,7 @@ impl Activator {
             evaluation_lock: Mutex::new(()),
             prepares: AtomicUsize::new(0),
             confirmations: Confirmations::default(),
+            refusal_budget: Mutex::new(RefusalBudget::new(Instant::now())),
         }
     }
 
@@ -241,19 +246,39 @@ impl Activator {
             refusal.reason =
                 shorten(refusal.reason, MAX_UNVERIFIED_REASON_BYTES);
         }
+        let admitted = self
+            .refusal_budget
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .admit(Instant::now());
         tracing::warn!(
             proposal = refusal.proposal,
             reason = %refusal.reason,
+            recorded = admitted.is_some(),
             "request refused"
         );
-        let record = HistoryRecord::Refused {
-            time: now(),
-            proposal: refusal.proposal,
-            statement_sha256: refusal.statement_sha256,
-            reason: refusal.reason.clone(),
-        };
-        if let Err(error) = history.record(&record, |_| {}) {
-            tracing::error!(%error, "cannot record a refusal in the history");
+        if let Some(left_out) = admitted {
+            let mut reason = refusal.reason.clone();
+            if left_out > 0 {
+                reason.push_str(&format!(
+                    " ({left_out} earlier refusals were logged but not \
+                     recorded here, because more than {} came within {} s)",
+                    refusal_budget::MAX_RECORDED,
+                    refusal_budget::WINDOW.as_secs()
+                ));
+            }
+            let record = HistoryRecord::Refused {
+                time: now(),
+                proposal: refusal.proposal,
+                statement_sha256: refusal.statement_sha256,
+                reason,
+            };
+            if let Err(error) = history.record(&record, |_| {}) {
+                tracing::error!(
+                    %error,
+                    "cannot record a refusal in the history"
+                );
+            }
         }
         events.send(&Event::Finished {
             outcome: Outcome::Refused,

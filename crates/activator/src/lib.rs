@@ -34,7 +34,8 @@
 //! # Order of checks
 //!
 //! Each failure ends the request with outcome `refused`, changes
-//! nothing, and is recorded in the history:
+//! nothing, and is recorded in the history, up to 20 refusals a minute;
+//! past that they are logged and counted in the next recorded one:
 //!
 //! 1. Load the policy afresh from the configured file.
 //! 2. [`verify_certificate`](countersign_core::verify_certificate): every
@@ -115,6 +116,7 @@ pub mod history;
 pub mod intent;
 mod nix;
 mod prepare;
+mod refusal_budget;
 mod server;
 mod source_check;
 pub mod state;

@@ -331,6 +331,20 @@ fn request_text_is_not_copied_into_history() {
 }
 
 #[test]
+fn refusal_flood_is_not_all_recorded() {
+    // Every refusal gets a reply, but the history, synced to disk for
+    // each entry, takes only the first 20 of a minute.
+    let activator = start();
+    for _ in 0..50 {
+        let events = activator.request(b"{not json\n");
+        assert_refused(&activator, &events, "not a valid JSON request line");
+    }
+    let entries = read_history(&activator.state_dir).unwrap();
+    assert_eq!(entries.len(), 20);
+    verify_history(&activator.state_dir).unwrap();
+}
+
+#[test]
 fn tampered_history_fails_verification() {
     let activator = start();
     for _ in 0..3 {
