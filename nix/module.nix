@@ -275,9 +275,10 @@ let
   timeoutOption =
     default: what:
     mkOption {
-      type = types.ints.positive;
+      # The activator rejects more than 7 days.
+      type = types.ints.between 1 604800;
       inherit default;
-      description = "Seconds ${what} may take before it counts as failed.";
+      description = "Seconds ${what} may take before it counts as failed, at most 604800 (7 days).";
     };
   commandOption = mkOption {
     type = types.nonEmptyListOf types.str;
@@ -936,13 +937,13 @@ in
     };
 
     confirmTimeout = mkOption {
-      type = types.ints.unsigned;
+      type = types.ints.between 0 604800;
       default = 0;
       example = 300;
       description = ''
         Seconds within which the server of a newly activated system must
-        confirm the activation, or the activator rolls it back. 0 turns
-        the confirmation window off.
+        confirm the activation, or the activator rolls it back, at most
+        604800 (7 days). 0 turns the confirmation window off.
       '';
     };
 

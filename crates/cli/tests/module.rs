@@ -363,6 +363,42 @@ fn activator_unit_runs_as_root() {
 }
 
 #[test]
+fn timeouts_above_seven_days_fail() {
+    let Some(lib) = nixpkgs_lib("timeouts_above_seven_days_fail") else {
+        return;
+    };
+    // The activator rejects longer steps at start, so the module rejects
+    // them when the system is built.
+    for (extra, option) in [
+        (
+            "services.countersign.confirmTimeout = 604801;",
+            "services.countersign.confirmTimeout",
+        ),
+        (
+            "services.countersign.preSwitch = \
+             [ { command = [ \"/bin/true\" ]; timeout = 604801; } ];",
+            "timeout",
+        ),
+    ] {
+        let expression = format!(
+            "import {}/nix/tests/eval.nix {{ lib = import {}; \
+             configuration = {}; }}",
+            repository_root().display(),
+            lib.display(),
+            configuration(extra)
+        );
+        let error = nix_eval(&expression).expect_err(extra);
+        assert!(error.contains(option), "{error}");
+        assert!(error.contains("604800"), "{error}");
+    }
+    let accepted = evaluate(
+        &lib,
+        &configuration("services.countersign.confirmTimeout = 604800;"),
+    );
+    assert_eq!(failed_assertions(&accepted), Vec::<String>::new());
+}
+
+#[test]
 fn activator_options_reach_config() {
     let Some(lib) = nixpkgs_lib("activator_options_reach_config") else {
         return;
