@@ -2,7 +2,8 @@
 //! names) could hold escape sequences that rewrite what an approver sees,
 //! so every such string passes through [`sanitize`] before printing.
 
-use countersign_nix::escape_control_chars;
+use countersign_nix::{escape_control_chars, escape_json_output};
+use serde::Serialize;
 
 /// Escapes control and bidirectional formatting characters other than
 /// newline and tab, with the same escapes as the diff's text rendering.
@@ -16,6 +17,15 @@ pub fn sanitize(text: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Prints `value` as pretty JSON with invisible and bidirectional
+/// characters escaped, so that text from a repository cannot reorder
+/// what `jq` or a terminal shows.
+pub fn print_json(value: &impl Serialize) -> serde_json::Result<()> {
+    let json = serde_json::to_string_pretty(value)?;
+    println!("{}", escape_json_output(&json));
+    Ok(())
 }
 
 /// Formats a duration in seconds for people: `3 h 12 min`, `45 s`.

@@ -31,6 +31,31 @@ pub fn escape_control_chars(text: &str) -> Cow<'_, str> {
     Cow::Owned(escaped)
 }
 
+/// Escapes, as JSON `\uXXXX` escapes, the characters of serialized JSON
+/// that [`escape_control_chars`] would escape and that serde_json writes
+/// raw: DEL, C1 controls, bidirectional formatting characters, and
+/// zero-width characters and spaces other than U+0020. JSON's structure
+/// is ASCII, so every such character sits inside a string, and the
+/// result parses to the same value. A line break or tab outside strings
+/// is the layout of pretty-printed JSON and stays.
+pub fn escape_json_output(json: &str) -> Cow<'_, str> {
+    let escaped = |c: char| needs_escape(c) && !matches!(c, '\n' | '\t');
+    if !json.chars().any(escaped) {
+        return Cow::Borrowed(json);
+    }
+    let mut output = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if escaped(c) {
+            // Every escaped character is in the Basic Multilingual
+            // Plane, so one `\uXXXX` escape holds it.
+            let _ = write!(output, "\\u{:04x}", c as u32);
+        } else {
+            output.push(c);
+        }
+    }
+    Cow::Owned(output)
+}
+
 fn needs_escape(c: char) -> bool {
     c.is_control() || is_bidi_control(c) || is_invisible_or_space(c)
 }
@@ -73,6 +98,28 @@ fn is_bidi_control(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_output_keeps_its_value() {
+        let value = serde_json::json!({
+            "subject": "a\u{202e}b\u{7f}c\u{85}d\u{a0}e",
+            "plain": "line\nnext\té",
+        });
+        let pretty = serde_json::to_string_pretty(&value).unwrap();
+        let escaped = escape_json_output(&pretty);
+        for raw in ['\u{202e}', '\u{7f}', '\u{85}', '\u{a0}'] {
+            assert!(!escaped.contains(raw), "{escaped}");
+        }
+        assert!(escaped.contains("\\u202e"), "{escaped}");
+        assert!(escaped.contains('é'), "{escaped}");
+        let parsed: serde_json::Value =
+            serde_json::from_str(&escaped).unwrap();
+        assert_eq!(parsed, value);
+        assert!(matches!(
+            escape_json_output("{\n  \"a\": 1\n}"),
+            Cow::Borrowed(_)
+        ));
+    }
 
     #[test]
     fn plain_text_is_borrowed() {

@@ -30,7 +30,7 @@ pub mod store_read;
 
 pub use drv_name::parse_drv_name;
 pub use error::{Error, Result};
-pub use escape::escape_control_chars;
+pub use escape::{escape_control_chars, escape_json_output};
 pub use flake::{
     FetchedSource, build, evaluate_out_path, fetch_source, validate_attribute,
 };

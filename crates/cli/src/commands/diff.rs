@@ -13,7 +13,7 @@ pub fn run(old: &Path, new: &Path, json_output: bool) -> Result<()> {
     let new = resolve(new)?;
     let document = DiffDocument::of_systems(&Nix::new(), &old, &new)?;
     if json_output {
-        println!("{}", serde_json::to_string_pretty(&document)?);
+        crate::terminal::print_json(&document)?;
     } else {
         print!("{}", render_text(&document));
     }

@@ -47,7 +47,7 @@ pub fn status(client: &Client, json_output: bool) -> Result<()> {
     if json_output {
         let output =
             json!({ "status": status, "proposals": list["proposals"] });
-        println!("{}", serde_json::to_string_pretty(&output)?);
+        crate::terminal::print_json(&output)?;
         return Ok(());
     }
     println!("host            {}", text(&status["host"]));

@@ -125,7 +125,7 @@ pub fn show(client: &Client, number: u64, json_output: bool) -> Result<()> {
             "statement": reviewed.statement,
             "diff": reviewed.diff,
         });
-        println!("{}", serde_json::to_string_pretty(&output)?);
+        crate::terminal::print_json(&output)?;
     } else {
         print_summary(&reviewed, true);
     }
