@@ -47,7 +47,7 @@ pub fn escape_json_output(json: &str) -> Cow<'_, str> {
     for c in json.chars() {
         if escaped(c) {
             // Every escaped character is in the Basic Multilingual
-            // Plane, so one `\uXXXX` escape holds it.
+            // Plane, so one `\uXXXX` escape represents it.
             let _ = write!(output, "\\u{:04x}", c as u32);
         } else {
             output.push(c);
