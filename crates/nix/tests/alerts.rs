@@ -17,7 +17,7 @@ use countersign_nix::diff::{
     render_text, system_alerts, system_diff,
 };
 use countersign_nix::fixture::{
-    EtcOwner, InitrdCompression, Package, SystemSpec, User, Wrapper,
+    EtcOwner, Group, InitrdCompression, Package, SystemSpec, User, Wrapper,
 };
 
 const PHONE: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINeDGYNVoIPqf4EHCPPlFzeP/P4mllH8PKUTwgB/BDs0 phone";
@@ -41,6 +41,16 @@ fn base_spec(log: &Path) -> SystemSpec {
     spec.policy_toml = Some(policy(2, true));
     spec.set_store_file("motd-setup", "#!/bin/sh\necho welcome > /run/motd\n");
     spec.set_activation_snippet("motd", "@file:motd-setup@\n");
+    // Files that sudoers and nix.conf include from the store.
+    spec.set_store_file("sudoers-extra", "# no extra rules\n");
+    spec.edit_etc("sudoers", |t| {
+        format!("{t}@include @file:sudoers-extra@\n")
+    });
+    spec.set_store_file("nix-extra.conf", "# no extra settings\n");
+    spec.edit_etc("nix/nix.conf", |t| {
+        format!("{t}!include @file:nix-extra.conf@\n")
+    });
+    spec.set_store_file("sudo-rules", "# no rules\n");
     spec.set_package(Package::with_binary("bash", "5.2p37"));
     spec.set_package(Package::unit_script("backup", "echo backing up"));
     spec.set_unit(
@@ -132,6 +142,30 @@ fn variants() -> Vec<(&'static str, Change)> {
             s.edit_etc("sudoers", |t| {
                 format!("{t}alice ALL=(ALL:ALL) NOPASSWD: ALL\n")
             });
+        }),
+        ("sudo-include", |s| {
+            // sudoers keeps its `@include` line; the included file gains
+            // a rule.
+            s.set_store_file(
+                "sudoers-extra",
+                "alice ALL=(ALL:ALL) NOPASSWD: ALL\n",
+            );
+        }),
+        ("sudo-relative-link", |s| {
+            // A file of sudoers.d that is a relative link into another
+            // store path.
+            s.set_store_file(
+                "sudo-rules",
+                "alice ALL=(ALL:ALL) NOPASSWD: ALL\n",
+            );
+            s.etc_relative_links
+                .push(("sudoers.d/10-extra".into(), "sudo-rules".into()));
+        }),
+        ("pam-relative-link", |s| {
+            s.set_store_file("sudo-rules", "auth sufficient pam_permit.so\n");
+            s.remove_etc("pam.d/sudo");
+            s.etc_relative_links
+                .push(("pam.d/sudo".into(), "sudo-rules".into()));
         }),
         ("sudo-defaults", |s| {
             s.edit_etc("sudoers", |t| format!("{t}Defaults !authenticate\n"));
@@ -276,6 +310,11 @@ fn variants() -> Vec<(&'static str, Change)> {
                 t.replace("trusted-users = root", "trusted-users = root alice")
             });
         }),
+        ("nix-include", |s| {
+            // nix.conf keeps its `!include` line; the included file
+            // trusts another user.
+            s.set_store_file("nix-extra.conf", "trusted-users = root alice\n");
+        }),
         ("nix-store", |s| {
             s.edit_etc("nix/nix.conf", |t| {
                 format!("{t}store = ssh-ng://root@203.0.113.5\n")
@@ -317,6 +356,25 @@ fn variants() -> Vec<(&'static str, Change)> {
         ("outside-link", |s| {
             s.etc_links
                 .push(("resolv.conf".into(), "/run/resolv.conf".into()));
+        }),
+        ("user-unit", |s| {
+            // A systemd user unit, started for every user's manager.
+            s.set_etc(
+                "systemd/user/default.target.wants/agent.service",
+                "[Service]\nExecStart=/tmp/agent\n",
+            );
+        }),
+        ("systemd-manager", |s| {
+            s.set_etc(
+                "systemd/system.conf",
+                "[Manager]\nDefaultEnvironment=LD_PRELOAD=/tmp/x.so\n",
+            );
+        }),
+        ("group-gid-alias", |s| {
+            // A group that shares wheel's gid: its members are in wheel
+            // for every program that checks the gid.
+            s.groups.push(Group::new("staff", 1));
+            s.user_mut("sshd").unwrap().extra_groups = vec!["staff".into()];
         }),
         ("path-added", |s| {
             s.set_package(Package::with_binary("jq", "1.7.1"))
@@ -634,6 +692,28 @@ fn sudo_nopasswd_rule_is_critical() {
 #[test]
 fn sudo_defaults() {
     check("sudo-defaults", &[(K::SudoConfigChanged, S::High)], &[]);
+}
+
+#[test]
+fn sudoers_include_content_is_read() {
+    let alerts =
+        check("sudo-include", &[(K::SudoRuleAdded, S::Critical)], &[]);
+    assert!(alerts[0].detail.contains("alice"), "{alerts:#?}");
+    assert_eq!(alerts[0].subject, "/etc/sudoers");
+}
+
+#[test]
+fn sudoers_relative_link_is_read() {
+    check(
+        "sudo-relative-link",
+        &[(K::SudoRuleAdded, S::Critical)],
+        &[],
+    );
+}
+
+#[test]
+fn pam_relative_link_is_read() {
+    check("pam-relative-link", &[(K::PamChanged, S::Critical)], &[]);
 }
 
 #[test]
@@ -1038,6 +1118,40 @@ fn nix_trusted_user_is_critical() {
     let alerts =
         check("nix-conf", &[(K::NixSettingChanged, S::Critical)], &[]);
     assert_eq!(alerts[0].detail, "trusted-users root -> root alice");
+}
+
+#[test]
+fn nix_include_content_is_read() {
+    let alerts =
+        check("nix-include", &[(K::NixSettingChanged, S::Critical)], &[]);
+    assert!(alerts[0].detail.contains("alice"), "{alerts:#?}");
+}
+
+#[test]
+fn systemd_user_unit_added() {
+    let alerts = check("user-unit", &[(K::UnitAdded, S::Medium)], &[]);
+    assert_eq!(
+        alerts[0].subject,
+        "/etc/systemd/user/default.target.wants/agent.service"
+    );
+}
+
+#[test]
+fn systemd_manager_configuration() {
+    check("systemd-manager", &[(K::UnitChanged, S::High)], &[]);
+}
+
+#[test]
+fn group_sharing_a_privileged_gid() {
+    let alerts = check(
+        "group-gid-alias",
+        &[(K::GroupChanged, S::High), (K::GroupMemberAdded, S::High)],
+        &[],
+    );
+    assert!(
+        alerts.iter().any(|a| a.detail.contains("wheel")),
+        "{alerts:#?}"
+    );
 }
 
 #[test]

@@ -259,6 +259,11 @@ impl SystemFiles {
             walk.leaf_or_dir(&path, &name, 0, &mut files.toplevel)?;
         }
 
+        // Only the unit tree's relative links (aliases and enabling
+        // links) are compared as links. Elsewhere in `/etc` a program
+        // reads what the link points to, which may be another store
+        // path, so that is what the checks must read.
+        walk.keeps_relative_link = |key| key.starts_with(UNIT_DIR);
         let mut etc = BTreeMap::new();
         match resolve(&system.as_path().join("etc"))? {
             Resolved::Directory { path } => {
@@ -399,6 +404,9 @@ struct Walk {
     entries: usize,
     limit: usize,
     truncated: bool,
+    /// Tells, by key, where a relative link is compared by its text.
+    /// Elsewhere the link is read as what it points to.
+    keeps_relative_link: fn(&str) -> bool,
 }
 
 impl Default for Walk {
@@ -413,6 +421,7 @@ impl Walk {
             entries: 0,
             limit,
             truncated: false,
+            keeps_relative_link: |_| true,
         }
     }
 
@@ -436,7 +445,9 @@ impl Walk {
             let key = format!("{prefix}{name}");
             let entry = dir.join(&name);
             let resolved = resolve(&entry)?;
-            if let Some(target) = relative_link(&entry, &resolved)? {
+            if (self.keeps_relative_link)(&key)
+                && let Some(target) = relative_link(&entry, &resolved)?
+            {
                 out.insert(key, Node::RelativeLink { target });
                 continue;
             }

@@ -6,7 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
-use super::{Ctx, added_removed, config_line, line_changes, quote_lines};
+use super::{
+    Ctx, Include, added_removed, config_line, inline_store_includes,
+    line_changes, quote_lines,
+};
 use crate::diff::alerts::{AlertKind, Severity};
 use crate::diff::redact::REDACTED;
 use crate::diff::reduce::reduce_store_paths;
@@ -258,6 +261,16 @@ pub(super) fn sudo(ctx: &mut Ctx<'_>) -> Result<()> {
     for path in paths {
         let doas = path == "doas.conf";
         let (old, new) = ctx.etc_texts(&path)?;
+        // A rule in a store file that sudoers includes applies as if it
+        // were written at the include line.
+        let (old, new) = if doas {
+            (old, new)
+        } else {
+            (
+                inline_store_includes(&old, sudo_include)?,
+                inline_store_includes(&new, sudo_include)?,
+            )
+        };
         let (added, removed) = line_changes(
             &join_continuations(&old),
             &join_continuations(&new),
@@ -280,6 +293,28 @@ pub(super) fn sudo(ctx: &mut Ctx<'_>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Returns the file or folder that a sudoers include line names.
+fn sudo_include(line: &str) -> Option<Include<'_>> {
+    let (directive, rest) = line.split_once(char::is_whitespace)?;
+    let path = rest.trim().trim_matches('"');
+    match directive {
+        "@include" | "#include" => Some(Include::File(path)),
+        // sudo skips names with a dot or ending in `~` in such a folder.
+        "@includedir" | "#includedir" => Some(Include::Folder(path, |name| {
+            !name.contains('.') && !name.ends_with('~')
+        })),
+        _ => None,
+    }
+}
+
+/// Returns the file that a `nix.conf` include line names.
+fn nix_include(line: &str) -> Option<Include<'_>> {
+    let path = line
+        .strip_prefix("!include ")
+        .or_else(|| line.strip_prefix("include "))?;
+    Some(Include::File(path.trim()))
 }
 
 fn join_continuations(text: &str) -> String {
@@ -547,6 +582,9 @@ pub(super) fn nix_conf(ctx: &mut Ctx<'_>) -> Result<()> {
         return Ok(());
     }
     let (old, new) = ctx.etc_texts("nix/nix.conf")?;
+    // Settings of an included store file apply at the include line.
+    let old = inline_store_includes(&old, nix_include)?;
+    let new = inline_store_includes(&new, nix_include)?;
     let before = nix_settings(&old);
     let after = nix_settings(&new);
     let keys: BTreeSet<&String> = before.keys().chain(after.keys()).collect();

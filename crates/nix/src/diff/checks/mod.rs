@@ -373,6 +373,41 @@ const OTHER_ETC: &[(&str, AlertKind, Severity)] = &[
         AlertKind::ShellInitChanged,
         Severity::High,
     ),
+    // The service manager's own settings apply to every unit, such as
+    // `DefaultEnvironment=` or the default capability bounding set.
+    (
+        "systemd/system.conf",
+        AlertKind::UnitChanged,
+        Severity::High,
+    ),
+    (
+        "systemd/system.conf.d/",
+        AlertKind::UnitChanged,
+        Severity::High,
+    ),
+    // User units, the user manager's settings and generators run in
+    // every user's manager, root's included when root logs in.
+    ("systemd/user/", AlertKind::UnitChanged, Severity::Medium),
+    (
+        "systemd/user.conf",
+        AlertKind::UnitChanged,
+        Severity::Medium,
+    ),
+    (
+        "systemd/user.conf.d/",
+        AlertKind::UnitChanged,
+        Severity::Medium,
+    ),
+    (
+        "systemd/user-generators/",
+        AlertKind::ShellInitChanged,
+        Severity::Medium,
+    ),
+    (
+        "systemd/user-environment-generators/",
+        AlertKind::ShellInitChanged,
+        Severity::Medium,
+    ),
 ];
 
 /// Files under `/etc` that no other check reads; severity `Info` in
@@ -395,9 +430,21 @@ fn other_etc(ctx: &mut Ctx<'_>) {
         if let Some((_, kind, severity)) = rule
             && *severity != Severity::Info
         {
+            // A user unit that appears or disappears is reported as
+            // units are.
+            let user_unit = change.path.starts_with("systemd/user/");
+            let (kind, severity) = match change.status {
+                ChangeStatus::Added if user_unit => {
+                    (AlertKind::UnitAdded, *severity)
+                }
+                ChangeStatus::Removed if user_unit => {
+                    (AlertKind::UnitRemoved, Severity::Medium)
+                }
+                _ => (*kind, *severity),
+            };
             found.push(Alert::new(
-                *kind,
-                *severity,
+                kind,
+                severity,
                 format!("/etc/{}", change.path),
                 status_text(change),
             ));
@@ -544,6 +591,87 @@ pub(super) fn config_line(line: &str, comment: char) -> Option<String> {
     };
     let line = line.trim();
     (!line.is_empty()).then(|| reduce_store_paths(line))
+}
+
+/// Levels of included files that are read.
+const MAX_INCLUDE_DEPTH: usize = 3;
+
+/// The target of an include line of a configuration file.
+pub(super) enum Include<'a> {
+    /// One file.
+    File(&'a str),
+    /// Every file of a folder that `keep` accepts by name, in name order.
+    Folder(&'a str, fn(&str) -> bool),
+}
+
+/// Returns `text` with the content of each store file that one of its
+/// include lines names (as `include` parses the line) put right after
+/// that line, the way the program reads it. Files outside the store are left
+/// alone: they are not part of what is reviewed, and an include line
+/// that names one is compared as a line. Included files are followed
+/// [`MAX_INCLUDE_DEPTH`] levels deep.
+pub(super) fn inline_store_includes(
+    text: &str,
+    include: for<'a> fn(&'a str) -> Option<Include<'a>>,
+) -> Result<String> {
+    inline_includes_at(text, include, 0)
+}
+
+fn inline_includes_at(
+    text: &str,
+    include: for<'a> fn(&'a str) -> Option<Include<'a>>,
+    depth: usize,
+) -> Result<String> {
+    use crate::store_read::{Resolved, read_dir_sorted, resolve};
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        out.push_str(line);
+        out.push('\n');
+        if depth >= MAX_INCLUDE_DEPTH {
+            continue;
+        }
+        let read_file = |path: &std::path::Path| -> Result<Option<String>> {
+            Ok(match resolve(path)? {
+                Resolved::File { path, size, .. }
+                    if size <= super::system::MAX_READ_BYTES =>
+                {
+                    let (bytes, _) = crate::store_read::read_limited(
+                        &path,
+                        super::system::MAX_READ_BYTES,
+                    )?;
+                    super::text::as_text(&bytes).map(str::to_owned)
+                }
+                _ => None,
+            })
+        };
+        let included = match include(line.trim()) {
+            Some(Include::File(path)) if path.starts_with("/nix/store/") => {
+                read_file(std::path::Path::new(path))?.into_iter().collect()
+            }
+            Some(Include::Folder(path, keep))
+                if path.starts_with("/nix/store/") =>
+            {
+                let mut texts = Vec::new();
+                if let Resolved::Directory { path } =
+                    resolve(std::path::Path::new(path))?
+                {
+                    for name in read_dir_sorted(&path)? {
+                        if keep(&name)
+                            && let Some(text) = read_file(&path.join(&name))?
+                        {
+                            texts.push(text);
+                        }
+                    }
+                }
+                texts
+            }
+            _ => Vec::new(),
+        };
+        for text in included {
+            out.push_str(&inline_includes_at(&text, include, depth + 1)?);
+        }
+    }
+    Ok(out)
 }
 
 /// Longest quoted line in a detail, in characters.

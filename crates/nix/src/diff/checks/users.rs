@@ -109,7 +109,7 @@ pub(super) fn check(ctx: &mut Ctx<'_>) -> Result<()> {
         data.groups
             .iter()
             .filter(|(name, group)| {
-                PRIVILEGED_GROUPS.contains(&name.as_str())
+                privilege_of(data, name).is_some()
                     && group.members.contains(user)
             })
             .map(|(name, _)| name.clone())
@@ -126,7 +126,7 @@ pub(super) fn check(ctx: &mut Ctx<'_>) -> Result<()> {
                 let severity = if user.uid == Some(0) {
                     Severity::Critical
                 } else if !groups.is_empty()
-                    || PRIVILEGED_GROUPS.contains(&user.group.as_str())
+                    || privilege_of(&new, &user.group).is_some()
                 {
                     Severity::High
                 } else {
@@ -160,7 +160,14 @@ pub(super) fn check(ctx: &mut Ctx<'_>) -> Result<()> {
                 "removed",
             ),
             (Some(before), Some(after)) => {
-                compare_user(ctx, &subject, before, after);
+                let privileged_group = privilege_of(&new, &after.group);
+                compare_user(
+                    ctx,
+                    &subject,
+                    before,
+                    after,
+                    privileged_group.is_some(),
+                );
             }
             (None, None) => {}
         }
@@ -170,19 +177,27 @@ pub(super) fn check(ctx: &mut Ctx<'_>) -> Result<()> {
         old.groups.keys().chain(new.groups.keys()).collect();
     for name in names {
         let subject = format!("group {name}");
-        let privileged = PRIVILEGED_GROUPS.contains(&name.as_str());
+        let privilege = privilege_of(&new, name);
+        let privileged = privilege.is_some();
+        // A group that shares the gid of a privileged group: programs
+        // that check gids see its members as members of that group.
+        let shares = privilege
+            .as_deref()
+            .filter(|holder| holder != name)
+            .map(|holder| format!(", the gid of {holder}"))
+            .unwrap_or_default();
         let before = old.groups.get(name);
         let after = new.groups.get(name);
         match (before, after) {
             (None, Some(group)) => ctx.push(
                 AlertKind::GroupChanged,
-                if group.gid == Some(0) {
+                if group.gid == Some(0) || !shares.is_empty() {
                     Severity::High
                 } else {
                     Severity::Low
                 },
                 &subject,
-                format!("added with gid {}", show_id(group.gid)),
+                format!("added with gid {}{shares}", show_id(group.gid)),
             ),
             (Some(_), None) => ctx.push(
                 AlertKind::GroupChanged,
@@ -192,13 +207,17 @@ pub(super) fn check(ctx: &mut Ctx<'_>) -> Result<()> {
             ),
             (Some(a), Some(b)) if a.gid != b.gid => ctx.push(
                 AlertKind::GroupChanged,
-                if b.gid == Some(0) {
+                if b.gid == Some(0) || !shares.is_empty() {
                     Severity::High
                 } else {
                     Severity::Medium
                 },
                 &subject,
-                format!("gid {} -> {}", show_id(a.gid), show_id(b.gid)),
+                format!(
+                    "gid {} -> {}{shares}",
+                    show_id(a.gid),
+                    show_id(b.gid)
+                ),
             ),
             _ => {}
         }
@@ -214,7 +233,7 @@ pub(super) fn check(ctx: &mut Ctx<'_>) -> Result<()> {
                     Severity::Medium
                 },
                 &subject,
-                format!("{member} joins {name}"),
+                format!("{member} joins {name}{shares}"),
             );
         }
         for member in old_members.difference(new_members) {
@@ -234,6 +253,7 @@ fn compare_user(
     subject: &str,
     before: &UserInfo,
     after: &UserInfo,
+    privileged_group: bool,
 ) {
     if before.uid != after.uid {
         ctx.push(
@@ -326,15 +346,33 @@ fn compare_user(
         ));
     }
     if !other.is_empty() {
-        let severity = if PRIVILEGED_GROUPS.contains(&after.group.as_str())
-            && before.group != after.group
-        {
+        let severity = if privileged_group && before.group != after.group {
             Severity::High
         } else {
             Severity::Low
         };
         ctx.push(AlertKind::UserChanged, severity, subject, other.join("; "));
     }
+}
+
+/// Tells whether the group `name` of `data` is privileged: by its name,
+/// or by sharing the gid of a privileged group (or gid 0). Returns the
+/// privileged group's name, which is `name` itself in the first case.
+fn privilege_of(data: &UsersData, name: &str) -> Option<String> {
+    if PRIVILEGED_GROUPS.contains(&name) {
+        return Some(name.to_owned());
+    }
+    let gid = data.groups.get(name)?.gid?;
+    if gid == 0 {
+        return Some("root".to_owned());
+    }
+    data.groups
+        .iter()
+        .find(|(other, group)| {
+            group.gid == Some(gid)
+                && PRIVILEGED_GROUPS.contains(&other.as_str())
+        })
+        .map(|(other, _)| other.clone())
 }
 
 fn can_log_in(shell: &str) -> bool {
