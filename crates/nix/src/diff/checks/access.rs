@@ -4,11 +4,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use base64::Engine as _;
+use countersign_core::StorePath;
 use sha2::{Digest, Sha256};
 
 use super::{
-    Ctx, Include, added_removed, config_line, inline_store_includes,
-    line_changes, quote_lines,
+    Ctx, Include, added_removed, changed_named_files, config_line,
+    inline_store_includes, line_changes, quote_lines,
 };
 use crate::diff::alerts::{AlertKind, Severity};
 use crate::diff::redact::REDACTED;
@@ -217,8 +218,10 @@ pub(super) fn sshd(ctx: &mut Ctx<'_>) -> Result<()> {
         return Ok(());
     }
     let (old, new) = ctx.etc_texts("ssh/sshd_config")?;
-    let before = sshd_settings(&old);
-    let after = sshd_settings(&new);
+    // Settings of a store file that an `Include` line names apply at
+    // that line.
+    let before = sshd_settings(&inline_store_includes(&old, sshd_include)?);
+    let after = sshd_settings(&inline_store_includes(&new, sshd_include)?);
     let keys: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
     for key in keys {
         let old_value = before.get(key);
@@ -249,7 +252,60 @@ pub(super) fn sshd(ctx: &mut Ctx<'_>) -> Result<()> {
             format!("{spelled} {} -> {}", show(old_value), show(new_value)),
         );
     }
+    sshd_named_files(ctx, &old, &new);
     Ok(())
+}
+
+/// Raises an alert for generated store files that `sshd_config` names
+/// and whose content changed, such as a `TrustedUserCAKeys` file or an
+/// `AuthorizedKeysCommand` script. Files that an `Include` line names
+/// are left out, because their settings are compared above.
+fn sshd_named_files(ctx: &mut Ctx<'_>, old: &str, new: &str) {
+    let included = included_store_names(old, new, sshd_include);
+    let changed = changed_named_files(ctx, "ssh/sshd_config", |name| {
+        included.contains(name)
+    });
+    if !changed.is_empty() {
+        ctx.push(
+            AlertKind::SshdSettingChanged,
+            Severity::High,
+            "/etc/ssh/sshd_config",
+            format!("a generated file it names changed: {changed}"),
+        );
+    }
+}
+
+/// Returns the store names of the single files that the include lines
+/// of `old` or `new` name.
+fn included_store_names(
+    old: &str,
+    new: &str,
+    include: for<'a> fn(&'a str) -> Option<Include<'a>>,
+) -> BTreeSet<String> {
+    [old, new]
+        .iter()
+        .flat_map(|text| text.lines())
+        .filter_map(|line| match include(line.trim()) {
+            Some(Include::File(path)) => StorePath::parse(path)
+                .ok()
+                .map(|store_path| store_path.name().to_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Returns the file that an `sshd_config` `Include` line names, when it
+/// names one file. sshd also takes several files and glob patterns,
+/// which are compared as text.
+fn sshd_include(line: &str) -> Option<Include<'_>> {
+    let (keyword, rest) = line.split_once(char::is_whitespace)?;
+    if !keyword.eq_ignore_ascii_case("include") {
+        return None;
+    }
+    let path = rest.trim().trim_matches('"');
+    let single =
+        !path.contains(char::is_whitespace) && !path.contains(['*', '?', '[']);
+    single.then_some(Include::File(path))
 }
 
 /// sudoers, `sudoers.d` and `doas.conf`: rules and settings added or
@@ -399,6 +455,18 @@ pub(super) fn pam(ctx: &mut Ctx<'_>) -> Result<()> {
         };
         let (added, removed) = line_changes(&old, &new, keep);
         if added.is_empty() && removed.is_empty() {
+            // The lines read the same once store paths are reduced, but
+            // a generated file they name, such as a `pam_exec.so`
+            // script, may have changed.
+            let changed = changed_named_files(ctx, &path, |_| false);
+            if !changed.is_empty() {
+                ctx.push(
+                    AlertKind::PamChanged,
+                    Severity::High,
+                    subject,
+                    format!("a generated file it names changed: {changed}"),
+                );
+            }
             continue;
         }
         let weakening = added.iter().any(|line| {
@@ -583,6 +651,21 @@ pub(super) fn nix_conf(ctx: &mut Ctx<'_>) -> Result<()> {
     }
     let (old, new) = ctx.etc_texts("nix/nix.conf")?;
     // Settings of an included store file apply at the include line.
+    let included = included_store_names(&old, &new, nix_include);
+    let changed = changed_named_files(ctx, "nix/nix.conf", |name| {
+        included.contains(name)
+    });
+    if !changed.is_empty() {
+        // A setting that names a generated file, such as a
+        // `post-build-hook` script, reads the same while the file
+        // changed.
+        ctx.push(
+            AlertKind::NixSettingChanged,
+            Severity::High,
+            "/etc/nix/nix.conf",
+            format!("a generated file it names changed: {changed}"),
+        );
+    }
     let old = inline_store_includes(&old, nix_include)?;
     let new = inline_store_includes(&new, nix_include)?;
     let before = nix_settings(&old);

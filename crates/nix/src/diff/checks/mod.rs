@@ -593,6 +593,33 @@ pub(super) fn config_line(line: &str, comment: char) -> Option<String> {
     (!line.is_empty()).then(|| reduce_store_paths(line))
 }
 
+/// Lists, as `name (+added -removed)` joined by commas, the generated
+/// store files that the `/etc` entry `path` names and whose content
+/// changed, leaving out those whose store name `skip` accepts. Empty
+/// when there are none.
+pub(super) fn changed_named_files(
+    ctx: &Ctx<'_>,
+    path: &str,
+    skip: impl Fn(&str) -> bool,
+) -> String {
+    let Some(change) = ctx.diff.etc.iter().find(|c| c.path == path) else {
+        return String::new();
+    };
+    change
+        .referenced
+        .iter()
+        .filter(|file| !file.only_store_paths_changed)
+        .filter(|file| !skip(file.path.split('/').next().unwrap_or("")))
+        .map(|file| match (file.lines_added, file.lines_removed) {
+            (Some(added), Some(removed)) => {
+                format!("{} (+{added} -{removed})", file.path)
+            }
+            _ => file.path.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Levels of included files that are read.
 const MAX_INCLUDE_DEPTH: usize = 3;
 
