@@ -284,8 +284,8 @@ impl Activator {
             && intent.step >= IntentStep::SetProfile
         {
             match self.restore_profile(intent) {
-                Ok((what, system)) => {
-                    done.push(what);
+                Ok((description, system)) => {
+                    done.push(description);
                     profile_system = Some(system);
                 }
                 Err(error) => errors.push(error),
@@ -327,70 +327,75 @@ impl Activator {
     ) -> Result<(String, StorePath), String> {
         let profile = &self.config.profile;
         let base = &intent.base;
-        let previous = intent.profile_generation.and_then(|generation| {
+        let accepted = intent.profile_generation.and_then(|generation| {
             let link = intent::generation_link(profile, generation);
             intent::resolve_link(&link).map(|system| (generation, system))
         });
-        if let Some((generation, system)) = previous {
-            if intent::profile_generation(profile) == Some(generation) {
-                let held = if system == *base { "the base, " } else { "" };
-                let what = format!(
-                    "the profile {} still pointed at {held}its generation \
-                     {generation}",
-                    profile.display()
-                );
-                return Ok((what, system));
-            }
-            return match self.nix.switch_generation(profile, generation) {
-                Ok(()) => {
-                    let what = format!(
-                        "the profile {} was set back to its generation \
-                         {generation}",
-                        profile.display()
-                    );
-                    Ok((what, system))
-                }
-                Err(error) => Err(format!(
-                    "setting the profile {} back to its generation \
-                     {generation} failed: {error}",
-                    profile.display()
-                )),
-            };
+        if let Some((generation, system)) = accepted {
+            return self.return_to_generation(generation, system, base);
         }
         if intent::resolve_link(profile).as_ref() == Some(base) {
-            let what = format!(
+            let description = format!(
                 "the profile {} still pointed at the base",
                 profile.display()
             );
-            return Ok((what, base.clone()));
+            return Ok((description, base.clone()));
         }
-        let generation = intent.base_generation.filter(|generation| {
+        let base_generation = intent.base_generation.filter(|generation| {
             let link = intent::generation_link(profile, *generation);
             intent::resolve_link(&link).as_ref() == Some(base)
         });
-        let result = match generation {
-            Some(generation) => {
-                self.nix.switch_generation(profile, generation).map(|()| {
-                    format!(
-                        "the profile {} was set back to its generation \
-                         {generation}",
-                        profile.display()
-                    )
-                })
-            }
-            None => self.nix.set_profile(profile, base).map(|()| {
-                format!(
+        if let Some(generation) = base_generation {
+            return self.return_to_generation(generation, base.clone(), base);
+        }
+        match self.nix.set_profile(profile, base) {
+            Ok(()) => {
+                let description = format!(
                     "the profile {} was set to the base as a new generation",
                     profile.display()
-                )
-            }),
-        };
-        result.map(|what| (what, base.clone())).map_err(|error| {
-            format!(
+                );
+                Ok((description, base.clone()))
+            }
+            Err(error) => Err(format!(
                 "setting the profile {} back to {base} failed: {error}",
                 profile.display()
-            )
-        })
+            )),
+        }
+    }
+
+    /// Switches the profile to its `generation`, which is `system`,
+    /// unless it is there already. Returns what it did and `system`.
+    fn return_to_generation(
+        &self,
+        generation: u64,
+        system: StorePath,
+        base: &StorePath,
+    ) -> Result<(String, StorePath), String> {
+        let profile = &self.config.profile;
+        if intent::profile_generation(profile) == Some(generation) {
+            let base_note = if system == *base { "the base, " } else { "" };
+            let description = format!(
+                "the profile {} still pointed at {base_note}its generation \
+                 {generation}",
+                profile.display()
+            );
+            return Ok((description, system));
+        }
+        match self.nix.switch_generation(profile, generation) {
+            Ok(()) => {
+                let description = format!(
+                    "the profile {} was set back to its generation \
+                     {generation}",
+                    profile.display()
+                );
+                Ok((description, system))
+            }
+            Err(error) => Err(format!(
+                "setting the profile {} back to its generation {generation} \
+                 ({system}) failed: {error}",
+                profile.display()
+            )),
+        }
     }
 
     /// Finishes an activation that did not finish before the activator
