@@ -8,7 +8,7 @@ use countersign_core::StorePath;
 use sha2::{Digest, Sha256};
 
 use super::{
-    Ctx, Include, added_removed, changed_named_files, config_line,
+    Ctx, Include, added_removed, config_line, flag_changed_named_files,
     inline_store_includes, line_changes, quote_lines,
 };
 use crate::diff::alerts::{AlertKind, Severity};
@@ -252,27 +252,16 @@ pub(super) fn sshd(ctx: &mut Ctx<'_>) -> Result<()> {
             format!("{spelled} {} -> {}", show(old_value), show(new_value)),
         );
     }
-    sshd_named_files(ctx, &old, &new);
+    // A file that an `Include` line names is left out, because its
+    // settings are compared above.
+    let included = included_store_names(&old, &new, sshd_include);
+    flag_changed_named_files(
+        ctx,
+        "ssh/sshd_config",
+        AlertKind::SshdSettingChanged,
+        |name| included.contains(name),
+    );
     Ok(())
-}
-
-/// Raises an alert for generated store files that `sshd_config` names
-/// and whose content changed, such as a `TrustedUserCAKeys` file or an
-/// `AuthorizedKeysCommand` script. Files that an `Include` line names
-/// are left out, because their settings are compared above.
-fn sshd_named_files(ctx: &mut Ctx<'_>, old: &str, new: &str) {
-    let included = included_store_names(old, new, sshd_include);
-    let changed = changed_named_files(ctx, "ssh/sshd_config", |name| {
-        included.contains(name)
-    });
-    if !changed.is_empty() {
-        ctx.push(
-            AlertKind::SshdSettingChanged,
-            Severity::High,
-            "/etc/ssh/sshd_config",
-            format!("a generated file it names changed: {changed}"),
-        );
-    }
 }
 
 /// Returns the store names of the single files that the include lines
@@ -458,15 +447,12 @@ pub(super) fn pam(ctx: &mut Ctx<'_>) -> Result<()> {
             // The lines read the same once store paths are reduced, but
             // a generated file they name, such as a `pam_exec.so`
             // script, may have changed.
-            let changed = changed_named_files(ctx, &path, |_| false);
-            if !changed.is_empty() {
-                ctx.push(
-                    AlertKind::PamChanged,
-                    Severity::High,
-                    subject,
-                    format!("a generated file it names changed: {changed}"),
-                );
-            }
+            flag_changed_named_files(
+                ctx,
+                &path,
+                AlertKind::PamChanged,
+                |_| false,
+            );
             continue;
         }
         let weakening = added.iter().any(|line| {
@@ -651,21 +637,16 @@ pub(super) fn nix_conf(ctx: &mut Ctx<'_>) -> Result<()> {
     }
     let (old, new) = ctx.etc_texts("nix/nix.conf")?;
     // Settings of an included store file apply at the include line.
+    // A setting that names a generated file, such as a `post-build-hook`
+    // script, reads the same while the file changed. Included files are
+    // compared as settings below.
     let included = included_store_names(&old, &new, nix_include);
-    let changed = changed_named_files(ctx, "nix/nix.conf", |name| {
-        included.contains(name)
-    });
-    if !changed.is_empty() {
-        // A setting that names a generated file, such as a
-        // `post-build-hook` script, reads the same while the file
-        // changed.
-        ctx.push(
-            AlertKind::NixSettingChanged,
-            Severity::High,
-            "/etc/nix/nix.conf",
-            format!("a generated file it names changed: {changed}"),
-        );
-    }
+    flag_changed_named_files(
+        ctx,
+        "nix/nix.conf",
+        AlertKind::NixSettingChanged,
+        |name| included.contains(name),
+    );
     let old = inline_store_includes(&old, nix_include)?;
     let new = inline_store_includes(&new, nix_include)?;
     let before = nix_settings(&old);

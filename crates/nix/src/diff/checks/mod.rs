@@ -593,19 +593,22 @@ pub(super) fn config_line(line: &str, comment: char) -> Option<String> {
     (!line.is_empty()).then(|| reduce_store_paths(line))
 }
 
-/// Lists, as `name (+added -removed)` joined by commas, the generated
-/// store files that the `/etc` entry `path` names and whose content
-/// changed, leaving out those whose store name `skip` accepts. Empty
-/// when there are none.
-pub(super) fn changed_named_files(
-    ctx: &Ctx<'_>,
+/// Raises a `kind` alert at high severity on `/etc/<path>` when
+/// generated store files that the entry names changed in content, such
+/// as a `TrustedUserCAKeys` file or a `pam_exec.so` script, whose naming
+/// line reads the same once store paths are reduced. Files whose store
+/// name `skip` accepts are left out. The detail lists each file as
+/// `name (+added -removed)`.
+pub(super) fn flag_changed_named_files(
+    ctx: &mut Ctx<'_>,
     path: &str,
+    kind: AlertKind,
     skip: impl Fn(&str) -> bool,
-) -> String {
+) {
     let Some(change) = ctx.diff.etc.iter().find(|c| c.path == path) else {
-        return String::new();
+        return;
     };
-    change
+    let changed = change
         .referenced
         .iter()
         .filter(|file| !file.only_store_paths_changed)
@@ -616,8 +619,16 @@ pub(super) fn changed_named_files(
             }
             _ => file.path.clone(),
         })
-        .collect::<Vec<_>>()
-        .join(", ")
+        .collect::<Vec<_>>();
+    if changed.is_empty() {
+        return;
+    }
+    ctx.push(
+        kind,
+        Severity::High,
+        format!("/etc/{path}"),
+        format!("a generated file it names changed: {}", changed.join(", ")),
+    );
 }
 
 /// Levels of included files that are read.
