@@ -276,12 +276,8 @@ pub(super) fn check(ctx: &mut Ctx<'_>) -> Result<()> {
             // to, which are compared in one alert for the folder.
             if unit != change.path && shared_folder_kind(unit).is_some() {
                 shared.insert(unit.to_owned());
-            } else if unit != change.path {
-                units.insert(drop_in_owner(ctx, unit).to_owned());
             } else {
-                // An alias link that appears or disappears is reported
-                // under the alias's own name.
-                units.insert(unit.to_owned());
+                units.insert(owner_of_change(ctx, &change.path).to_owned());
             }
             continue;
         }
@@ -312,8 +308,7 @@ pub(super) fn check(ctx: &mut Ctx<'_>) -> Result<()> {
             .filter(|c| {
                 !enabling_link(&c.path)
                     && (unit_of(&c.path) == name
-                        || (unit_of(&c.path) != c.path
-                            && drop_in_owner(ctx, unit_of(&c.path)) == name))
+                        || owner_of_change(ctx, &c.path) == name)
             })
             .collect();
         let subject = format!("/etc/systemd/system/{name}");
@@ -394,9 +389,15 @@ fn alias_or_absent<'a>(
     }
 }
 
-/// Returns the unit whose drop-in folder is `<unit>.d/`: the unit an
-/// alias names in either system, else `unit` itself.
-fn drop_in_owner<'a>(ctx: &'a Ctx<'_>, unit: &'a str) -> &'a str {
+/// Returns the unit that a changed path of the unit directory belongs
+/// to. A drop-in of an alias's folder belongs to the unit the alias
+/// names in either system. An alias link itself that appears or
+/// disappears is reported under the alias's own name.
+fn owner_of_change<'a>(ctx: &'a Ctx<'_>, path: &'a str) -> &'a str {
+    let unit = unit_of(path);
+    if unit == path {
+        return unit;
+    }
     alias_target(&ctx.new.units, unit)
         .or_else(|| alias_target(&ctx.old.units, unit))
         .unwrap_or(unit)
