@@ -32,12 +32,12 @@
 //! recorded generation when that still points at the base, otherwise at
 //! a new generation. If the target's `switch-to-configuration` was
 //! started, it may have run partly, so the activator runs the base's
-//! with the same action. When the restored profile points at another
-//! system than the base (a system approved for `boot`, or the profile
-//! under a system approved for `test`), the running system and the boot
-//! default are restored apart: the base's `switch-to-configuration test`
-//! for `switch` and `test`, then the profile system's `boot` for
-//! `switch` and `boot`. These scripts start only after every earlier
+//! with the same action. The restored profile may point at another
+//! system than the base: a system approved for `boot`, or the profile
+//! under a system approved for `test`. Then the running system and the
+//! boot default are restored apart. The base's `switch-to-configuration
+//! test` runs for `switch` and `test`, then the profile system's `boot`
+//! for `switch` and `boot`. These scripts start only after every earlier
 //! switch run has ended. The activator then records a `recovered`
 //! history entry with the step and clears the intent. Either way the
 //! proposal number stays used, so the certificate is never activated

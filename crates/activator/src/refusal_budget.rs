@@ -2,8 +2,8 @@
 //!
 //! Each history entry is appended and synced to disk, and any process
 //! that may connect to the socket can send requests without end. Past
-//! [`MAX_RECORDED`] refusals in one [`WINDOW`], refusals are still
-//! answered and logged, but only counted for the history. The next
+//! [`MAX_RECORDED`] refusals in one [`WINDOW`], refusals still get a
+//! reply and a log line, but the history only counts them. The next
 //! recorded refusal states how many were left out.
 
 use std::time::{Duration, Instant};
