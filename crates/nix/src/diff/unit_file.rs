@@ -85,6 +85,9 @@ impl UnitFile {
             let value = normalize_value(value);
             if value.is_empty() {
                 values.clear();
+                if let Some(family) = condition_family(&section, key) {
+                    reset_conditions(self.sections.get_mut(&section), family);
+                }
             } else if accumulates(&section, key) {
                 values.push(value);
             } else {
@@ -111,6 +114,50 @@ impl UnitFile {
     pub fn last(&self, section: &str, key: &str) -> Option<&str> {
         self.get(section, key).last().map(String::as_str)
     }
+}
+
+/// Returns `Condition` or `Assert` when `key` in `section` is a unit
+/// condition or assertion, the two lists that systemd keeps.
+fn condition_family(section: &str, key: &str) -> Option<&'static str> {
+    if section != "Unit" {
+        return None;
+    }
+    ["Condition", "Assert"]
+        .into_iter()
+        .find(|family| key.starts_with(family))
+}
+
+/// Empties every key of one condition family. systemd keeps all
+/// `Condition*=` settings in one list and all `Assert*=` settings in
+/// another, and an empty assignment of any key empties its whole list
+/// (`config_parse_unit_condition_string` and its path twin in systemd's
+/// src/core/load-fragment.c).
+fn reset_conditions(
+    keys: Option<&mut BTreeMap<String, Vec<String>>>,
+    family: &str,
+) {
+    for (key, values) in keys.into_iter().flatten() {
+        if key.starts_with(family) {
+            values.clear();
+        }
+    }
+}
+
+/// Tells whether the values of `key` in `section` name units or paths
+/// that systemd keeps as a set, so that their order and the way they
+/// are split over assignments mean nothing.
+fn is_name_set(section: &str, key: &str) -> bool {
+    match section {
+        "Unit" => UNIT_LISTS.contains(&key) && key != "Documentation",
+        "Install" => INSTALL_LISTS.contains(&key),
+        _ => false,
+    }
+}
+
+/// Collects the words of a name set's assignments, sorted and without
+/// repeats.
+fn name_set(values: &[String]) -> BTreeSet<&str> {
+    values.iter().flat_map(|value| value.split(' ')).collect()
 }
 
 /// List settings of `[Unit]`. Every `Condition*` and `Assert*` key is
@@ -233,11 +280,8 @@ const TYPE_LISTS: &[&str] = &[
 /// assignments add up, rather than one whose last assignment wins.
 /// Capability, system call and address family lists are kept as their
 /// assignments, including those that start with `~` to invert a part.
-///
-/// NOTE: a list is compared in assignment order, so `After=a b` and
-/// `After=b a` differ although systemd treats them alike, and an empty
-/// `Condition*=` resets only its own key here, where systemd resets all
-/// of the unit's conditions.
+/// Lists other than the dependency name sets of [`is_name_set`] are
+/// compared in assignment order.
 fn accumulates(section: &str, key: &str) -> bool {
     match section {
         "Unit" => {
@@ -385,7 +429,12 @@ pub fn directive_changes(
         .filter_map(|(section, key)| {
             let before = old.get(section, key);
             let after = new.get(section, key);
-            (before != after).then(|| DirectiveChange {
+            let same = if is_name_set(section, key) {
+                name_set(before) == name_set(after)
+            } else {
+                before == after
+            };
+            (!same).then(|| DirectiveChange {
                 section: section.clone(),
                 key: key.clone(),
                 old: before.to_vec(),
@@ -541,6 +590,56 @@ mod tests {
         assert_eq!(unit.get("Service", "ExecStart"), ["/bin/new"]);
         assert!(unit.get("Service", "Environment").is_empty());
         assert!(!unit.sections["Service"].contains_key("Environment"));
+    }
+
+    #[test]
+    fn empty_condition_resets_all_conditions() {
+        let mut unit = UnitFile::parse(
+            "[Unit]\nConditionPathExists=/a\nConditionHost=web\n\
+             AssertPathExists=/b\nAfter=x.target\n",
+        );
+        unit.apply("[Unit]\nConditionVirtualization=\n");
+        assert!(unit.get("Unit", "ConditionPathExists").is_empty());
+        assert!(unit.get("Unit", "ConditionHost").is_empty());
+        assert_eq!(unit.get("Unit", "AssertPathExists"), ["/b"]);
+        assert_eq!(unit.get("Unit", "After"), ["x.target"]);
+        unit.apply("[Unit]\nAssertHost=\nConditionHost=db\n");
+        assert!(unit.get("Unit", "AssertPathExists").is_empty());
+        assert_eq!(unit.get("Unit", "ConditionHost"), ["db"]);
+    }
+
+    #[test]
+    fn dependency_order_changes_nothing() {
+        let old = UnitFile::parse(
+            "[Unit]\nAfter=a.target b.service\nWants=c.service\n\
+             [Install]\nWantedBy=multi-user.target\n",
+        );
+        let new = UnitFile::parse(
+            "[Unit]\nAfter=b.service\nAfter=a.target a.target\n\
+             Wants=c.service\n\
+             [Install]\nWantedBy=multi-user.target\n",
+        );
+        assert!(directive_changes(&old, &new).is_empty());
+        let added = UnitFile::parse(
+            "[Unit]\nAfter=b.service a.target\nWants=c.service d.service\n\
+             [Install]\nWantedBy=multi-user.target\n",
+        );
+        let changes = directive_changes(&old, &added);
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert_eq!(changes[0].key, "Wants");
+    }
+
+    #[test]
+    fn command_order_is_a_change() {
+        let old = UnitFile::parse(
+            "[Service]\nExecStartPre=/bin/a\nExecStartPre=/bin/b\n",
+        );
+        let new = UnitFile::parse(
+            "[Service]\nExecStartPre=/bin/b\nExecStartPre=/bin/a\n",
+        );
+        let changes = directive_changes(&old, &new);
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert_eq!(changes[0].key, "ExecStartPre");
     }
 
     #[test]
