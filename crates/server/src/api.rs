@@ -98,7 +98,10 @@ async fn login(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<LoginRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let policy = current_policy(&state)?;
+    let policy = state
+        .policy
+        .current()
+        .map_err(|error| ApiError::policy_unavailable_to_visitor(&error))?;
     let (approver, issued) = state.auth.login(
         &policy,
         &request.challenge,

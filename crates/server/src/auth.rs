@@ -35,7 +35,8 @@ const MAX_SESSIONS: usize = 4096;
 
 /// Maximum number of open challenges per client (an IPv4 address or an
 /// IPv6 /64). A new challenge beyond it replaces the client's oldest, so
-/// one client cannot fill [`MAX_OPEN_CHALLENGES`] and lock out others.
+/// one client cannot fill the table of open challenges and lock out
+/// others (see [`make_room_for_challenge`]).
 pub const MAX_CHALLENGES_PER_CLIENT: usize = 8;
 
 /// Who made a request.
@@ -111,10 +112,13 @@ impl Auth {
     ) -> Result<(String, u64), ApiError> {
         let mut challenges = lock(&self.challenges);
         challenges.retain(|_, open| open.expires > now);
-        drop_oldest_over_quota(&mut challenges, client, |open| {
-            (open.client, open.expires)
-        });
-        if challenges.len() >= MAX_OPEN_CHALLENGES {
+        let room = make_room_for_challenge(
+            &mut challenges,
+            client,
+            MAX_OPEN_CHALLENGES,
+            |open| (open.client, open.expires),
+        );
+        if !room {
             return Err(ApiError::new(
                 axum::http::StatusCode::SERVICE_UNAVAILABLE,
                 "too many login challenges are open; try again in two \
@@ -287,32 +291,48 @@ pub fn approver_for_signature<'p>(
         })
 }
 
-/// Removes the challenge of `client` that expires first when the client
-/// already has [`MAX_CHALLENGES_PER_CLIENT`] open in `open`. `owner`
-/// returns a challenge's client and expiry.
-pub(crate) fn drop_oldest_over_quota<K: Clone + Eq + Hash, V>(
+/// Makes room in `open`, a table of at most `max_open` challenges, for
+/// one more challenge of `client`, and tells whether there is room.
+/// `owner` returns a challenge's client and expiry.
+///
+/// A client that already has [`MAX_CHALLENGES_PER_CLIENT`] open loses
+/// its challenge that expires first. When the table is full, the client
+/// that holds the most challenges loses its first-expiring one, so that
+/// filling the table takes `max_open` clients with one challenge each,
+/// rather than `max_open / MAX_CHALLENGES_PER_CLIENT` clients.
+pub(crate) fn make_room_for_challenge<K: Clone + Eq + Hash, V>(
     open: &mut HashMap<K, V>,
     client: IpAddr,
+    max_open: usize,
     owner: impl Fn(&V) -> (IpAddr, u64),
-) {
-    let mut open_of_client = 0;
-    let mut oldest: Option<(&K, u64)> = None;
+) -> bool {
+    // Per client: how many challenges it holds, and its first-expiring.
+    let mut held: HashMap<IpAddr, (usize, &K, u64)> = HashMap::new();
     for (key, value) in open.iter() {
         let (holder, expires) = owner(value);
-        if holder != client {
-            continue;
-        }
-        open_of_client += 1;
-        if oldest.is_none_or(|(_, first)| expires < first) {
-            oldest = Some((key, expires));
+        let entry = held.entry(holder).or_insert((0, key, expires));
+        entry.0 += 1;
+        if expires < entry.2 {
+            (entry.1, entry.2) = (key, expires);
         }
     }
-    if open_of_client >= MAX_CHALLENGES_PER_CLIENT
-        && let Some((key, _)) = oldest
-    {
-        let key = key.clone();
+    let evict = match held.get(&client) {
+        Some(&(count, key, _)) if count >= MAX_CHALLENGES_PER_CLIENT => {
+            Some(key.clone())
+        }
+        _ if open.len() >= max_open => held
+            .values()
+            .filter(|(count, _, _)| *count > 1)
+            .max_by_key(|(count, _, expires)| {
+                (*count, std::cmp::Reverse(*expires))
+            })
+            .map(|(_, key, _)| (*key).clone()),
+        _ => None,
+    };
+    if let Some(key) = evict {
         open.remove(&key);
     }
+    open.len() < max_open
 }
 
 fn random_hex<const N: usize>() -> String {

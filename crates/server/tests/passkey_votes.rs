@@ -397,3 +397,52 @@ async fn removed_approver_cookie_ends_for_the_api() {
         StatusCode::UNAUTHORIZED
     );
 }
+
+/// A policy that cannot be loaded is reported to visitors who are not
+/// signed in without its file name or content, which name the
+/// approvers and their keys. The sign-in page, the enrolment page and
+/// the API's login all answer 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_policy_hidden_from_visitors() {
+    let mut harness = Harness::prepare(Options::default());
+    harness.config.web = Some(countersign_server::WebConfig {
+        enabled: true,
+        public_origin: ORIGIN.to_owned(),
+        trusted_proxies: Vec::new(),
+    });
+    harness.start_server().await;
+    let secret_line = "approvers-of-the-night = \"secret\"";
+    fs::write(harness.policy_path(), format!("host = \n{secret_line}\n"))
+        .unwrap();
+    let root = harness.url.trim_end_matches("/api/v1").to_owned();
+    let policy_file = harness.policy_path().display().to_string();
+
+    let requests = [
+        (format!("{root}/sign-in/challenge"), "{}".to_owned()),
+        (
+            format!("{root}/enrol/challenge"),
+            json!({"name": "tablet"}).to_string(),
+        ),
+        (
+            format!("{}/auth/login", harness.url),
+            json!({"challenge": "x", "signature": "y"}).to_string(),
+        ),
+    ];
+    for (url, body) in requests {
+        let response = harness
+            .client
+            .post(&url)
+            .header("origin", ORIGIN)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{url}: {text}");
+        assert!(text.contains("server log"), "{url}: {text}");
+        assert!(!text.contains(&policy_file), "{url}: {text}");
+        assert!(!text.contains("approvers-of-the-night"), "{url}: {text}");
+    }
+}

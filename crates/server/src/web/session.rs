@@ -15,7 +15,7 @@ use axum::http::HeaderMap;
 use axum::http::header;
 use countersign_core::Sha256Digest;
 
-use crate::auth::drop_oldest_over_quota;
+use crate::auth::make_room_for_challenge;
 
 /// How long a passkey challenge (sign-in or enrolment) can be used, in
 /// seconds.
@@ -85,9 +85,8 @@ impl Sessions {
     }
 
     /// Issues a fresh random challenge for `purpose` to `client`, the
-    /// limit key of the requester. Beyond
-    /// [`crate::auth::MAX_CHALLENGES_PER_CLIENT`] open challenges of the
-    /// client, the new one replaces the client's oldest.
+    /// limit key of the requester, making room as
+    /// [`make_room_for_challenge`] describes.
     pub fn challenge(
         &self,
         purpose: Purpose,
@@ -96,10 +95,13 @@ impl Sessions {
     ) -> Result<[u8; 32], TooManyChallenges> {
         let mut challenges = lock(&self.challenges);
         challenges.retain(|_, challenge| challenge.expires > now);
-        drop_oldest_over_quota(&mut challenges, client, |challenge| {
-            (challenge.client, challenge.expires)
-        });
-        if challenges.len() >= MAX_OPEN_CHALLENGES {
+        let room = make_room_for_challenge(
+            &mut challenges,
+            client,
+            MAX_OPEN_CHALLENGES,
+            |challenge| (challenge.client, challenge.expires),
+        );
+        if !room {
             return Err(TooManyChallenges);
         }
         let mut bytes = [0u8; 32];
@@ -229,6 +231,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::MAX_CHALLENGES_PER_CLIENT;
     use axum::http::HeaderValue;
 
     fn with_cookie(value: &str) -> HeaderMap {
@@ -275,6 +278,39 @@ mod tests {
         assert_eq!(sessions.take_challenge(&first, 102), None);
         let mine = sessions.challenge(Purpose::SignIn, 102, CLIENT).unwrap();
         assert_eq!(sessions.take_challenge(&mine, 103), Some(Purpose::SignIn));
+    }
+
+    #[test]
+    fn many_clients_leave_room_for_one_more() {
+        let sessions = Sessions::new(true);
+        // Enough /64 networks with the per-client maximum to fill the
+        // table.
+        let networks = MAX_OPEN_CHALLENGES / MAX_CHALLENGES_PER_CLIENT;
+        for network in 0..networks {
+            let address = IpAddr::V6(std::net::Ipv6Addr::from(
+                (0x2001_0db8_u128 << 96) | ((network as u128) << 64),
+            ));
+            for _ in 0..MAX_CHALLENGES_PER_CLIENT {
+                sessions.challenge(Purpose::SignIn, 100, address).unwrap();
+            }
+        }
+        let mine = sessions.challenge(Purpose::SignIn, 101, CLIENT).unwrap();
+        assert_eq!(sessions.take_challenge(&mine, 102), Some(Purpose::SignIn));
+    }
+
+    #[test]
+    fn table_of_single_challenges_is_full() {
+        let sessions = Sessions::new(true);
+        for client in 0..MAX_OPEN_CHALLENGES {
+            let address = IpAddr::V6(std::net::Ipv6Addr::from(
+                (0x2001_0db8_u128 << 96) | ((client as u128) << 64),
+            ));
+            sessions.challenge(Purpose::SignIn, 100, address).unwrap();
+        }
+        assert!(sessions.challenge(Purpose::SignIn, 101, CLIENT).is_err());
+        // Expired challenges make room again.
+        let later = 100 + CHALLENGE_LIFETIME_SECS;
+        assert!(sessions.challenge(Purpose::SignIn, later, CLIENT).is_ok());
     }
 
     #[test]
