@@ -224,6 +224,7 @@ let
         }
       )
     )
+    + tomlTable "nix" { build_timeout_secs = cfg.buildTimeout; }
     + tomlTable "nix.options" nixOptions;
 
   activatorConfigText =
@@ -933,6 +934,21 @@ in
         The system profile. The activator adds a generation to it at each
         switch, and the server reads its `<profile>-<N>-link` entries to
         offer rollback proposals.
+      '';
+    };
+
+    buildTimeout = mkOption {
+      # The server rejects more than 7 days.
+      type = types.ints.between 1 604800;
+      default = 21600;
+      example = 3600;
+      description = ''
+        Seconds that the server may spend evaluating and building one
+        proposal, at most 604800 (7 days). A build that takes longer is
+        stopped and its proposal fails with the reason. The default, 6
+        hours, leaves room for a kernel built from source on a small
+        machine. The nix-daemon's own `nix.settings.timeout` and
+        `nix.settings.max-silent-time` limit each derivation as well.
       '';
     };
 

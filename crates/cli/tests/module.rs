@@ -189,6 +189,7 @@ fn configurations_parse_with_own_parsers() {
         repository.branch = "production";
         listen = "[::1]:9000";
         metrics = true;
+        buildTimeout = 5400;
         nixSettings = {
           fallback = true;
           "max-jobs" = 2;
@@ -222,6 +223,7 @@ fn configurations_parse_with_own_parsers() {
     assert_eq!(server.nix.options["fallback"], "true");
     assert_eq!(server.nix.options["max-jobs"], "2");
     assert_eq!(server.nix.options["extra-sandbox-paths"], "/a /b");
+    assert_eq!(server.nix.build_timeout_secs, 5400);
     assert!(server.metrics);
     assert!(server.webhook.is_none());
 
@@ -378,6 +380,10 @@ fn timeouts_above_seven_days_fail() {
             "services.countersign.preSwitch = \
              [ { command = [ \"/bin/true\" ]; timeout = 604801; } ];",
             "timeout",
+        ),
+        (
+            "services.countersign.buildTimeout = 604801;",
+            "services.countersign.buildTimeout",
         ),
     ] {
         let expression = format!(

@@ -27,6 +27,16 @@ pub enum Error {
         stderr_tail: String,
     },
 
+    #[error(
+        "`{command}` timed out after {seconds} seconds and was stopped; \
+         raise the time limit if the build needs longer: {stderr_tail}"
+    )]
+    TimedOut {
+        command: String,
+        seconds: u64,
+        stderr_tail: String,
+    },
+
     #[error("`{command}` printed unexpected output ({reason}): {output}")]
     UnexpectedOutput {
         command: String,

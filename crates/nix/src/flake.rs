@@ -126,6 +126,10 @@ pub fn fetch_source(
 /// repository's builders write those lines, so a caller that displays
 /// them should pass them through [`crate::escape_control_chars`]. A
 /// failed build's error quotes the last lines of the log.
+///
+/// A build that outlives [`Nix::with_build_timeout`] is stopped: `nix`
+/// gets SIGTERM, and SIGKILL 10 seconds later, and the error is
+/// [`Error::TimedOut`].
 pub fn build(
     nix: &Nix,
     source: &FetchedSource,
@@ -142,9 +146,11 @@ pub fn build(
     ]);
     command.arg("--out-link").arg(gc_root).arg(&installable);
     tracing::info!(%installable, gc_root = %gc_root.display(), "building");
-    // NOTE: the build runs until Nix exits. There is no timeout and no
-    // way to cancel it from here, so a hanging builder blocks the caller.
-    let stdout = process::run_streaming(&mut command, on_log_line)?;
+    let stdout = process::run_streaming(
+        &mut command,
+        nix.build_timeout(),
+        on_log_line,
+    )?;
 
     #[derive(Deserialize)]
     struct Built {

@@ -4,6 +4,7 @@ use std::ffi::{OsStr, OsString};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use countersign_core::StorePath;
 use serde::Deserialize;
@@ -26,6 +27,7 @@ pub struct Nix {
     env: Vec<(OsString, OsString)>,
     clear_env: bool,
     user: Option<(u32, u32)>,
+    build_timeout: Option<Duration>,
 }
 
 impl Default for Nix {
@@ -43,6 +45,7 @@ impl Nix {
             env: Vec::new(),
             clear_env: false,
             user: None,
+            build_timeout: None,
         }
     }
 
@@ -99,6 +102,18 @@ impl Nix {
     pub fn with_user(mut self, uid: u32, gid: u32) -> Self {
         self.user = Some((uid, gid));
         self
+    }
+
+    /// Stops a build (its evaluation included) that runs longer than
+    /// `limit`, as [`crate::build`] describes.
+    pub fn with_build_timeout(mut self, limit: Duration) -> Self {
+        self.build_timeout = Some(limit);
+        self
+    }
+
+    /// Returns the time limit of a build, if one is set.
+    pub fn build_timeout(&self) -> Option<Duration> {
+        self.build_timeout
     }
 
     /// Returns the program that is run.

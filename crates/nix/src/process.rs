@@ -2,8 +2,11 @@
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt as _;
 use std::process::{Command, ExitStatus, Stdio};
-use std::thread;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::escape::escape_control_chars;
@@ -73,15 +76,29 @@ fn read_line_capped(
     }
 }
 
+/// How long a timed-out command has after SIGTERM before SIGKILL. On
+/// SIGTERM, Nix stops the builds it runs itself and disconnects from the
+/// nix-daemon, which then stops the builds it ran for that client (seen
+/// with Nix 2.8, with and without a daemon).
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
 /// Runs `command`, passes each line of its standard error to `on_line` as
 /// soon as it arrives, and returns its standard output. On failure the
 /// error quotes the last lines of standard error.
+///
+/// With a `timeout`, the command runs in a process group of its own, and
+/// the group gets SIGTERM once the time is up and SIGKILL
+/// [`STOP_GRACE`] later. The error is then [`Error::TimedOut`].
 pub(crate) fn run_streaming(
     command: &mut Command,
+    timeout: Option<Duration>,
     on_line: &mut dyn FnMut(&str),
 ) -> Result<Vec<u8>> {
     let description = describe(command);
     tracing::debug!(command = %description, "running");
+    if timeout.is_some() {
+        command.process_group(0);
+    }
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -91,6 +108,9 @@ pub(crate) fn run_streaming(
             command: description.clone(),
             source,
         })?;
+
+    let watchdog =
+        timeout.map(|limit| Watchdog::start(&description, child.id(), limit));
 
     // Standard output is read on its own thread, so that a child which
     // fills the output pipe cannot block while this thread waits for
@@ -138,6 +158,15 @@ pub(crate) fn run_streaming(
         command: description.clone(),
         source,
     })?;
+    if let (Some(watchdog), Some(limit)) = (watchdog, timeout)
+        && watchdog.finish()
+    {
+        return Err(Error::TimedOut {
+            command: description,
+            seconds: limit.as_secs(),
+            stderr_tail: stderr_tail(Vec::from(tail).join("\n").as_bytes()),
+        });
+    }
     let stdout = stdout_reader
         .join()
         .expect("the stdout reader does not panic")
@@ -150,6 +179,65 @@ pub(crate) fn run_streaming(
         return Err(failed(description, status, joined.as_bytes()));
     }
     Ok(stdout)
+}
+
+/// A thread that stops a process group once its time limit is up.
+struct Watchdog {
+    exited: mpsc::Sender<()>,
+    thread: JoinHandle<bool>,
+}
+
+impl Watchdog {
+    /// Starts watching the process group led by `pid`.
+    fn start(description: &str, pid: u32, limit: Duration) -> Self {
+        let (exited, exit_received) = mpsc::channel::<()>();
+        let description = description.to_owned();
+        let thread = thread::spawn(move || {
+            let expired = |wait| {
+                exit_received.recv_timeout(wait)
+                    == Err(RecvTimeoutError::Timeout)
+            };
+            if !expired(limit) {
+                return false;
+            }
+            tracing::warn!(
+                command = %description,
+                seconds = limit.as_secs(),
+                "command timed out; stopping it"
+            );
+            signal_group(pid, rustix::process::Signal::TERM);
+            if expired(STOP_GRACE) {
+                signal_group(pid, rustix::process::Signal::KILL);
+            }
+            true
+        });
+        Self { exited, thread }
+    }
+
+    /// Ends the watch after the process has exited, and returns whether
+    /// the watchdog stopped it. Call it before anything else reaps the
+    /// process, so that the group id cannot belong to another process
+    /// when the signal goes out.
+    fn finish(self) -> bool {
+        drop(self.exited);
+        self.thread.join().unwrap_or(false)
+    }
+}
+
+/// Sends `signal` to the process group `leader`, logging a failure.
+fn signal_group(leader: u32, signal: rustix::process::Signal) {
+    let Some(pid) = i32::try_from(leader)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return;
+    };
+    if let Err(error) = rustix::process::kill_process_group(pid, signal) {
+        // ESRCH: every process of the group has exited already.
+        if error != rustix::io::Errno::SRCH {
+            tracing::warn!(%error, group = leader, "cannot signal the group");
+        }
+    }
 }
 
 /// Builds the error for a command that exited unsuccessfully.
@@ -236,6 +324,59 @@ fn quote(text: &str) -> String {
 mod tests {
     use super::*;
 
+    fn timed_out_seconds(script: &str, limit: Duration) -> (u64, String) {
+        let mut command = Command::new("sh");
+        command.args(["-c", script]);
+        match run_streaming(&mut command, Some(limit), &mut |_| {}) {
+            Err(Error::TimedOut {
+                seconds,
+                stderr_tail,
+                ..
+            }) => (seconds, stderr_tail),
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn timeout_stops_the_process_group() {
+        let folder = tempfile::tempdir().unwrap();
+        let marker = folder.path().join("survived");
+        // The `sleep` in the background is in the command's group, so
+        // the stop reaches it too; it would write the marker after 3 s.
+        let script = format!(
+            "echo started >&2; (sleep 3; touch {}) & sleep 60",
+            marker.display()
+        );
+        let (seconds, tail) =
+            timed_out_seconds(&script, Duration::from_secs(1));
+        assert_eq!(seconds, 1);
+        assert!(tail.contains("started"), "{tail}");
+        std::thread::sleep(Duration::from_secs(4));
+        assert!(!marker.exists(), "a process of the group kept running");
+    }
+
+    #[test]
+    fn timeout_kills_what_ignores_sigterm() {
+        let (_, tail) = timed_out_seconds(
+            "trap '' TERM; echo ignoring >&2; sleep 60",
+            Duration::from_secs(1),
+        );
+        assert!(tail.contains("ignoring"), "{tail}");
+    }
+
+    #[test]
+    fn command_within_its_time_succeeds() {
+        let mut command = Command::new("sh");
+        command.args(["-c", "echo done"]);
+        let stdout = run_streaming(
+            &mut command,
+            Some(Duration::from_secs(30)),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(stdout, b"done\n");
+    }
+
     #[test]
     fn describe_quotes_spaces_and_quotes() {
         let mut command = Command::new("nix");
@@ -266,7 +407,7 @@ mod tests {
         let mut command = Command::new("/bin/sh");
         command.args(["-c", "echo out; echo a >&2; echo b >&2"]);
         let mut lines = Vec::new();
-        let stdout = run_streaming(&mut command, &mut |line| {
+        let stdout = run_streaming(&mut command, None, &mut |line| {
             lines.push(line.to_owned())
         })
         .unwrap();
@@ -285,8 +426,10 @@ mod tests {
             "head -c 200000 /dev/zero | tr '\\0' x >&2; echo >&2; echo next >&2",
         ]);
         let mut lines = Vec::new();
-        run_streaming(&mut command, &mut |line| lines.push(line.to_owned()))
-            .unwrap();
+        run_streaming(&mut command, None, &mut |line| {
+            lines.push(line.to_owned())
+        })
+        .unwrap();
         assert_eq!(lines.len(), 2, "{:?}", lines.iter().map(String::len));
         let dropped = 200_000 - MAX_LINE_BYTES;
         assert_eq!(

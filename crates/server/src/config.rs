@@ -135,17 +135,44 @@ pub struct TriggerConfig {
 }
 
 /// Settings for the `nix` program.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NixConfig {
     /// Passed to every Nix command as `--option NAME VALUE`.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+    /// Seconds that the build of a proposal, its evaluation included,
+    /// may take before it is stopped and the proposal fails: 1 to
+    /// [`MAX_BUILD_TIMEOUT_SECS`].
+    #[serde(default = "default_build_timeout")]
+    pub build_timeout_secs: u64,
     /// Environment variables for every Nix command. The file format has
     /// no such key; programs that embed the server (tests, the demo) set
     /// it to give Nix its own `HOME` or `NIX_CONFIG`.
     #[serde(skip)]
     pub env: Vec<(OsString, OsString)>,
+}
+
+impl Default for NixConfig {
+    fn default() -> Self {
+        Self {
+            options: BTreeMap::new(),
+            build_timeout_secs: default_build_timeout(),
+            env: Vec::new(),
+        }
+    }
+}
+
+/// The default `[nix] build_timeout_secs`: 6 hours, room for a system
+/// that compiles a kernel or a large package from source on a small
+/// machine.
+pub const DEFAULT_BUILD_TIMEOUT_SECS: u64 = 6 * 3600;
+
+/// The largest `[nix] build_timeout_secs`: 7 days.
+pub const MAX_BUILD_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
+
+fn default_build_timeout() -> u64 {
+    DEFAULT_BUILD_TIMEOUT_SECS
 }
 
 fn default_current_system() -> PathBuf {
@@ -338,7 +365,15 @@ impl ServerConfig {
     pub(crate) fn nix_runner(
         &self,
     ) -> Result<countersign_nix::Nix, ConfigError> {
-        let mut nix = countersign_nix::Nix::new();
+        let timeout = self.nix.build_timeout_secs;
+        if !(1..=MAX_BUILD_TIMEOUT_SECS).contains(&timeout) {
+            return Err(ConfigError::Invalid(format!(
+                "nix.build_timeout_secs = {timeout} is out of range; set \
+                 it to 1 to {MAX_BUILD_TIMEOUT_SECS} seconds (7 days)"
+            )));
+        }
+        let mut nix = countersign_nix::Nix::new()
+            .with_build_timeout(std::time::Duration::from_secs(timeout));
         for (name, value) in &self.nix.options {
             nix = nix.with_option(name, value).map_err(|error| {
                 ConfigError::Invalid(format!("nix.options: {error}"))
@@ -444,6 +479,27 @@ mod tests {
             "nixosConfigurations.demo.config.system.build.toplevel"
         );
         assert!(config.trigger.is_none());
+        assert_eq!(config.nix.build_timeout_secs, DEFAULT_BUILD_TIMEOUT_SECS);
+        assert_eq!(
+            config.nix_runner().unwrap().build_timeout(),
+            Some(std::time::Duration::from_secs(DEFAULT_BUILD_TIMEOUT_SECS))
+        );
+    }
+
+    #[test]
+    fn check_rejects_build_timeout_out_of_range() {
+        for timeout in [0, MAX_BUILD_TIMEOUT_SECS + 1] {
+            let (_dir, mut config) = config_with_policy("demo");
+            config.nix.build_timeout_secs = timeout;
+            let error = check_error(&config);
+            assert!(
+                error.contains(&format!("nix.build_timeout_secs = {timeout}")),
+                "{error}"
+            );
+        }
+        let text = format!("{MINIMAL}\n[nix]\nbuild_timeout_secs = 600\n");
+        let config = ServerConfig::parse(&text).unwrap();
+        assert_eq!(config.nix.build_timeout_secs, 600);
     }
 
     #[test]

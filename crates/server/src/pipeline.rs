@@ -399,7 +399,15 @@ fn build_steps(
         &gc_root,
         &mut |line| log.line(line),
     )
-    .map_err(|error| format!("building {}: {error}", state.attribute))?;
+    .map_err(|error| match error {
+        countersign_nix::Error::TimedOut { seconds, .. } => format!(
+            "building {} was stopped after {seconds} seconds, the build \
+             time limit; raise [nix] build_timeout_secs \
+             (services.countersign.buildTimeout) if the build needs longer",
+            state.attribute
+        ),
+        error => format!("building {}: {error}", state.attribute),
+    })?;
     log.step(&format!("built {target}"));
     let built = Instant::now();
 

@@ -312,6 +312,29 @@ async fn failed_build_keeps_log_without_statement() {
     );
 }
 
+/// A build that outlives `[nix] build_timeout_secs` is stopped and its
+/// proposal fails with a reason that names the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_build_stops_at_time_limit() {
+    let mut harness = Harness::prepare(Options::default());
+    harness.config.nix.build_timeout_secs = 3;
+    harness.start_server().await;
+    let mut slow = harness.spec.clone();
+    slow.build_delay_secs = 600;
+    harness.commit(&slow, "Build for ten minutes");
+    let token = harness.login(&harness.laptop).await;
+    let number = harness.propose(&token, None).await;
+    let detail = harness.wait_built(&token, number).await;
+    assert_eq!(detail["state"], "failed", "{detail}");
+    let error = detail["error"].as_str().unwrap();
+    assert!(error.contains("stopped after 3 seconds"), "{error}");
+    assert!(error.contains("build_timeout_secs"), "{error}");
+    assert_eq!(
+        harness.audit_kinds(number),
+        ["proposal-created", "proposal-failed"]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_change_nothing() {
     let harness = Harness::start(Options::default()).await;
