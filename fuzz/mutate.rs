@@ -1,11 +1,13 @@
 //! Seed reading and byte mutations shared by the fuzz tests of the
-//! server and activator crates, which include this file with
+//! core, server and activator crates, which include this file with
 //! `#[path]`. Seeds live in `fuzz/corpus/<target>/`. A seed whose name
 //! starts with `valid-` must be accepted and every other seed must be
-//! rejected.
+//! rejected. Files whose name ends in `.pub` are keys, not seeds.
+
+#![allow(dead_code)]
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
 
@@ -20,14 +22,19 @@ impl Seed {
     }
 }
 
+fn corpus_dir(target: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/corpus")
+        .join(target)
+}
+
 /// Reads the seeds of `target`, sorted by file name.
 pub fn corpus(target: &str) -> Vec<Seed> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fuzz/corpus")
-        .join(target);
+    let dir = corpus_dir(target);
     let mut seeds: Vec<Seed> = fs::read_dir(&dir)
         .unwrap_or_else(|error| panic!("reading {}: {error}", dir.display()))
         .map(|entry| entry.expect("a directory entry").path())
+        .filter(|path| path.extension().is_none_or(|ext| ext != "pub"))
         .map(|path| Seed {
             name: path.file_name().unwrap().to_string_lossy().into_owned(),
             bytes: fs::read(&path).unwrap(),
@@ -40,6 +47,13 @@ pub fn corpus(target: &str) -> Vec<Seed> {
         dir.display()
     );
     seeds
+}
+
+/// Reads the file `name` of `target`'s corpus folder.
+pub fn corpus_file(target: &str, name: &str) -> Vec<u8> {
+    let path = corpus_dir(target).join(name);
+    fs::read(&path)
+        .unwrap_or_else(|error| panic!("reading {}: {error}", path.display()))
 }
 
 /// One edit of a byte string. Positions are taken modulo the length.
@@ -98,6 +112,14 @@ pub fn apply(bytes: &mut Vec<u8>, mutation: &Mutation) {
 
 /// Generates a seed of `target` with one to seven mutations applied.
 pub fn mutated(target: &str) -> impl Strategy<Value = Vec<u8>> {
+    mutated_with_seed(target).prop_map(|(_, bytes)| bytes)
+}
+
+/// Generates a seed of `target` with one to seven mutations applied,
+/// paired with the seed's index in [`corpus`].
+pub fn mutated_with_seed(
+    target: &str,
+) -> impl Strategy<Value = (usize, Vec<u8>)> {
     let seeds: Vec<Vec<u8>> =
         corpus(target).into_iter().map(|seed| seed.bytes).collect();
     (0..seeds.len(), prop::collection::vec(mutation(), 1..8)).prop_map(
@@ -106,7 +128,7 @@ pub fn mutated(target: &str) -> impl Strategy<Value = Vec<u8>> {
             for mutation in &mutations {
                 apply(&mut bytes, mutation);
             }
-            bytes
+            (index, bytes)
         },
     )
 }

@@ -8,8 +8,8 @@
 //! `PROPTEST_CASES` to run more mutations than the default 256 per
 //! target.
 
-use std::fs;
-use std::path::PathBuf;
+#[path = "../../../fuzz/mutate.rs"]
+mod mutate;
 
 use countersign_core::Policy;
 use countersign_core::protocol::Request;
@@ -19,6 +19,7 @@ use countersign_core::webauthn::testing::TestAuthenticator;
 use countersign_core::webauthn::{
     Algorithm, Assertion, ExpectedAssertion, verify_assertion,
 };
+use mutate::{corpus, corpus_file, mutated_with_seed as mutated};
 use proptest::prelude::*;
 
 /// The message signed by the SSHSIG seeds, with `ssh-keygen -Y sign -n
@@ -28,122 +29,6 @@ const SIGNED_MESSAGE: &[u8] = b"countersign fuzz seed";
 const RP_ID: &str = "countersign.example.org";
 const ORIGIN: &str = "https://countersign.example.org";
 const CHALLENGE: [u8; 32] = [7; 32];
-
-struct Seed {
-    name: String,
-    bytes: Vec<u8>,
-}
-
-impl Seed {
-    fn valid(&self) -> bool {
-        self.name.starts_with("valid-")
-    }
-}
-
-/// Reads the seeds of `target`, sorted by file name, skipping files whose
-/// name ends in `.pub` because those are keys, not inputs.
-fn corpus(target: &str) -> Vec<Seed> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fuzz/corpus")
-        .join(target);
-    let mut seeds: Vec<Seed> = fs::read_dir(&dir)
-        .unwrap_or_else(|error| panic!("reading {}: {error}", dir.display()))
-        .map(|entry| entry.expect("a directory entry").path())
-        .filter(|path| path.extension().is_none_or(|ext| ext != "pub"))
-        .map(|path| Seed {
-            name: path.file_name().unwrap().to_string_lossy().into_owned(),
-            bytes: fs::read(&path).unwrap(),
-        })
-        .collect();
-    seeds.sort_by(|a, b| a.name.cmp(&b.name));
-    assert!(!seeds.is_empty(), "no seeds in {}", dir.display());
-    assert!(
-        seeds.iter().any(Seed::valid),
-        "no valid- seed in {}",
-        dir.display()
-    );
-    seeds
-}
-
-fn corpus_file(target: &str, name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fuzz/corpus")
-        .join(target)
-        .join(name);
-    fs::read(&path)
-        .unwrap_or_else(|error| panic!("reading {}: {error}", path.display()))
-}
-
-/// One edit of a byte string. Positions are taken modulo the length.
-#[derive(Debug, Clone)]
-enum Mutation {
-    FlipBit(usize, u8),
-    Replace(usize, u8),
-    Insert(usize, u8),
-    Delete(usize),
-    /// Copies a range of the input to another position, which repeats
-    /// keys, brackets and armor lines.
-    Splice(usize, usize, usize),
-    Truncate(usize),
-}
-
-fn mutation() -> impl Strategy<Value = Mutation> {
-    prop_oneof![
-        (any::<usize>(), 0u8..8)
-            .prop_map(|(at, bit)| Mutation::FlipBit(at, bit)),
-        (any::<usize>(), any::<u8>())
-            .prop_map(|(at, byte)| Mutation::Replace(at, byte)),
-        (any::<usize>(), any::<u8>())
-            .prop_map(|(at, byte)| Mutation::Insert(at, byte)),
-        any::<usize>().prop_map(Mutation::Delete),
-        (any::<usize>(), 1usize..64, any::<usize>())
-            .prop_map(|(from, len, to)| Mutation::Splice(from, len, to)),
-        any::<usize>().prop_map(Mutation::Truncate),
-    ]
-}
-
-fn apply(bytes: &mut Vec<u8>, mutation: &Mutation) {
-    if bytes.is_empty() {
-        if let Mutation::Insert(_, byte) = mutation {
-            bytes.push(*byte);
-        }
-        return;
-    }
-    let len = bytes.len();
-    match *mutation {
-        Mutation::FlipBit(at, bit) => bytes[at % len] ^= 1 << bit,
-        Mutation::Replace(at, byte) => bytes[at % len] = byte,
-        Mutation::Insert(at, byte) => bytes.insert(at % (len + 1), byte),
-        Mutation::Delete(at) => {
-            bytes.remove(at % len);
-        }
-        Mutation::Splice(from, span, to) => {
-            let from = from % len;
-            let end = (from + span).min(len);
-            let piece = bytes[from..end].to_vec();
-            let to = to % (len + 1);
-            bytes.splice(to..to, piece);
-        }
-        Mutation::Truncate(at) => bytes.truncate(at % len),
-    }
-}
-
-/// Generates a seed of `target` with one to seven mutations applied,
-/// paired with the seed's index.
-fn mutated(target: &str) -> impl Strategy<Value = (usize, Vec<u8>)> {
-    let seeds: Vec<Vec<u8>> =
-        corpus(target).into_iter().map(|seed| seed.bytes).collect();
-    let count = seeds.len();
-    (0..count, prop::collection::vec(mutation(), 1..8)).prop_map(
-        move |(index, mutations)| {
-            let mut bytes = seeds[index].clone();
-            for mutation in &mutations {
-                apply(&mut bytes, mutation);
-            }
-            (index, bytes)
-        },
-    )
-}
 
 /// Checks what every accepted statement must satisfy: its bytes are the
 /// canonical encoding of the parsed value.
