@@ -89,6 +89,12 @@ pub fn print_summary(reviewed: &Reviewed, full_diff: bool) {
     if let Some(subject) = detail["subject"].as_str() {
         println!("  commit   {}", sanitize(subject));
     }
+    if let Some(source) = &statement.source {
+        println!("  flake    {}", sanitize(&statement.attribute));
+        // The server alone ties the commit to this hash; see
+        // docs/threat-model.md for how an approver checks it.
+        println!("  nar hash {}", sanitize(&source.nar_hash));
+    }
     println!("  action   {}", statement.action);
     println!("  base     {}", statement.base);
     println!("  target   {}", statement.target);
