@@ -170,6 +170,17 @@ pub enum Error {
     )]
     SocketInUse(PathBuf),
     #[error(
+        "the socket directory {directory} (owner uid {owner}, mode \
+         {mode:04o}) may be changed by users other than root, who could \
+         redirect the socket's permissions to another file; make it and \
+         its parents owned by root and not writable by group or others"
+    )]
+    UnsafeSocketDirectory {
+        directory: PathBuf,
+        owner: u32,
+        mode: u32,
+    },
+    #[error(
         "file descriptor 3 from systemd socket activation is not a \
          listening Unix socket: {0}; set `ListenStream=` in the \
          countersign-activator.socket unit to a socket path"
