@@ -379,10 +379,9 @@ impl Activator {
         check_counters(&state, &counters).map_err(refuse)?;
 
         match (&statement.source, statement.rollback_generation) {
-            // NOTE: the NAR hash binds the source, but nothing here ties
-            // it to the statement's commit, which is the server's word; a
-            // compromised server can name a reviewed commit beside a
-            // source of its own (docs/threat-model.md, the server process).
+            // NOTE: nothing here ties the NAR hash to the statement's
+            // commit, so a compromised server can name a reviewed commit
+            // beside a source of its own (see docs/threat-model.md).
             (Some(source), _) => {
                 self.check_attribute(&statement.attribute).map_err(refuse)?;
                 self.check_source(

@@ -464,7 +464,7 @@ mod tests {
     }
 
     #[test]
-    fn attribute_must_be_a_flake_attribute() {
+    fn attribute_is_validated() {
         let attribute =
             "nixosConfigurations.web1.config.system.build.toplevel";
         let config =

@@ -470,9 +470,8 @@ fn bind_socket(
     fs::create_dir_all(directory)
         .map_err(io_error("create the socket directory", directory))?;
     // The socket is bound, changed and moved through the resolved
-    // directory, whose every ancestor only root (or this process's user)
-    // may change, so no other user can swap a name on the way for a
-    // symlink and have the mode and group below applied elsewhere.
+    // directory, which only root or this process's user may change.
+    // Nobody else can then swap it for a symlink before the chmod below.
     let directory = &directory
         .canonicalize()
         .map_err(io_error("resolve the socket directory", directory))?;
@@ -516,10 +515,9 @@ fn bind_socket(
     Ok(listener)
 }
 
-/// Requires that `directory` (resolved, without symlinks) and each of its
-/// ancestors belong to root or to this process's user, and that no
-/// other user may add, remove or rename their entries: group and others
-/// have no write permission, or the sticky bit is set.
+/// Checks that `directory`, resolved, and each of its ancestors belong to
+/// root or to this process's user. Group and others may not write to
+/// them, unless the sticky bit keeps them from renaming others' entries.
 fn check_socket_directory(directory: &Path) -> Result<(), Error> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let own_uid = unsafe { libc::geteuid() };

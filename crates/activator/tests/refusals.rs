@@ -256,15 +256,13 @@ fn switch_script_outside_store_is_refused() {
     assert!(from_cache(&events), "the evaluation was not cached");
 }
 
-/// A compromised server could otherwise take an approved commit and name
-/// another configuration of the same flake (a test machine, another
-/// host) in the statement. The approvers review the commit, which is
-/// right, and the evaluation check passes, because the source does
-/// evaluate to that target under that attribute.
+/// Without the check, a compromised server could name another
+/// configuration of an approved commit's flake, such as a test machine.
+/// The evaluation check passes, because the source does evaluate to that
+/// target under that attribute.
 #[test]
-fn statement_for_another_attribute_is_refused() {
-    let shared = shared_world();
-    let world = &shared.world;
+fn other_attribute_is_refused() {
+    let world = &shared_world().world;
     let own = SystemSpec::demo(HOST, &world.switch_log);
     let mut installer = SystemSpec::demo(HOST, &world.switch_log);
     installer.set_package(Package::with_binary("installer", "1.0"));
@@ -274,6 +272,7 @@ fn statement_for_another_attribute_is_refused() {
         &[(HOST, &own), ("installer", &installer)],
     )
     .unwrap();
+
     let other_attribute =
         "nixosConfigurations.installer.config.system.build.toplevel";
     let (commit, source, other) = world.commit_raw_flake(
@@ -281,6 +280,7 @@ fn statement_for_another_attribute_is_refused() {
         other_attribute,
         "Two configurations",
     );
+
     let activator = Activator::start(
         world,
         &format!("attribute = \"{}\"", world.attribute),
@@ -292,6 +292,7 @@ fn statement_for_another_attribute_is_refused() {
     statement_source.nar_hash = source.nar_hash.clone();
     statement.attribute = other_attribute.to_owned();
     statement.target = other;
+
     let events = activator.activate(&approved(&statement));
     assert_refused(
         &activator,

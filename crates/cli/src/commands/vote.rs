@@ -91,8 +91,8 @@ pub fn print_summary(reviewed: &Reviewed, full_diff: bool) {
     }
     if let Some(source) = &statement.source {
         println!("  flake    {}", sanitize(&statement.attribute));
-        // The server alone ties the commit to this hash; see
-        // docs/threat-model.md for how an approver checks it.
+        // Only the server ties the commit to this hash. The threat model
+        // says how an approver checks it in a clone of their own.
         println!("  nar hash {}", sanitize(&source.nar_hash));
     }
     println!("  action   {}", statement.action);
