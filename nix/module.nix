@@ -241,6 +241,9 @@ let
         # Each switch runs as a transient unit started by systemd-run, so
         # that stopping the activator's unit does not stop the switch.
         systemd_run = "${config.systemd.package}/bin/systemd-run";
+        # A deployment must name this host's own toplevel, never another
+        # configuration of the same flake.
+        inherit (cfg.repository) attribute;
         verify_evaluation = cfg.verifyEvaluation;
         confirm_timeout_secs = cfg.confirmTimeout;
       }
@@ -488,7 +491,10 @@ in
         type = types.str;
         default = "nixosConfigurations.${cfg.hostName}.config.system.build.toplevel";
         defaultText = literalExpression ''"nixosConfigurations.''${config.services.countersign.hostName}.config.system.build.toplevel"'';
-        description = "The flake attribute of this machine's system toplevel.";
+        description = ''
+          The flake attribute of this machine's system toplevel. The
+          activator refuses a deployment that names another attribute.
+        '';
       };
       pollInterval = mkOption {
         type = types.nullOr (types.ints.between 10 31536000);

@@ -379,7 +379,11 @@ impl Activator {
         check_counters(&state, &counters).map_err(refuse)?;
 
         match (&statement.source, statement.rollback_generation) {
+            // NOTE: nothing here ties the NAR hash to the statement's
+            // commit, so a compromised server can name a reviewed commit
+            // beside a source of its own (see docs/threat-model.md).
             (Some(source), _) => {
+                self.check_attribute(&statement.attribute).map_err(refuse)?;
                 self.check_source(
                     &source.store_path,
                     &source.nar_hash,
@@ -410,6 +414,20 @@ impl Activator {
             approvers,
             counters,
         })
+    }
+
+    /// Requires a deployment's attribute to be the configured one, when
+    /// the configuration names one. A rollback is not evaluated, so its
+    /// attribute decides nothing and is not checked.
+    fn check_attribute(&self, attribute: &str) -> Result<(), String> {
+        match &self.config.attribute {
+            Some(configured) if configured != attribute => Err(format!(
+                "the statement names the attribute {attribute:?}, but this \
+                 host's is {configured:?} (`attribute` in the activator \
+                 config); propose the host's own configuration"
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Checks that `source` has the NAR hash `nar_hash`, which `named_by`

@@ -53,6 +53,13 @@ pub struct Config {
     /// file; otherwise the switch runs as a process of its own.
     #[serde(default = "default_systemd_run")]
     pub systemd_run: PathBuf,
+    /// The flake attribute of this host's toplevel, such as
+    /// `nixosConfigurations.web1.config.system.build.toplevel`. When set,
+    /// a statement that deploys a source must name exactly this
+    /// attribute, so that an approved commit cannot be deployed as
+    /// another configuration of the same flake.
+    #[serde(default)]
+    pub attribute: Option<String>,
     /// Whether to evaluate the approved source and require that it
     /// yields exactly the target.
     #[serde(default = "default_true")]
@@ -248,6 +255,11 @@ impl Config {
                      give an existing name or remove the key"
                 ));
             }
+        }
+        if let Some(attribute) = &self.attribute {
+            countersign_nix::validate_attribute(attribute).map_err(|error| {
+                format!("`attribute`: {error}; give the flake attribute of this host's toplevel")
+            })?;
         }
         self.validate_checks()?;
         for name in self.nix.options.keys() {
@@ -449,6 +461,22 @@ mod tests {
             config.nix.options["experimental-features"],
             "nix-command flakes"
         );
+    }
+
+    #[test]
+    fn attribute_is_validated() {
+        let attribute =
+            "nixosConfigurations.web1.config.system.build.toplevel";
+        let config =
+            Config::parse(&format!("{MINIMAL}attribute = \"{attribute}\"\n"))
+                .unwrap();
+        assert_eq!(config.attribute.as_deref(), Some(attribute));
+        assert_eq!(Config::parse(MINIMAL).unwrap().attribute, None);
+        let error = Config::parse(&format!(
+            "{MINIMAL}attribute = \"toplevel?dir=x\"\n"
+        ))
+        .unwrap_err();
+        assert!(error.contains("`attribute`"), "{error}");
     }
 
     #[test]

@@ -48,7 +48,10 @@
 //!    file and the history record it, and each
 //!    WebAuthn approval's signature counter is above the counter stored
 //!    for its credential, unless both are zero.
-//! 5. The source store path is valid and has the stated NAR hash. A
+//! 5. When the configuration names an `attribute`, the statement names
+//!    exactly it, so an approved commit cannot be deployed as another
+//!    configuration of the same flake. The source store path is valid
+//!    and has the stated NAR hash. A
 //!    content-addressed source checked before, whose path still exists,
 //!    is taken from the cache of verified sources.
 //! 6. When `verify_evaluation` is on, evaluating the statement's
@@ -166,6 +169,17 @@ pub enum Error {
          this activator"
     )]
     SocketInUse(PathBuf),
+    #[error(
+        "the socket directory {directory} (owner uid {owner}, mode \
+         {mode:04o}) may be changed by users other than root, who could \
+         redirect the socket's permissions to another file; make it and \
+         its parents owned by root and not writable by group or others"
+    )]
+    UnsafeSocketDirectory {
+        directory: PathBuf,
+        owner: u32,
+        mode: u32,
+    },
     #[error(
         "file descriptor 3 from systemd socket activation is not a \
          listening Unix socket: {0}; set `ListenStream=` in the \

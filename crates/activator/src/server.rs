@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::{FromRawFd, RawFd};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -469,9 +469,17 @@ fn bind_socket(
     let directory = path.parent().expect("the config requires a file name");
     fs::create_dir_all(directory)
         .map_err(io_error("create the socket directory", directory))?;
+    // The socket is bound, changed and moved through the resolved
+    // directory, which only root or this process's user may change.
+    // Nobody else can then swap it for a symlink before the chmod below.
+    let directory = &directory
+        .canonicalize()
+        .map_err(io_error("resolve the socket directory", directory))?;
+    check_socket_directory(directory)?;
+    let file_name = path.file_name().expect("checked by the config");
+    let path = &directory.join(file_name);
     check_existing_socket(path)?;
 
-    let file_name = path.file_name().expect("checked by the config");
     let temporary: PathBuf = directory.join(format!(
         ".{}.{}.tmp",
         file_name.to_string_lossy(),
@@ -507,6 +515,33 @@ fn bind_socket(
     Ok(listener)
 }
 
+/// Checks that `directory`, resolved, and each of its ancestors belong to
+/// root or to this process's user. Group and others may not write to
+/// them, unless the sticky bit keeps them from renaming others' entries.
+fn check_socket_directory(directory: &Path) -> Result<(), Error> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let own_uid = unsafe { libc::geteuid() };
+    for ancestor in directory.ancestors() {
+        let metadata =
+            fs::symlink_metadata(ancestor).map_err(|source| Error::Io {
+                action: "inspect the socket directory",
+                path: ancestor.to_owned(),
+                source,
+            })?;
+        let mode = metadata.mode();
+        let owner_ok = metadata.uid() == 0 || metadata.uid() == own_uid;
+        let shared = mode & 0o022 != 0 && mode & 0o1000 == 0;
+        if !metadata.is_dir() || !owner_ok || shared {
+            return Err(Error::UnsafeSocketDirectory {
+                directory: ancestor.to_owned(),
+                owner: metadata.uid(),
+                mode: mode & 0o7777,
+            });
+        }
+    }
+    Ok(())
+}
+
 fn check_existing_socket(path: &Path) -> Result<(), Error> {
     let metadata = match fs::symlink_metadata(path) {
         Ok(metadata) => metadata,
@@ -529,4 +564,87 @@ fn check_existing_socket(path: &Path) -> Result<(), Error> {
     }
     tracing::info!(socket = %path.display(), "replacing a stale socket");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_for(socket: &Path) -> Config {
+        Config::parse(&format!(
+            "policy = \"/nonexistent/policy.toml\"\n\
+             state_dir = \"/nonexistent/state\"\nsocket = \"{}\"\n",
+            socket.display()
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn socket_directory_others_may_change_is_refused() {
+        let directory = tempfile::tempdir().unwrap();
+        let run = directory.path().join("run");
+        fs::create_dir(&run).unwrap();
+        let socket = run.join("activator.sock");
+        fs::set_permissions(&run, fs::Permissions::from_mode(0o777)).unwrap();
+        let error = bind_socket(&config_for(&socket), None).unwrap_err();
+        assert!(
+            matches!(error, Error::UnsafeSocketDirectory { mode: 0o777, .. }),
+            "{error}"
+        );
+        assert_eq!(fs::read_dir(&run).unwrap().count(), 0, "something bound");
+
+        // The sticky bit keeps other users from renaming root's entries.
+        fs::set_permissions(&run, fs::Permissions::from_mode(0o1777)).unwrap();
+        bind_socket(&config_for(&socket), None).unwrap();
+        fs::remove_file(&socket).unwrap();
+
+        fs::set_permissions(&run, fs::Permissions::from_mode(0o755)).unwrap();
+        let listener = bind_socket(&config_for(&socket), None).unwrap();
+        let mode = fs::metadata(&socket).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o660);
+        drop(listener);
+    }
+
+    #[test]
+    fn socket_directory_of_another_user_is_refused() {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            println!("skipped: only root can give a directory away");
+            return;
+        }
+        let directory = tempfile::tempdir().unwrap();
+        let run = directory.path().join("run");
+        fs::create_dir(&run).unwrap();
+        std::os::unix::fs::chown(&run, Some(65534), None).unwrap();
+        let socket = run.join("activator.sock");
+        let error = bind_socket(&config_for(&socket), None).unwrap_err();
+        assert!(
+            matches!(error, Error::UnsafeSocketDirectory { owner: 65534, .. }),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn socket_directory_through_other_users_link_is_refused() {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            println!("skipped: only root can give a directory away");
+            return;
+        }
+        // The configured path goes through a symlink to a directory that
+        // another user owns; the check judges the directory itself.
+        let directory = tempfile::tempdir().unwrap();
+        let theirs = directory.path().join("theirs");
+        fs::create_dir(&theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
+        let link = directory.path().join("run");
+        std::os::unix::fs::symlink(&theirs, &link).unwrap();
+        let socket = link.join("activator.sock");
+        let error = bind_socket(&config_for(&socket), None).unwrap_err();
+        assert!(
+            matches!(error, Error::UnsafeSocketDirectory { ref directory, .. }
+                if *directory == theirs),
+            "{error}"
+        );
+    }
 }

@@ -16,8 +16,9 @@ use countersign_activator::{
 use countersign_core::audit::AuditError;
 use countersign_core::protocol::{Event, MAX_REQUEST_BYTES, Outcome, Step};
 use countersign_core::{Certificate, StorePath, VoteSignature};
+use countersign_nix::fixture::{self, Package, SystemSpec};
 use support::{
-    Activator, ESCAPE_ATTRIBUTE, OUTSIDE_STORE, approved, certificate,
+    Activator, ESCAPE_ATTRIBUTE, HOST, OUTSIDE_STORE, approved, certificate,
     finished, keys, policy_text, shared_world, steps,
 };
 
@@ -253,6 +254,58 @@ fn switch_script_outside_store_is_refused() {
     let events = activator.activate(&approved(&statement));
     assert_refused(&activator, &events, "outside /nix/store");
     assert!(from_cache(&events), "the evaluation was not cached");
+}
+
+/// Without the check, a compromised server could name another
+/// configuration of an approved commit's flake, such as a test machine.
+/// The evaluation check passes, because the source does evaluate to that
+/// target under that attribute.
+#[test]
+fn other_attribute_is_refused() {
+    let world = &shared_world().world;
+    let own = SystemSpec::demo(HOST, &world.switch_log);
+    let mut installer = SystemSpec::demo(HOST, &world.switch_log);
+    installer.set_package(Package::with_binary("installer", "1.0"));
+    let flake_dir = tempfile::tempdir().unwrap();
+    let flake = fixture::write_flake_set(
+        flake_dir.path(),
+        &[(HOST, &own), ("installer", &installer)],
+    )
+    .unwrap();
+
+    let other_attribute =
+        "nixosConfigurations.installer.config.system.build.toplevel";
+    let (commit, source, other) = world.commit_raw_flake(
+        &fs::read_to_string(flake).unwrap(),
+        other_attribute,
+        "Two configurations",
+    );
+
+    let activator = Activator::start(
+        world,
+        &format!("attribute = \"{}\"", world.attribute),
+    );
+    let mut statement = world.statement(&policy_text(), 1);
+    let statement_source = statement.source.as_mut().unwrap();
+    statement_source.commit = commit;
+    statement_source.store_path = source.store_path.clone();
+    statement_source.nar_hash = source.nar_hash.clone();
+    statement.attribute = other_attribute.to_owned();
+    statement.target = other;
+
+    let events = activator.activate(&approved(&statement));
+    assert_refused(
+        &activator,
+        &events,
+        &format!(
+            "names the attribute {other_attribute:?}, but this host's is {:?}",
+            world.attribute
+        ),
+    );
+    assert!(
+        !steps(&events).contains(&Step::Evaluate),
+        "the other attribute was evaluated"
+    );
 }
 
 #[test]

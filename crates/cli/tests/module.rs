@@ -241,6 +241,10 @@ fn configurations_parse_with_own_parsers() {
     assert_eq!(activator.profile, Path::new("/nix/var/nix/profiles/system"));
     assert!(activator.verify_evaluation);
     assert_eq!(
+        activator.attribute.as_deref(),
+        Some("nixosConfigurations.web1.config.system.build.toplevel")
+    );
+    assert_eq!(
         activator.evaluator_user.as_deref(),
         Some("countersign-eval")
     );

@@ -89,6 +89,12 @@ pub fn print_summary(reviewed: &Reviewed, full_diff: bool) {
     if let Some(subject) = detail["subject"].as_str() {
         println!("  commit   {}", sanitize(subject));
     }
+    if let Some(source) = &statement.source {
+        println!("  flake    {}", sanitize(&statement.attribute));
+        // Only the server ties the commit to this hash. The threat model
+        // says how an approver checks it in a clone of their own.
+        println!("  nar hash {}", sanitize(&source.nar_hash));
+    }
     println!("  action   {}", statement.action);
     println!("  base     {}", statement.base);
     println!("  target   {}", statement.target);
