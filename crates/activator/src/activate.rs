@@ -5,7 +5,9 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use countersign_core::protocol::{AuditHead, Event, Outcome, Step};
+use countersign_core::protocol::{
+    AuditHead, CommitEvidence, Event, Outcome, Step,
+};
 use countersign_core::webauthn::{self, encode_base64url};
 use countersign_core::{
     Certificate, Policy, Sha256Digest, SignCounter, Source, Statement,
@@ -109,10 +111,11 @@ impl Activator {
         &self,
         certificate: &Certificate,
         audit_head: Option<AuditHead>,
+        commit_evidence: Option<&CommitEvidence>,
         events: &mut dyn EventSink,
     ) {
         let mut history = self.lock();
-        let accepted = match self.check(certificate, events) {
+        let accepted = match self.check(certificate, commit_evidence, events) {
             Ok(accepted) => accepted,
             Err(refusal) => {
                 self.refuse_locked(&mut history, refusal, events);
@@ -291,6 +294,7 @@ impl Activator {
     fn check(
         &self,
         certificate: &Certificate,
+        commit_evidence: Option<&CommitEvidence>,
         events: &mut dyn EventSink,
     ) -> Result<Accepted, Refusal> {
         let policy_path = &self.config.policy;
@@ -379,9 +383,6 @@ impl Activator {
         check_counters(&state, &counters).map_err(refuse)?;
 
         match (&statement.source, statement.rollback_generation) {
-            // NOTE: nothing here ties the NAR hash to the statement's
-            // commit, so a compromised server can name a reviewed commit
-            // beside a source of its own (see docs/threat-model.md).
             (Some(source), _) => {
                 self.check_attribute(&statement.attribute).map_err(refuse)?;
                 self.check_source(
@@ -391,6 +392,8 @@ impl Activator {
                     events,
                 )
                 .map_err(refuse)?;
+                check_commit(source, commit_evidence, events)
+                    .map_err(refuse)?;
                 self.check_evaluation(&statement, source, events)
                     .map_err(refuse)?;
             }
@@ -755,6 +758,46 @@ pub(crate) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |duration| duration.as_secs())
+}
+
+/// Checks that the statement's source is the tree of its commit, so
+/// that approvers who reviewed the commit elsewhere reviewed what is
+/// deployed.
+fn check_commit(
+    source: &Source,
+    evidence: Option<&CommitEvidence>,
+    events: &mut dyn EventSink,
+) -> Result<(), String> {
+    let evidence = evidence.ok_or_else(|| {
+        format!(
+            "the request carries no commit object for commit {}, so the \
+             source cannot be tied to it; the server reads it from its \
+             git mirror, whose log tells why it could not",
+            source.commit
+        )
+    })?;
+    progress(
+        events,
+        Step::CheckSource,
+        format!(
+            "checking that {} holds the tree of commit {}",
+            source.store_path, source.commit
+        ),
+    );
+    crate::commit_check::check(
+        source.store_path.as_ref(),
+        &source.commit,
+        evidence,
+    )?;
+    progress(
+        events,
+        Step::CheckSource,
+        format!(
+            "{} is the tree of commit {}",
+            source.store_path, source.commit
+        ),
+    );
+    Ok(())
 }
 
 #[cfg(test)]

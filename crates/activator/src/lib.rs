@@ -110,6 +110,7 @@
 
 mod activate;
 mod command;
+mod commit_check;
 pub mod config;
 mod confirm;
 mod deploy;

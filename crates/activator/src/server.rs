@@ -208,13 +208,19 @@ fn serve_connection(activator: &Activator, stream: UnixStream) {
         Request::Activate {
             certificate,
             audit_head,
+            commit_evidence,
         } => {
             tracing::info!(
                 approvals = certificate.approvals.len(),
                 audit_seq = audit_head.map(|head| head.seq),
                 "activation request"
             );
-            activator.activate(&certificate, audit_head, &mut sink);
+            activator.activate(
+                &certificate,
+                audit_head,
+                commit_evidence.as_ref(),
+                &mut sink,
+            );
         }
         Request::Prepare {
             source,

@@ -370,8 +370,10 @@ fn pre_switch_runs_before_profile_changes() {
 fn confirmation_keeps_activation() {
     let world = World::build(WorldOptions::default());
     let activator = Activator::start(&world, "confirm_timeout_secs = 600");
+    let certificate = approved(&world.statement(&policy_text(), 1));
     let request = Request::Activate {
-        certificate: approved(&world.statement(&policy_text(), 1)),
+        commit_evidence: support::commit_evidence(&certificate),
+        certificate,
         audit_head: None,
     };
     let mut replies = Vec::new();
@@ -430,8 +432,10 @@ fn confirmation_keeps_activation() {
 fn expired_window_rolls_back() {
     let world = World::build(WorldOptions::default());
     let activator = Activator::start(&world, "confirm_timeout_secs = 2");
+    let certificate = approved(&world.statement(&policy_text(), 1));
     let request = Request::Activate {
-        certificate: approved(&world.statement(&policy_text(), 1)),
+        commit_evidence: support::commit_evidence(&certificate),
+        certificate,
         audit_head: None,
     };
     let mut wrong = Vec::new();

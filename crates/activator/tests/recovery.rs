@@ -75,6 +75,7 @@ fn activate_and_kill(
     let request = Request::Activate {
         certificate: certificate.clone(),
         audit_head: None,
+        commit_evidence: support::commit_evidence(certificate),
     };
     thread::scope(|scope| {
         let reply =
@@ -609,6 +610,7 @@ fn killed_runner_lock_outlives_script() {
     let request = Request::Activate {
         certificate: certificate.clone(),
         audit_head: None,
+        commit_evidence: support::commit_evidence(&certificate),
     };
 
     let events = thread::scope(|scope| {

@@ -256,6 +256,69 @@ fn switch_script_outside_store_is_refused() {
     assert!(from_cache(&events), "the evaluation was not cached");
 }
 
+/// A compromised server names a commit that approvers reviewed (the
+/// base system's) beside the source of another one. The NAR hash and
+/// the evaluation both match, so only the commit check can tell: the
+/// files are not that commit's tree.
+#[test]
+fn source_of_another_commit_is_refused() {
+    let world = &shared_world().world;
+    let output = std::process::Command::new("git")
+        .arg("-C")
+        .arg(&world.repo)
+        .args(["rev-list", "--max-parents=0", "HEAD"])
+        .output()
+        .unwrap();
+    let first_commit = String::from_utf8(output.stdout).unwrap();
+    let first_commit = first_commit.trim();
+    assert_ne!(first_commit, world.commit);
+
+    let activator = Activator::start(world, "");
+    let mut statement = world.statement(&policy_text(), 1);
+    statement.source.as_mut().unwrap().commit = first_commit.to_owned();
+    let events = activator.activate(&approved(&statement));
+    assert_refused(
+        &activator,
+        &events,
+        &format!(
+            "are not the tree {} of commit {first_commit}",
+            tree_of(&world.repo, first_commit)
+        ),
+    );
+    assert!(
+        !steps(&events).contains(&Step::Evaluate),
+        "the source was evaluated"
+    );
+}
+
+/// A request without the commit object is refused when the statement
+/// deploys a source.
+#[test]
+fn missing_commit_object_is_refused() {
+    let world = &shared_world().world;
+    let activator = Activator::start(world, "");
+    let certificate = approved(&world.statement(&policy_text(), 1));
+    let request = countersign_core::protocol::Request::Activate {
+        certificate,
+        audit_head: None,
+        commit_evidence: None,
+    };
+    let mut line = serde_json::to_vec(&request).unwrap();
+    line.push(b'\n');
+    let events = activator.request(&line);
+    assert_refused(&activator, &events, "carries no commit object");
+}
+
+fn tree_of(repo: &std::path::Path, commit: &str) -> String {
+    let output = std::process::Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(["rev-parse", &format!("{commit}^{{tree}}")])
+        .output()
+        .unwrap();
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
 /// Without the check, a compromised server could name another
 /// configuration of an approved commit's flake, such as a test machine.
 /// The evaluation check passes, because the source does evaluate to that

@@ -847,6 +847,7 @@ fn privilege_split_holds() {
     let request = Request::Activate {
         certificate: Certificate::new(&statement, forged_votes),
         audit_head: None,
+        commit_evidence: None,
     };
     let request_file = layout.path("requests/forged.json");
     write_root_file(

@@ -7,6 +7,8 @@
 //! The activator treats every request as untrusted input: it re-derives
 //! every decision from its own policy file, state and the Nix store.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{Certificate, Sha256Digest, StorePath};
@@ -23,6 +25,10 @@ pub enum Request {
         /// The newest entry of the server's audit log, which the activator
         /// records so that a later cut of the log's tail is detected.
         audit_head: Option<AuditHead>,
+        /// The git objects that tie the statement's commit to its source.
+        /// Required when the statement deploys a source.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        commit_evidence: Option<CommitEvidence>,
     },
     /// Report the running system, the last accepted proposal and the
     /// recorded audit head.
@@ -44,6 +50,24 @@ pub enum Request {
     /// confirmation window, it rolls back an activation that is not
     /// confirmed in time.
     Confirm { proposal: u64 },
+}
+
+/// The git data that ties a statement's commit to the files of its
+/// source. The server reads it from its mirror, and the activator trusts
+/// none of it: the commit id in the signed statement is the hash of
+/// `commit`, whose first line names the tree that the source's files
+/// must hash to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommitEvidence {
+    /// The commit object without git's `commit <size>` header, in
+    /// standard base64.
+    pub commit: String,
+    /// The submodules of the commit's tree, by `/`-separated path, with
+    /// the commit id each one records. Nix fetches the source without
+    /// submodules, so each is an empty folder there.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub submodules: BTreeMap<String, String>,
 }
 
 /// The number and hash of an audit log entry.

@@ -97,6 +97,41 @@ pub fn commit_info(mirror: &Path, commit: &str) -> Result<CommitInfo> {
     })
 }
 
+/// Reads the commit object of `commit` and the submodules of its tree
+/// from the mirror, for the activator to tie the commit to its fetched
+/// source.
+pub fn commit_evidence(
+    mirror: &Path,
+    commit: &str,
+) -> Result<countersign_core::protocol::CommitEvidence> {
+    use base64::Engine as _;
+
+    validate_commit_id(commit)?;
+    let mut command = git_read(mirror);
+    command.args(["cat-file", "commit", commit]);
+    let object = process::run(&mut command)?;
+
+    let mut command = git_read(mirror);
+    command.args(["ls-tree", "-r", "-z", "--full-tree", commit]);
+    let listing = process::run(&mut command)?;
+    let mut submodules = std::collections::BTreeMap::new();
+    for entry in listing.split(|&byte| byte == 0) {
+        // `<mode> <type> <id>\t<path>`; a submodule has mode 160000.
+        let Some(rest) = entry.strip_prefix(b"160000 commit ") else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(rest);
+        let Some((id, path)) = text.split_once('\t') else {
+            return Err(unexpected(&command, "a malformed entry", &listing));
+        };
+        submodules.insert(path.to_owned(), id.to_owned());
+    }
+    Ok(countersign_core::protocol::CommitEvidence {
+        commit: base64::engine::general_purpose::STANDARD.encode(object),
+        submodules,
+    })
+}
+
 /// Lists the commits reachable from `new` but not from `old`, newest
 /// first, at most `max` of them.
 pub fn commits_between(

@@ -3,7 +3,9 @@
 //! the activator to prepare a proposal that awaits approval.
 
 use countersign_core::audit::Anchor;
-use countersign_core::protocol::{AuditHead, Event, Outcome, Request};
+use countersign_core::protocol::{
+    AuditHead, CommitEvidence, Event, Outcome, Request,
+};
 use countersign_core::{Certificate, StorePath, Vote};
 use countersign_nix::FetchedSource;
 use serde_json::json;
@@ -44,6 +46,50 @@ pub fn spawn(state: &AppState, job: ActivationJob) {
     });
 }
 
+/// Reads the git objects of the statement's commit from the mirror, so
+/// that the activator can tie that commit to the source. A statement
+/// without a source (a rollback) needs none. A failure is logged and the
+/// request goes without, so that the activator rejects it with its
+/// reason.
+async fn commit_evidence(
+    state: &AppState,
+    number: u64,
+    statement: &[u8],
+) -> Option<CommitEvidence> {
+    let commit = match countersign_core::Statement::parse(statement) {
+        Ok(statement) => statement.source?.commit,
+        Err(error) => {
+            tracing::error!(
+                proposal = number,
+                %error,
+                "cannot read the stored statement"
+            );
+            return None;
+        }
+    };
+    let mirror = state.mirror_dir();
+    let read = tokio::task::spawn_blocking(move || {
+        countersign_nix::git::commit_evidence(&mirror, &commit)
+    })
+    .await;
+    match read {
+        Ok(Ok(evidence)) => Some(evidence),
+        Ok(Err(error)) => {
+            tracing::error!(
+                proposal = number,
+                %error,
+                "cannot read the commit from the mirror; the activator \
+                 will reject the certificate"
+            );
+            None
+        }
+        Err(error) => {
+            tracing::error!(proposal = number, %error, "reading the commit");
+            None
+        }
+    }
+}
+
 fn lock_activations(
     state: &AppState,
 ) -> std::sync::MutexGuard<'_, std::collections::HashSet<u64>> {
@@ -60,12 +106,14 @@ pub fn in_flight(state: &AppState, number: u64) -> bool {
 
 async fn run(state: &AppState, job: ActivationJob) {
     let number = job.number;
+    let commit_evidence = commit_evidence(state, number, &job.statement).await;
     let request = Request::Activate {
         certificate: Certificate::new(&job.statement, job.approvals),
         audit_head: Some(AuditHead {
             seq: job.audit_head.seq,
             hash: job.audit_head.hash,
         }),
+        commit_evidence,
     };
     tracing::info!(
         proposal = number,

@@ -389,6 +389,7 @@ impl World {
         let request = Request::Activate {
             certificate: Certificate::new(statement, votes),
             audit_head: None,
+            commit_evidence: None,
         };
         let mut stream =
             UnixStream::connect(self.path("activator.sock")).unwrap();

@@ -625,6 +625,7 @@ async fn quorum_sends_certificate_to_activator() {
             Request::Activate {
                 certificate,
                 audit_head,
+                ..
             } => Some((certificate.clone(), *audit_head)),
             Request::Status
             | Request::Prepare { .. }

@@ -22,7 +22,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use countersign_activator::{HistoryRecord, read_history};
-use countersign_core::protocol::{AuditHead, Event, Outcome, Request, Step};
+use countersign_core::protocol::{
+    AuditHead, CommitEvidence, Event, Outcome, Request, Step,
+};
 use countersign_core::{
     Action, Certificate, Policy, STATEMENT_FORMAT, Sha256Digest, Source,
     Statement, StorePath, Vote, VoteSignature,
@@ -175,6 +177,23 @@ pub struct World {
     pub attribute: String,
     /// The source of the base's commit, whose NAR hash differs.
     pub base_source: FetchedSource,
+}
+
+/// Reads the commit object and submodules of the certificate's commit
+/// from the test repository that the statement names, as the server
+/// reads them from its mirror. `None` for a statement without a source.
+pub fn commit_evidence(certificate: &Certificate) -> Option<CommitEvidence> {
+    let bytes = certificate.statement_bytes().ok()?;
+    let statement = countersign_core::Statement::parse(&bytes).ok()?;
+    let source = statement.source?;
+    let repo = source
+        .repository
+        .strip_prefix("file://")
+        .expect("test repositories are local");
+    Some(
+        git::commit_evidence(&Path::new(repo).join(".git"), &source.commit)
+            .expect("read the commit from the test repository"),
+    )
 }
 
 /// Options of a world.
@@ -836,6 +855,7 @@ exec '{}' \"$@\"
         let request = Request::Activate {
             certificate: certificate.clone(),
             audit_head,
+            commit_evidence: commit_evidence(certificate),
         };
         let mut line = serde_json::to_vec(&request).unwrap();
         line.push(b'\n');

@@ -91,8 +91,8 @@ pub fn print_summary(reviewed: &Reviewed, full_diff: bool) {
     }
     if let Some(source) = &statement.source {
         println!("  flake    {}", sanitize(&statement.attribute));
-        // Only the server ties the commit to this hash. The threat model
-        // says how an approver checks it in a clone of their own.
+        // The activator requires the source with this hash to be the
+        // commit's git tree, so the commit above is what is deployed.
         println!("  nar hash {}", sanitize(&source.nar_hash));
     }
     println!("  action   {}", statement.action);

@@ -110,6 +110,7 @@ fn answer(
         Request::Activate {
             certificate,
             audit_head,
+            commit_evidence,
         } => {
             let policy =
                 Policy::from_toml(&std::fs::read(policy_path).unwrap())
@@ -130,6 +131,32 @@ fn answer(
                 }
             };
             let statement = verified.statement();
+            // The real activator checks the evidence against the source.
+            // The stand-in only checks that the server sent the commit
+            // object that the statement's commit id names.
+            if let Some(source) = &statement.source {
+                let object = commit_evidence.as_ref().map(|evidence| {
+                    use base64::Engine as _;
+                    base64::engine::general_purpose::STANDARD
+                        .decode(&evidence.commit)
+                        .unwrap()
+                });
+                let named = object.as_ref().is_some_and(|object| {
+                    let mut hashed =
+                        format!("commit {}\0", object.len()).into_bytes();
+                    hashed.extend_from_slice(object);
+                    git_sha1(&hashed) == source.commit
+                });
+                if !named {
+                    return vec![Event::Finished {
+                        outcome: Outcome::Refused,
+                        proposal: Some(statement.proposal),
+                        message: "the request has no commit object of the \
+                                  statement's commit"
+                            .into(),
+                    }];
+                }
+            }
             if statement.proposal <= state.last_proposal {
                 return vec![Event::Finished {
                     outcome: Outcome::Refused,
@@ -159,4 +186,21 @@ fn answer(
             ]
         }
     }
+}
+
+/// Computes the SHA-1 of `bytes` in hex with coreutils' `sha1sum`.
+fn git_sha1(bytes: &[u8]) -> String {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("sha1sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run sha1sum");
+    child.stdin.take().unwrap().write_all(bytes).unwrap();
+    let output = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }
