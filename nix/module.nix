@@ -318,6 +318,13 @@ let
   approversWithoutKey = attrNames (filterAttrs (_: a: a.ssh == null && a.webauthn == null) cfg.approvers);
   approversWithTwoKeys = attrNames (filterAttrs (_: a: a.ssh != null && a.webauthn != null) cfg.approvers);
   approversWithPasskey = attrNames (filterAttrs (_: a: a.webauthn != null) cfg.approvers);
+  # A plain SSH key signs without a PIN or fingerprint, so requiring user
+  # verification of it would block every approval; the policy rejects it.
+  approversVerifyingPlainKeys = attrNames (
+    filterAttrs (
+      _: a: a.userVerification && a.ssh != null && !(lib.hasPrefix "sk-" (keyWithoutComment a.ssh))
+    ) cfg.approvers
+  );
 
   # Files with secrets that systemd passes to the server with
   # LoadCredential: the option's name, its value, and the example shown
@@ -429,7 +436,9 @@ let
         description = ''
           Whether a signature by this approver's security key counts only
           with the user-verified flag (PIN or fingerprint) set, in
-          addition to the user-presence flag (a touch).
+          addition to the user-presence flag (a touch). Only a security
+          key (`sk-` SSH key) or a WebAuthn credential can set the flag,
+          so a plain SSH key with this option fails the build.
         '';
       };
       webauthn = mkOption {
@@ -1110,6 +1119,10 @@ in
       {
         assertion = approversWithTwoKeys == [ ];
         message = "services.countersign.approvers: ${concatStringsSep ", " approversWithTwoKeys} has both ssh and webauthn set; give each approver exactly one key and add a second approver for the other device.";
+      }
+      {
+        assertion = approversVerifyingPlainKeys == [ ];
+        message = "services.countersign.approvers: ${concatStringsSep ", " approversVerifyingPlainKeys} sets userVerification with a plain SSH key, which signs without a PIN or fingerprint; use a security key (sk-ssh-ed25519@openssh.com or sk-ecdsa-sha2-nistp256@openssh.com) or remove userVerification.";
       }
       {
         assertion = approversWithPasskey == [ ] || cfg.webauthn != null;

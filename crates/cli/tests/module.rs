@@ -17,7 +17,9 @@ use serde_json::Value;
 const LIB_ENV: &str = "COUNTERSIGN_NIXPKGS_LIB";
 
 const PHONE_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMiTUzUf/2BiGAixrGJ759SOZwWVqT/l+KkIJoB2sPJw phone";
-const LAPTOP_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAID25SjFd7x4IG/P0YSZiVOlykfWonCT389LAONRh+wui laptop";
+/// A security key's public key (`ED25519-SK`), whose signatures can
+/// carry the user-verified flag.
+const LAPTOP_KEY: &str = "sk-ssh-ed25519@openssh.com AAAAGnNrLXNzaC1lZDI1NTE5QG9wZW5zc2guY29tAAAAIJEToSe5dCQ8Yt9zRcb+Cs/vs29AjUTmswU0nvTDXdUhAAAABHNzaDo= laptop";
 /// A WebAuthn credential id and an Ed25519 COSE_Key (alg -8), both
 /// base64url without padding as the policy stores them.
 const TABLET_CREDENTIAL_ID: &str = "dGFibGV0LWNyZWRlbnRpYWwtMDAwMQ";
@@ -781,6 +783,18 @@ fn approver_without_key_fails() {
         &lib,
         "services.countersign.approvers.tablet.userVerification = true;",
         &["tablet has no key", "ssh or approvers.<name>.webauthn"],
+    );
+}
+
+#[test]
+fn verification_of_plain_key_fails() {
+    let Some(lib) = nixpkgs_lib("verification_of_plain_key_fails") else {
+        return;
+    };
+    assert_only_failure(
+        &lib,
+        "services.countersign.approvers.phone.userVerification = true;",
+        &["phone sets userVerification with a plain SSH key"],
     );
 }
 

@@ -180,6 +180,10 @@ pub enum PolicyError {
         "approvers {first} and {second} have the same key; each device must have its own"
     )]
     DuplicateKey { first: String, second: String },
+    #[error(
+        "approver {0}: user_verification = true needs a security key (sk-ssh-ed25519@openssh.com or sk-ecdsa-sha2-nistp256@openssh.com) or a webauthn credential, because a plain SSH key signs without a PIN or fingerprint; remove user_verification or enrol a security key"
+    )]
+    UserVerificationWithoutSecurityKey(String),
     #[error("the policy lists no approvers")]
     NoApprovers,
     #[error(
@@ -385,6 +389,19 @@ fn parse_approvers(
             (Some(_), Some(_)) => return Err(PolicyError::TwoKeys(name.0)),
             (None, None) => return Err(PolicyError::MissingKey(name.0)),
         };
+        let plain_ssh = match &key {
+            ApproverKey::Ssh(ssh) => !matches!(
+                ssh.algorithm(),
+                ssh_key::Algorithm::SkEd25519
+                    | ssh_key::Algorithm::SkEcdsaSha2NistP256
+            ),
+            ApproverKey::WebAuthn(_) => false,
+        };
+        if entry.user_verification && plain_ssh {
+            return Err(PolicyError::UserVerificationWithoutSecurityKey(
+                name.0,
+            ));
+        }
         for other in approvers.values() {
             check_distinct(other, &name, &key)?;
         }
@@ -667,6 +684,27 @@ mod tests {
             assert!(approver.user_verification);
             assert_eq!(approver.key.kind(), "webauthn");
             assert!(policy.approver_by_credential_id(b"other").is_none());
+        }
+
+        #[test]
+        fn user_verification_needs_security_key() {
+            let text = policy_with(
+                "",
+                &format!(
+                    "[approvers.phone]\nssh = \"{KEY_A}\"\n\
+                     user_verification = true\n"
+                ),
+            );
+            let error = load(&text).unwrap_err();
+            assert!(
+                matches!(
+                    &error,
+                    PolicyError::UserVerificationWithoutSecurityKey(name)
+                        if name == "phone"
+                ),
+                "{error}"
+            );
+            assert!(error.to_string().contains("security key"), "{error}");
         }
 
         #[test]
