@@ -54,8 +54,9 @@ pub(crate) fn check(
             "the files of {} are not the tree {tree} of commit {commit} \
              (they hash to {}). Either the server named a commit whose \
              files differ from the source, or the repository's \
-             .gitattributes uses export-ignore or export-subst, which make \
-             Nix copy other files than the tree holds",
+             .gitattributes changes files on export (export-ignore, \
+             export-subst, eol or a filter), so that Nix copied other \
+             files than the tree contains",
             source.display(),
             hex::encode(&computed)
         ));
