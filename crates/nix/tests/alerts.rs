@@ -206,6 +206,13 @@ fn variants() -> Vec<(&'static str, Change)> {
             s.etc_relative_links
                 .push(("pam.d/sudo".into(), "sudo-rules".into()));
         }),
+        ("sudo-uid", |s| {
+            // sudoers names a user by uid with `#`, which is not a
+            // comment there.
+            s.edit_etc("sudoers", |t| {
+                format!("{t}#1000 ALL=(ALL:ALL) NOPASSWD: ALL\n")
+            });
+        }),
         ("sudo-defaults", |s| {
             s.edit_etc("sudoers", |t| format!("{t}Defaults !authenticate\n"));
         }),
@@ -726,6 +733,17 @@ fn other_ssh_file() {
 #[test]
 fn sudo_nopasswd_rule_is_critical() {
     check("sudo", &[(K::SudoRuleAdded, S::Critical)], &[]);
+}
+
+#[test]
+fn sudo_uid_rule_is_critical() {
+    let alerts = check("sudo-uid", &[(K::SudoRuleAdded, S::Critical)], &[]);
+    assert!(
+        alerts[0]
+            .detail
+            .contains("`#1000 ALL=(ALL:ALL) NOPASSWD: ALL`"),
+        "{alerts:#?}"
+    );
 }
 
 #[test]

@@ -375,8 +375,43 @@ fn sudo_line(line: &str, doas: bool) -> Option<String> {
     {
         return Some(reduce_store_paths(trimmed));
     }
-    let line = config_line(line, '#')?;
-    Some(line.split_whitespace().collect::<Vec<_>>().join(" "))
+    if doas {
+        let line = config_line(line, '#')?;
+        return Some(line.split_whitespace().collect::<Vec<_>>().join(" "));
+    }
+    let line = trimmed[..sudoers_comment_start(trimmed)].trim();
+    (!line.is_empty()).then(|| {
+        reduce_store_paths(line)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    })
+}
+
+/// Returns where the comment of a sudoers line starts, or the line's
+/// length. A `#` followed by a digit names a uid or gid (`#1000`,
+/// `%#100`, `(#0)`) and a `#` inside double quotes is text: neither
+/// starts a comment.
+fn sudoers_comment_start(line: &str) -> usize {
+    let mut quoted = false;
+    let mut chars = line.char_indices().peekable();
+    while let Some((index, c)) = chars.next() {
+        match c {
+            '\\' => {
+                chars.next();
+            }
+            '"' => quoted = !quoted,
+            '#' if !quoted
+                && !chars
+                    .peek()
+                    .is_some_and(|(_, next)| next.is_ascii_digit()) =>
+            {
+                return index;
+            }
+            _ => {}
+        }
+    }
+    line.len()
 }
 
 fn classify_sudo(line: &str, doas: bool) -> (AlertKind, Severity) {
@@ -791,6 +826,18 @@ mod tests {
             Some("#includedir /etc/sudoers.d")
         );
         assert_eq!(sudo_line("# a comment", false), None);
+        assert_eq!(
+            sudo_line("#0 ALL=(#0) NOPASSWD: ALL # uid 0", false).as_deref(),
+            Some("#0 ALL=(#0) NOPASSWD: ALL")
+        );
+        assert_eq!(
+            sudo_line("%#100  ALL=(ALL) ALL", false).as_deref(),
+            Some("%#100 ALL=(ALL) ALL")
+        );
+        assert_eq!(
+            sudo_line("Defaults passprompt=\"#%p\" # note", false).as_deref(),
+            Some("Defaults passprompt=\"#%p\"")
+        );
     }
 
     #[test]
