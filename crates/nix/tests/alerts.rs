@@ -504,6 +504,20 @@ fn variants() -> Vec<(&'static str, Change)> {
                 "echo backing up\ncp /bin/sh /tmp/sh && chmod 4755 /tmp/sh",
             ));
         }),
+        ("unit-script-decoy", |s| {
+            // The script changes, and a comment names a second path of
+            // the same store name, so the two versions do not pair.
+            s.set_package(Package::unit_script(
+                "backup",
+                "echo backing up\ncp /bin/sh /tmp/sh && chmod 4755 /tmp/sh",
+            ));
+            s.set_unit(
+                "backup.service",
+                "[Service]\nUser=backup\n\
+                 ExecStart=@pkg:unit-script-backup-start@/bin/backup-start\n\
+                 # /nix/store/00000000000000000000000000000000-unit-script-backup-start\n",
+            );
+        }),
         ("specialisation-added", |s| {
             let mut debug = s.clone();
             debug.specialisations.clear();
@@ -1491,6 +1505,25 @@ fn unit_script_change_is_found_through_the_unit() {
         alerts[0].detail.contains("unit-script-backup-start"),
         "{alerts:#?}"
     );
+}
+
+#[test]
+fn unit_script_behind_a_decoy() {
+    let alerts =
+        check("unit-script-decoy", &[(K::UnitChanged, S::Medium)], &[]);
+    assert!(
+        alerts[0].detail.contains("unit-script-backup-start"),
+        "{alerts:#?}"
+    );
+    // The new script is shown, with the line it gained.
+    let diff = system_diff(path("base"), path("unit-script-decoy")).unwrap();
+    let unit = diff
+        .units
+        .iter()
+        .find(|u| u.path == "backup.service")
+        .unwrap();
+    let referenced = serde_json::to_string(&unit.referenced).unwrap();
+    assert!(referenced.contains("chmod 4755 /tmp/sh"), "{referenced}");
 }
 
 #[test]
