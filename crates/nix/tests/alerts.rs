@@ -361,6 +361,18 @@ fn variants() -> Vec<(&'static str, Change)> {
             // trusts another user.
             s.set_store_file("nix-extra.conf", "trusted-users = root alice\n");
         }),
+        ("nix-aliases", |s| {
+            // Old names that Nix still reads for substituters and their
+            // keys, a substituter trusted without signatures, and a
+            // boolean spelled `no`.
+            s.edit_etc("nix/nix.conf", |t| {
+                format!(
+                    "{t}require-sigs = no\n\
+                     binary-caches = https://cache.example.org?trusted=1\n\
+                     binary-cache-public-keys = example-1:AAAA\n"
+                )
+            });
+        }),
         ("nix-store", |s| {
             s.edit_etc("nix/nix.conf", |t| {
                 format!("{t}store = ssh-ng://root@203.0.113.5\n")
@@ -1235,6 +1247,36 @@ fn nix_trusted_user_is_critical() {
     let alerts =
         check("nix-conf", &[(K::NixSettingChanged, S::Critical)], &[]);
     assert_eq!(alerts[0].detail, "trusted-users root -> root alice");
+}
+
+#[test]
+fn nix_aliases_and_booleans_are_read() {
+    let alerts =
+        check("nix-aliases", &[(K::NixSettingChanged, S::Critical)], &[]);
+    let find = |detail: &str| {
+        alerts
+            .iter()
+            .find(|a| a.detail == detail)
+            .unwrap_or_else(|| panic!("no `{detail}` in {alerts:#?}"))
+            .severity
+    };
+    assert_eq!(find("require-sigs true -> no"), S::Critical);
+    assert_eq!(
+        find(
+            "substituters https://cache.nixos.org/ -> \
+             https://cache.example.org?trusted=1"
+        ),
+        S::Critical
+    );
+    assert_eq!(
+        find(
+            "trusted-public-keys \
+             cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY= \
+             -> example-1:AAAA"
+        ),
+        S::High
+    );
+    assert_eq!(alerts.len(), 3, "{alerts:#?}");
 }
 
 #[test]

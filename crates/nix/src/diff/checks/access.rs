@@ -604,6 +604,57 @@ const NIX_HIGH: &[&str] = &[
 /// Settings whose values are secrets and never shown.
 const NIX_SECRET: &[&str] = &["access-tokens"];
 
+/// Old names of `nix.conf` settings that Nix still reads, with the
+/// current name of each.
+const NIX_ALIASES: &[(&str, &str)] = &[
+    ("binary-caches", "substituters"),
+    ("trusted-binary-caches", "trusted-substituters"),
+    ("binary-cache-public-keys", "trusted-public-keys"),
+    ("build-use-chroot", "sandbox"),
+    ("build-use-sandbox", "sandbox"),
+    ("build-chroot-dirs", "sandbox-paths"),
+    ("build-sandbox-paths", "sandbox-paths"),
+    ("build-extra-chroot-dirs", "extra-sandbox-paths"),
+    ("build-extra-sandbox-paths", "extra-sandbox-paths"),
+];
+
+/// Returns the current name of a `nix.conf` setting, `extra-` kept, so
+/// that `binary-caches` and `substituters` are one setting.
+fn nix_setting_name(key: &str) -> String {
+    let (extra, base) = match key.strip_prefix("extra-") {
+        Some(base) => ("extra-", base),
+        None => ("", key),
+    };
+    let base = NIX_ALIASES
+        .iter()
+        .find(|(alias, _)| *alias == base)
+        .map_or(base, |(_, name)| name);
+    match base.strip_prefix("extra-") {
+        Some(_) => base.to_owned(),
+        None => format!("{extra}{base}"),
+    }
+}
+
+/// Tells whether a value of a Nix boolean setting reads as false, as
+/// Nix parses `false`, `no` and `0`.
+fn nix_false(value: &str) -> bool {
+    matches!(value, "false" | "no" | "0")
+}
+
+/// Tells whether a substituter URI marks its store as trusted
+/// (`?trusted=1`), so that Nix takes its paths without a signature.
+fn trusted_substituter(uri: &str) -> bool {
+    let Some((_, query)) = uri.split_once('?') else {
+        return false;
+    };
+    query.split('&').any(|param| {
+        matches!(
+            param.split_once('='),
+            Some(("trusted", "true" | "yes" | "1"))
+        )
+    })
+}
+
 /// Reads the effective settings of a `nix.conf`: a later assignment replaces
 /// an earlier one, `extra-<name>` appends to `<name>`, and `include` /
 /// `!include` lines are kept under `include`.
@@ -626,7 +677,7 @@ fn nix_settings(text: &str) -> BTreeMap<String, Vec<String>> {
         let Some((key, value)) = line.split_once('=') else {
             continue;
         };
-        let key = key.trim();
+        let key = nix_setting_name(key.trim());
         let values: Vec<String> =
             value.split_whitespace().map(str::to_owned).collect();
         match key.strip_prefix("extra-") {
@@ -703,15 +754,19 @@ pub(super) fn nix_conf(ctx: &mut Ctx<'_>) -> Result<()> {
                 Some(values) => values.join(" "),
             }
         };
-        let gained = |values: Option<&Vec<String>>| {
+        let gained_values = |values: Option<&Vec<String>>| {
             let empty = Vec::new();
             let old_set: BTreeSet<&String> =
                 old_values.unwrap_or(&empty).iter().collect();
             values
                 .unwrap_or(&empty)
                 .iter()
-                .any(|value| !old_set.contains(value))
+                .filter(|value| !old_set.contains(value))
+                .cloned()
+                .collect::<Vec<String>>()
         };
+        let gained =
+            |values: Option<&Vec<String>>| !gained_values(values).is_empty();
         let new_first = new_values.and_then(|v| v.first()).map(String::as_str);
         if key == "store" {
             let severity = if new_first.is_some_and(remote_store) {
@@ -738,7 +793,16 @@ pub(super) fn nix_conf(ctx: &mut Ctx<'_>) -> Result<()> {
         }
         let severity = match key.as_str() {
             "trusted-users" if gained(new_values) => Severity::Critical,
-            "require-sigs" if new_first == Some("false") => Severity::Critical,
+            "require-sigs" if new_first.is_some_and(nix_false) => {
+                Severity::Critical
+            }
+            "substituters"
+                if gained_values(new_values)
+                    .iter()
+                    .any(|uri| trusted_substituter(uri)) =>
+            {
+                Severity::Critical
+            }
             "trusted-users" => Severity::High,
             "sandbox" if new_first == Some("false") => Severity::High,
             key if NIX_HIGH.contains(&key) => Severity::High,
@@ -781,6 +845,25 @@ mod tests {
         assert_eq!(settings["substituters"], ["b", "c"]);
         assert_eq!(settings["trusted-users"], ["root"]);
         assert_eq!(settings["include"], ["/etc/nix/secret.conf"]);
+    }
+
+    #[test]
+    fn nix_aliases_are_one_setting() {
+        let settings = nix_settings(
+            "substituters = a\nbinary-caches = b\n\
+             extra-binary-cache-public-keys = k\n\
+             build-extra-sandbox-paths = /x\nbuild-use-chroot = false\n",
+        );
+        assert_eq!(settings["substituters"], ["b"]);
+        assert_eq!(settings["trusted-public-keys"], ["k"]);
+        assert_eq!(settings["sandbox-paths"], ["/x"]);
+        assert_eq!(settings["sandbox"], ["false"]);
+        assert!(nix_false("no"));
+        assert!(nix_false("0"));
+        assert!(!nix_false("relaxed"));
+        assert!(trusted_substituter("https://c.example.org?trusted=1"));
+        assert!(trusted_substituter("s3://c?region=x&trusted=true"));
+        assert!(!trusted_substituter("https://c.example.org?priority=1"));
     }
 
     #[test]
