@@ -472,6 +472,16 @@ fn variants() -> Vec<(&'static str, Change)> {
                  ExecStart=@pkg:unit-script-backup-start@/bin/backup-start\n",
             );
         }),
+        ("unit-search-path", |s| {
+            // A command without a folder, which systemd looks up in
+            // `ExecSearchPath=` (or its default PATH), outside the store.
+            s.set_unit(
+                "backup.service",
+                "[Service]\nUser=backup\nExecSearchPath=/var/lib/backup/bin\n\
+                 ExecStartPre=prepare\n\
+                 ExecStart=@pkg:unit-script-backup-start@/bin/backup-start\n",
+            );
+        }),
         ("unit-reordered", |s| {
             // The same directives in another order, with comments and
             // other spacing: nothing changes for systemd.
@@ -1406,6 +1416,15 @@ fn unit_now_runs_as_root() {
 fn unit_full_privilege_prefix() {
     let alerts = check("unit-privileged", &[(K::UnitChanged, S::High)], &[]);
     assert!(alerts[0].detail.contains("ExecStartPre=+"), "{alerts:#?}");
+}
+
+#[test]
+fn unit_bare_command_is_high() {
+    let alerts = check("unit-search-path", &[(K::UnitChanged, S::High)], &[]);
+    assert!(
+        alerts[0].detail.contains("ExecStartPre=prepare"),
+        "{alerts:#?}"
+    );
 }
 
 #[test]

@@ -621,14 +621,18 @@ fn privileged(assignment: &str) -> bool {
 }
 
 /// Tells whether an `Exec*=` value runs a program outside the Nix store
-/// and outside the system profile, whose content nobody reviewed.
+/// and outside the system profile, whose content nobody reviewed. A
+/// command without a folder counts: systemd looks it up in
+/// `ExecSearchPath=` or its default search path (`/usr/local/bin`,
+/// `/usr/bin`, ...), folders that NixOS leaves alone but for
+/// `/usr/bin/env`.
 fn runs_outside_store(value: &str) -> bool {
     let command = value
         .trim_start_matches(['@', '-', ':', '+', '!', '|'])
         .split_whitespace()
         .next()
         .unwrap_or_default();
-    command.starts_with('/')
+    !command.is_empty()
         && !["/nix/store/", "/run/current-system/", "/run/wrappers/"]
             .iter()
             .any(|prefix| command.starts_with(prefix))
@@ -870,6 +874,16 @@ mod tests {
             "[Service]\nExecStart=/run/current-system/sw/bin/x --flag\n",
         );
         assert_eq!(directive_severity(&profile), Severity::Medium);
+        let bare = change(
+            "[Service]\nExecStart=/nix/store/…-x/bin/x\n",
+            "[Service]\nExecStart=-x --flag\n",
+        );
+        assert_eq!(directive_severity(&bare), Severity::High);
+        let reset = change(
+            "[Service]\nExecStart=/nix/store/…-x/bin/x\n",
+            "[Service]\nExecStart=\n",
+        );
+        assert_eq!(directive_severity(&reset), Severity::Medium);
     }
 
     #[test]
