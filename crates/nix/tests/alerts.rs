@@ -86,6 +86,21 @@ fn base_spec(log: &Path) -> SystemSpec {
     spec
 }
 
+/// Adds `/etc` files that sudoers (by a relative name), nix.conf and
+/// sshd_config (by a pattern) include, with the given texts.
+fn etc_includes(s: &mut SystemSpec, sudo: &str, nix: &str, sshd: &str) {
+    s.edit_etc("sudoers", |t| format!("{t}@include sudoers.local\n"));
+    s.set_etc("sudoers.local", sudo);
+    s.edit_etc("nix/nix.conf", |t| {
+        format!("{t}!include /etc/nix/local.conf\n")
+    });
+    s.set_etc("nix/local.conf", nix);
+    s.edit_etc("ssh/sshd_config", |t| {
+        format!("{t}Include /etc/ssh/sshd_config.d/*.conf\n")
+    });
+    s.set_etc("ssh/sshd_config.d/10-local.conf", sshd);
+}
+
 type Change = fn(&mut SystemSpec);
 
 /// Variants that change files without changing their meaning.
@@ -212,6 +227,19 @@ fn variants() -> Vec<(&'static str, Change)> {
             s.edit_etc("sudoers", |t| {
                 format!("{t}#1000 ALL=(ALL:ALL) NOPASSWD: ALL\n")
             });
+        }),
+        // sudoers, nix.conf and sshd_config include files of /etc
+        // (outside the store). Each pair below differs in that file only.
+        ("etc-includes", |s| {
+            etc_includes(s, "# none\n", "# none\n", "# none\n")
+        }),
+        ("etc-includes-changed", |s| {
+            etc_includes(
+                s,
+                "alice ALL=(ALL:ALL) NOPASSWD: ALL\n",
+                "trusted-users = root alice\n",
+                "PermitEmptyPasswords yes\n",
+            )
         }),
         ("sudo-defaults", |s| {
             s.edit_etc("sudoers", |t| format!("{t}Defaults !authenticate\n"));
@@ -780,6 +808,27 @@ fn sudo_uid_rule_is_critical() {
             .contains("`#1000 ALL=(ALL:ALL) NOPASSWD: ALL`"),
         "{alerts:#?}"
     );
+}
+
+#[test]
+fn etc_includes_are_read() {
+    let diff = system_diff(path("etc-includes"), path("etc-includes-changed"))
+        .unwrap();
+    let alerts = system_alerts(&diff);
+    let find = |kind: AlertKind, subject: &str| {
+        alerts
+            .iter()
+            .find(|a| a.kind == kind && a.subject == subject)
+            .unwrap_or_else(|| panic!("no {kind:?} in {alerts:#?}"))
+    };
+    let sudo = find(K::SudoRuleAdded, "/etc/sudoers");
+    assert_eq!(sudo.severity, S::Critical);
+    assert!(sudo.detail.contains("alice"), "{alerts:#?}");
+    let nix = find(K::NixSettingChanged, "/etc/nix/nix.conf");
+    assert_eq!(nix.severity, S::Critical);
+    let sshd = find(K::SshdSettingChanged, "/etc/ssh/sshd_config");
+    assert_eq!(sshd.severity, S::Critical);
+    assert_eq!(sshd.detail, "PermitEmptyPasswords (default) -> yes");
 }
 
 #[test]

@@ -8,8 +8,8 @@ use countersign_core::StorePath;
 use sha2::{Digest, Sha256};
 
 use super::{
-    Ctx, Include, added_removed, config_line, flag_changed_named_files,
-    inline_store_includes, line_changes, quote_lines,
+    Ctx, Include, IncludeSource, added_removed, config_line,
+    flag_changed_named_files, inline_includes, line_changes, quote_lines,
 };
 use crate::diff::alerts::{AlertKind, Severity};
 use crate::diff::redact::REDACTED;
@@ -214,14 +214,19 @@ fn sshd_settings(text: &str) -> BTreeMap<String, (String, String)> {
 /// `/etc/ssh/sshd_config`: one alert per effective setting that
 /// changes.
 pub(super) fn sshd(ctx: &mut Ctx<'_>) -> Result<()> {
-    if ctx.etc_changed_under("ssh/sshd_config").is_empty() {
-        return Ok(());
-    }
     let (old, new) = ctx.etc_texts("ssh/sshd_config")?;
-    // Settings of a store file that an `Include` line names apply at
-    // that line.
-    let before = sshd_settings(&inline_store_includes(&old, sshd_include)?);
-    let after = sshd_settings(&inline_store_includes(&new, sshd_include)?);
+    // Settings of a file that an `Include` line names apply at that
+    // line. An included `/etc` file may change alone, so the settings
+    // are compared even when sshd_config did not change.
+    let source = |files| IncludeSource {
+        files,
+        dir: "/etc/ssh",
+        read_elsewhere: |path| path == "ssh/sshd_config",
+    };
+    let before =
+        sshd_settings(&inline_includes(&old, sshd_include, source(ctx.old))?);
+    let after =
+        sshd_settings(&inline_includes(&new, sshd_include, source(ctx.new))?);
     let keys: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
     for key in keys {
         let old_value = before.get(key);
@@ -283,37 +288,62 @@ fn included_store_names(
         .collect()
 }
 
-/// Returns the file that an `sshd_config` `Include` line names, when it
-/// names one file. sshd also takes several files and glob patterns,
-/// which are compared as text.
+/// Returns the file or the pattern (`*` and `?` in the last component)
+/// that an `sshd_config` `Include` line names. sshd also takes several
+/// paths and other glob patterns, which are compared as text.
 fn sshd_include(line: &str) -> Option<Include<'_>> {
     let (keyword, rest) = line.split_once(char::is_whitespace)?;
     if !keyword.eq_ignore_ascii_case("include") {
         return None;
     }
     let path = rest.trim().trim_matches('"');
-    let single =
-        !path.contains(char::is_whitespace) && !path.contains(['*', '?', '[']);
-    single.then_some(Include::File(path))
+    if path.contains(char::is_whitespace) || path.contains('[') {
+        return None;
+    }
+    let folder = path.rsplit_once('/').map_or("", |(folder, _)| folder);
+    if folder.contains(['*', '?']) {
+        None
+    } else if path.contains(['*', '?']) {
+        Some(Include::Pattern(path))
+    } else {
+        Some(Include::File(path))
+    }
 }
 
 /// sudoers, `sudoers.d` and `doas.conf`: rules and settings added or
 /// removed.
 pub(super) fn sudo(ctx: &mut Ctx<'_>) -> Result<()> {
-    let mut paths = ctx.etc_changed_under("sudoers");
-    paths.retain(|p| p == "sudoers" || p.starts_with("sudoers.d/"));
+    // Every sudoers file is read, changed or not, since an `/etc` file
+    // that it includes may change alone.
+    let mut paths: BTreeSet<String> = ctx
+        .old
+        .etc_paths_under("sudoers")
+        .chain(ctx.new.etc_paths_under("sudoers"))
+        .filter(|path| is_sudoers(path))
+        .cloned()
+        .collect();
     paths.extend(ctx.etc_changed_under("doas.conf"));
     for path in paths {
         let doas = path == "doas.conf";
         let (old, new) = ctx.etc_texts(&path)?;
-        // A rule in a store file that sudoers includes applies as if it
-        // were written at the include line.
+        // A rule in a file that sudoers includes applies as if it were
+        // written at the include line. A relative name is relative to
+        // the including file's folder.
         let (old, new) = if doas {
             (old, new)
         } else {
+            let dir = match path.rsplit_once('/') {
+                Some((folder, _)) => format!("/etc/{folder}"),
+                None => "/etc".to_owned(),
+            };
+            let source = |files| IncludeSource {
+                files,
+                dir: &dir,
+                read_elsewhere: is_sudoers,
+            };
             (
-                inline_store_includes(&old, sudo_include)?,
-                inline_store_includes(&new, sudo_include)?,
+                inline_includes(&old, sudo_include, source(ctx.old))?,
+                inline_includes(&new, sudo_include, source(ctx.new))?,
             )
         };
         let (added, removed) = line_changes(
@@ -338,6 +368,12 @@ pub(super) fn sudo(ctx: &mut Ctx<'_>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Tells whether an `/etc` path is `sudoers` or a file of `sudoers.d`,
+/// which the sudo check reads on its own.
+fn is_sudoers(path: &str) -> bool {
+    path == "sudoers" || path.starts_with("sudoers.d/")
 }
 
 /// Returns the file or folder that a sudoers include line names.
@@ -718,9 +754,8 @@ fn hide_password(uri: &str) -> String {
 
 /// `/etc/nix/nix.conf`: one alert per effective setting that changes.
 pub(super) fn nix_conf(ctx: &mut Ctx<'_>) -> Result<()> {
-    if ctx.etc_changed_under("nix/nix.conf").is_empty() {
-        return Ok(());
-    }
+    // Compared even when nix.conf did not change, since an `/etc` file
+    // that it includes may change alone.
     let (old, new) = ctx.etc_texts("nix/nix.conf")?;
     // Settings of an included store file apply at the include line.
     // A setting that names a generated file, such as a `post-build-hook`
@@ -733,8 +768,13 @@ pub(super) fn nix_conf(ctx: &mut Ctx<'_>) -> Result<()> {
         AlertKind::NixSettingChanged,
         |name| included.contains(name),
     );
-    let old = inline_store_includes(&old, nix_include)?;
-    let new = inline_store_includes(&new, nix_include)?;
+    let source = |files| IncludeSource {
+        files,
+        dir: "/etc/nix",
+        read_elsewhere: |path| path == "nix/nix.conf",
+    };
+    let old = inline_includes(&old, nix_include, source(ctx.old))?;
+    let new = inline_includes(&new, nix_include, source(ctx.new))?;
     let before = nix_settings(&old);
     let after = nix_settings(&new);
     let keys: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
