@@ -379,6 +379,16 @@ fn variants() -> Vec<(&'static str, Change)> {
                 )
             });
         }),
+        ("pam-bracket", |s| {
+            // `sufficient` spelled in the bracket form.
+            s.edit_etc("pam.d/sshd", |t| {
+                t.replace(
+                    "# Authentication management.\n",
+                    "# Authentication management.\n\
+                     auth [success=done default=ignore] pam_permit.so\n",
+                )
+            });
+        }),
         ("nix-conf", |s| {
             s.edit_etc("nix/nix.conf", |t| {
                 t.replace("trusted-users = root", "trusted-users = root alice")
@@ -1299,6 +1309,11 @@ fn activation_change_not_repeated_for_dry_activate() {
 #[test]
 fn pam_permit_is_critical() {
     check("pam", &[(K::PamChanged, S::Critical)], &[]);
+}
+
+#[test]
+fn pam_permit_bracket_is_critical() {
+    check("pam-bracket", &[(K::PamChanged, S::Critical)], &[]);
 }
 
 #[test]

@@ -527,10 +527,7 @@ pub(super) fn pam(ctx: &mut Ctx<'_>) -> Result<()> {
             continue;
         }
         let weakening = added.iter().any(|line| {
-            let sufficient = line.contains("sufficient")
-                || line.contains("required")
-                || line.contains("requisite");
-            (line.contains("pam_permit.so") && sufficient)
+            (line.contains("pam_permit.so") && pam_control_counts(line))
                 || line.contains("nullok")
                 || line.contains("pam_rootok.so")
         });
@@ -551,6 +548,29 @@ pub(super) fn pam(ctx: &mut Ctx<'_>) -> Result<()> {
         ctx.push(AlertKind::PamChanged, severity, subject, detail);
     }
     Ok(())
+}
+
+/// Tells whether the control of a PAM rule lets the module's success
+/// count: `sufficient`, `required`, `requisite`, or a bracket form such
+/// as `[success=done default=ignore]` with an `ok`, `done` or jump
+/// action. Words are compared in any case.
+fn pam_control_counts(line: &str) -> bool {
+    let line = line.to_lowercase();
+    let keyword = ["sufficient", "required", "requisite"]
+        .iter()
+        .any(|word| line.contains(word));
+    let bracket = line
+        .split_once('[')
+        .and_then(|(_, rest)| rest.split_once(']'))
+        .is_some_and(|(control, _)| {
+            control.split_whitespace().any(|pair| {
+                pair.split_once('=').is_some_and(|(_, action)| {
+                    matches!(action, "ok" | "done")
+                        || action.parse::<u32>().is_ok_and(|jump| jump > 0)
+                })
+            })
+        });
+    keyword || bracket
 }
 
 /// polkit rules in `/etc/polkit-1/rules.d` and in the system path's
@@ -904,6 +924,21 @@ mod tests {
         assert!(trusted_substituter("https://c.example.org?trusted=1"));
         assert!(trusted_substituter("s3://c?region=x&trusted=true"));
         assert!(!trusted_substituter("https://c.example.org?priority=1"));
+    }
+
+    #[test]
+    fn pam_controls_classified() {
+        assert!(pam_control_counts("auth Sufficient pam_permit.so"));
+        assert!(pam_control_counts(
+            "auth [success=done default=ignore] pam_permit.so"
+        ));
+        assert!(pam_control_counts(
+            "auth [success=2 default=bad] pam_permit.so"
+        ));
+        assert!(!pam_control_counts("auth optional pam_permit.so"));
+        assert!(!pam_control_counts(
+            "auth [success=ignore default=bad] pam_permit.so"
+        ));
     }
 
     #[test]
