@@ -169,6 +169,12 @@ fn variants() -> Vec<(&'static str, Change)> {
                 )
             });
         }),
+        ("sshd-match", |s| {
+            // A `Match` block that every connection matches.
+            s.edit_etc("ssh/sshd_config", |t| {
+                format!("{t}Match Address *\n  PermitRootLogin yes\n")
+            });
+        }),
         ("ssh-other", |s| {
             s.set_etc("ssh/ssh_known_hosts", "host ssh-ed25519 AAAA\n")
         }),
@@ -797,6 +803,16 @@ fn ssh_key_removed() {
 fn root_login_over_ssh_is_critical() {
     let alerts = check("sshd", &[(K::SshdSettingChanged, S::Critical)], &[]);
     assert_eq!(alerts[0].detail, "PermitRootLogin prohibit-password -> yes");
+}
+
+#[test]
+fn match_block_root_login_is_critical() {
+    let alerts =
+        check("sshd-match", &[(K::SshdSettingChanged, S::Critical)], &[]);
+    assert_eq!(
+        alerts[0].detail,
+        "Match Address * (default) -> PermitRootLogin yes"
+    );
 }
 
 #[test]

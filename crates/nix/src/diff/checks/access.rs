@@ -239,8 +239,19 @@ pub(super) fn sshd(ctx: &mut Ctx<'_>) -> Result<()> {
             value.map_or("(default)".to_owned(), |v| v.1.clone())
         };
         let new_text = show(new_value).to_lowercase();
-        let critical = new_text == "yes"
-            && (key == "permitrootlogin" || key == "permitemptypasswords");
+        let critical = if key.starts_with("match ") {
+            // A block whose new lines allow what a global line would
+            // make critical, for the connections that it matches.
+            let old_lines: BTreeSet<String> =
+                old_value.map(|v| block_lines(&v.1)).unwrap_or_default();
+            new_value.is_some_and(|v| {
+                block_lines(&v.1)
+                    .difference(&old_lines)
+                    .any(|line| opens_root_or_empty_login(line))
+            })
+        } else {
+            opens_root_or_empty_login(&format!("{key} {new_text}"))
+        };
         let severity = if critical {
             Severity::Critical
         } else if SSHD_HIGH.contains(&key.as_str())
@@ -267,6 +278,28 @@ pub(super) fn sshd(ctx: &mut Ctx<'_>) -> Result<()> {
         |name| included.contains(name),
     );
     Ok(())
+}
+
+/// Splits the value of a `Match` block entry of [`sshd_settings`] into
+/// its lines, lower case.
+fn block_lines(value: &str) -> BTreeSet<String> {
+    value.split("; ").map(str::to_lowercase).collect()
+}
+
+/// Tells whether a lower-case sshd line is `PermitRootLogin yes` or
+/// `PermitEmptyPasswords yes`, the value quoted or not.
+fn opens_root_or_empty_login(line: &str) -> bool {
+    let mut words = line.split_whitespace();
+    let keyword = words.next();
+    let value = words.next().map(|word| word.trim_matches('"'));
+    matches!(
+        (keyword, value, words.next()),
+        (
+            Some("permitrootlogin" | "permitemptypasswords"),
+            Some("yes"),
+            None
+        )
+    )
 }
 
 /// Returns the store names of the single files that the include lines
@@ -894,6 +927,18 @@ mod tests {
             settings["match user backup"].1,
             "ForceCommand internal-sftp"
         );
+    }
+
+    #[test]
+    fn root_and_empty_logins_found() {
+        assert!(opens_root_or_empty_login("permitrootlogin yes"));
+        assert!(opens_root_or_empty_login("permitemptypasswords \"yes\""));
+        assert!(!opens_root_or_empty_login(
+            "permitrootlogin prohibit-password"
+        ));
+        assert!(!opens_root_or_empty_login("passwordauthentication yes"));
+        let lines = block_lines("PermitRootLogin yes; X11Forwarding no");
+        assert!(lines.contains("permitrootlogin yes"));
     }
 
     #[test]
