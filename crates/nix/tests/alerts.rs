@@ -347,6 +347,12 @@ fn variants() -> Vec<(&'static str, Change)> {
                 )
             });
         }),
+        ("sysctl-glob", |s| {
+            // A pattern that sets every `fs.protected_*` key at once.
+            s.edit_etc("sysctl.d/60-nixos.conf", |t| {
+                format!("{t}fs.protected_* = 0\n")
+            });
+        }),
         ("snippet-added", |s| {
             s.set_activation_snippet(
                 "zz-cleanup",
@@ -1247,6 +1253,17 @@ fn modprobe_blacklist() {
 fn sysctl_ptrace() {
     let alerts = check("sysctl", &[(K::SysctlChanged, S::High)], &[]);
     assert_eq!(alerts[0].detail, "kernel.yama.ptrace_scope 1 -> 0");
+}
+
+#[test]
+fn sysctl_pattern_is_high() {
+    let alerts = check("sysctl-glob", &[(K::SysctlChanged, S::High)], &[]);
+    assert!(
+        alerts[0]
+            .detail
+            .starts_with("fs.protected_* (kernel default) -> 0; the pattern matches fs.protected_symlinks"),
+        "{alerts:#?}"
+    );
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use countersign_core::StorePath;
 
-use super::{Ctx, added_removed, config_line, line_changes};
+use super::{Ctx, added_removed, config_line, glob_match, line_changes};
 use crate::diff::alerts::{AlertKind, Severity};
 use crate::diff::bootspec::{self, Bootspec};
 use crate::diff::initrd::InitrdDiff;
@@ -615,7 +615,20 @@ pub(super) fn sysctl(ctx: &mut Ctx<'_>) -> Result<()> {
                 .cloned()
                 .unwrap_or_else(|| "(kernel default)".to_owned())
         };
+        // systemd-sysctl applies a key with `*`, `?` or `[` to every
+        // key that it matches.
+        let pattern = key.contains(['*', '?', '[']);
+        let matched: Vec<&str> = if pattern {
+            RISKY_SYSCTL
+                .iter()
+                .copied()
+                .filter(|risky| key.contains('[') || glob_match(key, risky))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let severity = if RISKY_SYSCTL.contains(&key.as_str())
+            || !matched.is_empty()
             || new.is_some_and(|v| {
                 key == "kernel.core_pattern" && v.starts_with('|')
             }) {
@@ -623,12 +636,14 @@ pub(super) fn sysctl(ctx: &mut Ctx<'_>) -> Result<()> {
         } else {
             Severity::Medium
         };
-        ctx.push(
-            AlertKind::SysctlChanged,
-            severity,
-            "/etc/sysctl.d",
-            format!("{key} {} -> {}", show(old), show(new)),
-        );
+        let mut detail = format!("{key} {} -> {}", show(old), show(new));
+        if !matched.is_empty() && !key.contains('[') {
+            detail.push_str(&format!(
+                "; the pattern matches {}",
+                matched.join(", ")
+            ));
+        }
+        ctx.push(AlertKind::SysctlChanged, severity, "/etc/sysctl.d", detail);
     }
     Ok(())
 }

@@ -802,7 +802,7 @@ fn included_texts(
 
 /// Tells whether `name` matches a file name pattern in which `*` stands
 /// for any run of characters and `?` for one character. As in glob(3), a leading `.` matches only a `.` of the pattern.
-fn glob_match(pattern: &str, name: &str) -> bool {
+pub(super) fn glob_match(pattern: &str, name: &str) -> bool {
     if name.starts_with('.') && !pattern.starts_with('.') {
         return false;
     }
