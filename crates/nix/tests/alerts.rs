@@ -328,6 +328,11 @@ fn variants() -> Vec<(&'static str, Change)> {
         ("kernel-params", |s| {
             s.kernel_params.push("mitigations=off".into())
         }),
+        ("kernel-params-spelled", |s| {
+            // The kernel and systemd read `_` and `-` in a parameter
+            // name as the same character.
+            s.kernel_params.push("systemd.debug_shell".into())
+        }),
         ("modules", |s| {
             s.set_etc("modules-load.d/nixos.conf", "tcp_bbr\nvfio\n")
         }),
@@ -1224,6 +1229,15 @@ fn switch_script() {
 #[test]
 fn kernel_params() {
     check("kernel-params", &[(K::KernelParamsChanged, S::High)], &[]);
+}
+
+#[test]
+fn kernel_params_underscore_spelling() {
+    check(
+        "kernel-params-spelled",
+        &[(K::KernelParamsChanged, S::High)],
+        &[],
+    );
 }
 
 #[test]
