@@ -140,6 +140,16 @@ fn variants() -> Vec<(&'static str, Change)> {
         }),
         ("user-removed", |s| s.users.retain(|u| u.name != "admin")),
         ("user-uid", |s| s.user_mut("admin").unwrap().uid = Some(0)),
+        ("users-decoy", |s| {
+            // The `users` snippet also names another users data file,
+            // in a comment added after its command.
+            s.user_mut("admin").unwrap().uid = Some(0);
+            s.set_activation_snippet(
+                "users",
+                "# /nix/store/00000000000000000000000000000000-users-groups.json",
+            );
+            s.dry_activation_snippets.push("users".into());
+        }),
         ("user-shell", |s| {
             s.user_mut("sshd").unwrap().shell =
                 "/run/current-system/sw/bin/bash".into();
@@ -741,6 +751,19 @@ fn user_removed() {
         &[(K::UserRemoved, S::Low), (K::GroupMemberRemoved, S::Low)],
         &[K::SshKeyRemoved],
     );
+}
+
+#[test]
+fn users_data_behind_a_decoy() {
+    let alerts = check(
+        "users-decoy",
+        &[
+            (K::UserUidChanged, S::Critical),
+            (K::ActivationSnippetChanged, S::High),
+        ],
+        &[],
+    );
+    assert_eq!(alerts.len(), 2, "{alerts:#?}");
 }
 
 #[test]
