@@ -292,6 +292,22 @@ fn variants() -> Vec<(&'static str, Change)> {
             s.firewall.as_mut().unwrap().extra_commands =
                 "iptables -I INPUT -s 203.0.113.7 -j ACCEPT\n".into();
         }),
+        ("firewall-drop-in", |s| {
+            // A drop-in runs another script of the same store name.
+            s.set_package(Package {
+                name: "firewall-start".into(),
+                version: String::new(),
+                files: vec![(
+                    "bin/firewall-start".into(),
+                    "#!/bin/sh\niptables -P INPUT ACCEPT\n".into(),
+                )],
+            });
+            s.set_unit(
+                "firewall.service.d/overrides.conf",
+                "[Service]\nExecStart=\n\
+                 ExecStart=@@pkg:firewall-start@/bin/firewall-start firewall-start\n",
+            );
+        }),
         ("firewall-off", |s| s.firewall = None),
         ("nftables", |s| {
             s.nftables_ruleset = Some(
@@ -1012,6 +1028,26 @@ fn firewall_disabled() {
         "firewall-off",
         &[(K::FirewallDisabled, S::High), (K::UnitRemoved, S::Medium)],
         &[K::FirewallPortClosed],
+    );
+}
+
+#[test]
+fn firewall_script_replaced_by_drop_in() {
+    let alerts = check(
+        "firewall-drop-in",
+        &[
+            (K::FirewallRuleChanged, S::High),
+            (K::FirewallPortClosed, S::Low),
+        ],
+        &[K::SystemPathChanged],
+    );
+    let rule = alerts
+        .iter()
+        .find(|a| a.kind == K::FirewallRuleChanged)
+        .unwrap();
+    assert!(
+        rule.detail.contains("iptables -P INPUT ACCEPT"),
+        "{alerts:#?}"
     );
 }
 

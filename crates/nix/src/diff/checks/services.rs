@@ -102,19 +102,18 @@ struct Wrappers {
 /// `suid-sgid-wrappers.service`.
 fn wrappers_of(files: &SystemFiles) -> Result<Wrappers> {
     let mut found = Wrappers::default();
-    let Some(unit) = files.unit_text("suid-sgid-wrappers.service")? else {
-        return Ok(found);
-    };
-    let Some(script_path) =
-        find_reference(&unit, |name| name.starts_with("unit-script-"))
-    else {
-        return Ok(found);
-    };
-    let name = script_path.name().trim_start_matches("unit-script-");
-    let inside = format!("bin/{name}");
-    let Some(script) = store_file_text(&script_path, &inside)? else {
-        return Ok(found);
-    };
+    let mut script = String::new();
+    for script_path in
+        started_files(files, "suid-sgid-wrappers.service", |name| {
+            name.starts_with("unit-script-")
+        })?
+    {
+        let name = script_path.name().trim_start_matches("unit-script-");
+        let inside = format!("bin/{name}");
+        if let Some(text) = store_file_text(&script_path, &inside)? {
+            script.push_str(&text);
+        }
+    }
     let wrappers = &mut found.wrappers;
     for line in script.lines() {
         let line = line.trim();
@@ -205,14 +204,8 @@ fn wrapped_program(wrapper: &StorePath) -> Result<(String, String)> {
 
 /// setuid, setgid and capability wrappers added, removed or changed.
 pub(super) fn wrappers(ctx: &mut Ctx<'_>) -> Result<()> {
-    let unit_changed = ctx
-        .diff
-        .units
-        .iter()
-        .any(|c| c.path == "suid-sgid-wrappers.service");
-    if !unit_changed {
-        return Ok(());
-    }
+    // Read even when the unit file did not change, since a drop-in can
+    // replace the script that systemd runs.
     let old = wrappers_of(ctx.old)?;
     let new = wrappers_of(ctx.new)?;
     let keep = |line: &str| config_line(line, '#');
@@ -302,6 +295,26 @@ fn show(text: &str) -> &str {
     if text.is_empty() { "(none)" } else { text }
 }
 
+/// Returns the store paths whose name `matches` that the `ExecStart=`
+/// commands of `unit` name, with its drop-ins applied, in the order
+/// systemd runs them. Other lines of the unit may name other paths of
+/// that name, which systemd does not run.
+fn started_files(
+    files: &SystemFiles,
+    unit: &str,
+    matches: impl Fn(&str) -> bool,
+) -> Result<Vec<StorePath>> {
+    let mut paths = Vec::new();
+    for command in super::units::exec_start(&files.units, unit)? {
+        if let Some(path) = find_reference(&command, &matches)
+            && !paths.contains(&path)
+        {
+            paths.push(path);
+        }
+    }
+    Ok(paths)
+}
+
 /// The rules of a system's firewall: open ports, other rule lines,
 /// and whether a firewall unit exists.
 #[derive(Debug, Default)]
@@ -313,12 +326,13 @@ struct FirewallRules {
 
 fn firewall_rules(files: &SystemFiles) -> Result<FirewallRules> {
     let mut rules = FirewallRules::default();
-    if let Some(unit) = files.unit_text("firewall.service")? {
+    if files.unit_text("firewall.service")?.is_some() {
         rules.present = true;
-        if let Some(path) =
-            find_reference(&unit, |name| name == "firewall-start")
-            && let Some(script) = store_file_text(&path, "bin/firewall-start")?
-        {
+    }
+    for path in started_files(files, "firewall.service", |name| {
+        name == "firewall-start"
+    })? {
+        if let Some(script) = store_file_text(&path, "bin/firewall-start")? {
             for line in script.lines() {
                 match iptables_port(line) {
                     Some(port) => {
@@ -332,12 +346,13 @@ fn firewall_rules(files: &SystemFiles) -> Result<FirewallRules> {
             }
         }
     }
-    if let Some(unit) = files.unit_text("nftables.service")? {
+    if files.unit_text("nftables.service")?.is_some() {
         rules.present = true;
-        if let Some(path) =
-            find_reference(&unit, |name| name == "nftables-rules")
-            && let Some(ruleset) = store_file_text(&path, "")?
-        {
+    }
+    for path in started_files(files, "nftables.service", |name| {
+        name == "nftables-rules"
+    })? {
+        if let Some(ruleset) = store_file_text(&path, "")? {
             for line in ruleset.lines() {
                 let ports = nft_ports(line);
                 if ports.is_empty() {
@@ -413,13 +428,8 @@ fn nft_ports(line: &str) -> Vec<String> {
 /// Checks the firewall: ports opened or closed, other rules changed,
 /// and the firewall unit removed.
 pub(super) fn firewall(ctx: &mut Ctx<'_>) -> Result<()> {
-    let relevant =
-        ctx.diff.units.iter().any(|c| {
-            c.path == "firewall.service" || c.path == "nftables.service"
-        });
-    if !relevant {
-        return Ok(());
-    }
+    // Read even when the unit files did not change, since a drop-in
+    // can replace the script that systemd runs.
     let before = firewall_rules(ctx.old)?;
     let after = firewall_rules(ctx.new)?;
     if before.present && !after.present {
