@@ -464,6 +464,15 @@ fn variants() -> Vec<(&'static str, Change)> {
                 format!("{t}L+ /etc/profile.d/x.sh - - - - /tmp/x.sh\n")
             });
         }),
+        ("tmpfiles-specifier", |s| {
+            // `%E` is /etc for systemd-tmpfiles.
+            s.edit_etc("tmpfiles.d/00-nixos.conf", |t| {
+                format!(
+                    "{t}f+ %E/sudoers.d/50-extra 0440 root root - \
+                     alice ALL=(ALL) NOPASSWD: ALL\n"
+                )
+            });
+        }),
         ("udev", |s| {
             s.edit_etc("udev/rules.d/99-local.rules", |t| {
                 format!(
@@ -1506,6 +1515,11 @@ fn nix_remote_store_is_critical() {
 #[test]
 fn tmpfiles_link_into_etc() {
     check("tmpfiles", &[(K::TmpfilesChanged, S::High)], &[]);
+}
+
+#[test]
+fn tmpfiles_specifier_for_etc() {
+    check("tmpfiles-specifier", &[(K::TmpfilesChanged, S::High)], &[]);
 }
 
 #[test]

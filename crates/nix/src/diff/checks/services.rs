@@ -768,6 +768,63 @@ const SENSITIVE_PATHS: &[&str] = &[
     "/lib",
 ];
 
+/// Tells whether a tmpfiles rule sets a setuid or setgid mode (also
+/// behind the `~` and `:` prefixes), sets ACLs or touches a path of
+/// [`SENSITIVE_PATHS`]. The path's specifiers are expanded first, as
+/// the system's systemd-tmpfiles does (`%E` is `/etc`, `%h` is `/root`).
+fn risky_tmpfiles_rule(line: &str) -> bool {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let kind = fields.first().copied().unwrap_or_default();
+    let target = tmpfiles_path(
+        fields.get(1).copied().unwrap_or_default().trim_matches('"'),
+    );
+    let mode = fields.get(2).copied().unwrap_or_default().trim_matches('"');
+    let setid = u32::from_str_radix(mode.trim_start_matches(['~', ':']), 8)
+        .is_ok_and(|bits| bits & 0o6000 != 0);
+    setid
+        || kind.starts_with(['a', 'A'])
+        || SENSITIVE_PATHS
+            .iter()
+            .any(|p| target == *p || target.starts_with(&format!("{p}/")))
+}
+
+/// Expands the specifiers of a tmpfiles path that name folders, as the
+/// system instance of systemd-tmpfiles does, and drops empty and `.`
+/// components.
+fn tmpfiles_path(path: &str) -> String {
+    let mut expanded = String::with_capacity(path.len());
+    let mut chars = path.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            expanded.push(c);
+            continue;
+        }
+        let folder = match chars.next() {
+            Some('E') => "/etc",
+            Some('h') => "/root",
+            Some('S') => "/var/lib",
+            Some('C') => "/var/cache",
+            Some('L') => "/var/log",
+            Some('t') => "/run",
+            Some('T') => "/tmp",
+            Some('V') => "/var/tmp",
+            Some('%') => "%",
+            Some(other) => {
+                expanded.push('%');
+                expanded.push(other);
+                continue;
+            }
+            None => "%",
+        };
+        expanded.push_str(folder);
+    }
+    let parts: Vec<&str> = expanded
+        .split('/')
+        .filter(|part| !part.is_empty() && *part != ".")
+        .collect();
+    format!("/{}", parts.join("/"))
+}
+
 /// `/etc/tmpfiles.d`: rules applied at boot and on switch.
 pub(super) fn tmpfiles(ctx: &mut Ctx<'_>) -> Result<()> {
     for path in ctx.etc_changed_under("tmpfiles.d/") {
@@ -780,21 +837,7 @@ pub(super) fn tmpfiles(ctx: &mut Ctx<'_>) -> Result<()> {
         if added.is_empty() && removed.is_empty() {
             continue;
         }
-        let risky = added.iter().any(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let kind = fields.first().copied().unwrap_or_default();
-            let target =
-                fields.get(1).copied().unwrap_or_default().trim_matches('"');
-            let mode =
-                fields.get(2).copied().unwrap_or_default().trim_matches('"');
-            let setid = u32::from_str_radix(mode.trim_start_matches('~'), 8)
-                .is_ok_and(|bits| bits & 0o6000 != 0);
-            setid
-                || kind.starts_with(['a', 'A'])
-                || SENSITIVE_PATHS.iter().any(|p| {
-                    target == *p || target.starts_with(&format!("{p}/"))
-                })
-        });
+        let risky = added.iter().any(|line| risky_tmpfiles_rule(line));
         ctx.push(
             AlertKind::TmpfilesChanged,
             if risky {
@@ -841,6 +884,21 @@ pub(super) fn udev(ctx: &mut Ctx<'_>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tmpfiles_rules_classified() {
+        assert!(risky_tmpfiles_rule("f+ %E/sudoers.d/x 0440 root root -"));
+        assert!(risky_tmpfiles_rule("d %h/.ssh 0700 root root -"));
+        assert!(risky_tmpfiles_rule("d %S/nixos/x 0700 root root -"));
+        assert!(risky_tmpfiles_rule(
+            "L+ //etc/./profile.d/x.sh - - - - /tmp/x"
+        ));
+        assert!(risky_tmpfiles_rule("z /var/lib/app/tool :4755 root root -"));
+        assert!(risky_tmpfiles_rule("a+ /srv - - - - u:alice:rwx"));
+        assert!(!risky_tmpfiles_rule("d %S/app 0750 app app -"));
+        assert!(!risky_tmpfiles_rule("d /var/lib/%%E 0750 app app -"));
+        assert_eq!(tmpfiles_path("%t/x/%q"), "/run/x/%q");
+    }
 
     #[test]
     fn iptables_ports() {
