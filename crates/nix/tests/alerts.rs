@@ -464,6 +464,15 @@ fn variants() -> Vec<(&'static str, Change)> {
                 format!("{t}L+ /etc/profile.d/x.sh - - - - /tmp/x.sh\n")
             });
         }),
+        ("udev-hash", |s| {
+            // A `#` inside a rule, which udev does not read as a comment.
+            s.edit_etc("udev/rules.d/99-local.rules", |t| {
+                format!(
+                    "{t}ACTION==\"add\", ATTR{{serial}}==\"#1\", \
+                     RUN+=\"/bin/sh -c 'id > /tmp/u'\"\n"
+                )
+            });
+        }),
         ("tmpfiles-specifier", |s| {
             // `%E` is /etc for systemd-tmpfiles.
             s.edit_etc("tmpfiles.d/00-nixos.conf", |t| {
@@ -1520,6 +1529,12 @@ fn tmpfiles_link_into_etc() {
 #[test]
 fn tmpfiles_specifier_for_etc() {
     check("tmpfiles-specifier", &[(K::TmpfilesChanged, S::High)], &[]);
+}
+
+#[test]
+fn udev_hash_sign_in_rule() {
+    let alerts = check("udev-hash", &[(K::UdevRuleChanged, S::High)], &[]);
+    assert!(alerts[0].detail.contains("RUN+="), "{alerts:#?}");
 }
 
 #[test]

@@ -593,6 +593,16 @@ pub(super) fn config_line(line: &str, comment: char) -> Option<String> {
     (!line.is_empty()).then(|| reduce_store_paths(line))
 }
 
+/// Returns the comparable form of a line of a format whose comments are
+/// whole lines starting with `#`, as in udev rules and tmpfiles.d: a
+/// `#` later in the line is part of the rule. Store paths are reduced,
+/// spaces trimmed, and comments and blank lines dropped.
+pub(super) fn rule_line(line: &str) -> Option<String> {
+    let line = line.trim();
+    (!line.is_empty() && !line.starts_with('#'))
+        .then(|| reduce_store_paths(line))
+}
+
 /// Raises a `kind` alert at high severity on `/etc/<path>` when
 /// generated store files that the entry names changed in content, such
 /// as a `TrustedUserCAKeys` file or a `pam_exec.so` script, whose naming
@@ -1015,6 +1025,16 @@ mod tests {
         assert!(mode_is_risky("0666"));
         assert!(!mode_is_risky("0440"));
         assert!(!mode_is_risky("direct-symlink"));
+    }
+
+    #[test]
+    fn rule_lines_keep_hash_signs() {
+        assert_eq!(
+            rule_line("  KERNEL==\"x#1\", RUN+=\"/bin/sh\"  ").as_deref(),
+            Some("KERNEL==\"x#1\", RUN+=\"/bin/sh\"")
+        );
+        assert_eq!(rule_line("# RUN+=\"/bin/sh\""), None);
+        assert_eq!(rule_line("   "), None);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use countersign_core::StorePath;
 
 use super::{
     Ctx, NO_DRY_ACTIVATION, activation_snippets, added_removed, config_line,
-    find_reference, line_changes, quote_lines,
+    find_reference, line_changes, quote_lines, rule_line,
 };
 use crate::closure::{is_store_path, store_name};
 use crate::diff::alerts::{AlertKind, Severity};
@@ -830,7 +830,7 @@ pub(super) fn tmpfiles(ctx: &mut Ctx<'_>) -> Result<()> {
     for path in ctx.etc_changed_under("tmpfiles.d/") {
         let (old, new) = ctx.etc_texts(&path)?;
         let keep = |line: &str| {
-            config_line(line, '#')
+            rule_line(line)
                 .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
         };
         let (added, removed) = line_changes(&old, &new, keep);
@@ -857,8 +857,10 @@ pub(super) fn tmpfiles(ctx: &mut Ctx<'_>) -> Result<()> {
 pub(super) fn udev(ctx: &mut Ctx<'_>) -> Result<()> {
     for path in ctx.etc_changed_under("udev/rules.d/") {
         let (old, new) = ctx.etc_texts(&path)?;
+        // udev joins a line that ends with a backslash to the next one.
+        let join = |text: &str| text.replace("\\\n", " ");
         let (added, removed) =
-            line_changes(&old, &new, |line| config_line(line, '#'));
+            line_changes(&join(&old), &join(&new), rule_line);
         if added.is_empty() && removed.is_empty() {
             continue;
         }
