@@ -168,6 +168,13 @@ fn variants() -> Vec<(&'static str, Change)> {
         ("ssh-key-root", |s| {
             s.user_mut("root").unwrap().authorized_keys = vec![LAPTOP.into()];
         }),
+        ("ssh-key-uid-zero", |s| {
+            // admin gets uid 0 and another key: a key login as admin is
+            // a root login.
+            let admin = s.user_mut("admin").unwrap();
+            admin.uid = Some(0);
+            admin.authorized_keys.push(PHONE.into());
+        }),
         ("ssh-key-removed", |s| {
             s.user_mut("admin").unwrap().authorized_keys.clear();
         }),
@@ -860,6 +867,20 @@ fn root_ssh_key_is_critical() {
             && alerts[0].detail.contains("laptop"),
         "{alerts:#?}"
     );
+}
+
+#[test]
+fn uid_zero_ssh_key_is_critical() {
+    let alerts = check(
+        "ssh-key-uid-zero",
+        &[
+            (K::UserUidChanged, S::Critical),
+            (K::SshKeyAdded, S::Critical),
+        ],
+        &[],
+    );
+    let key = alerts.iter().find(|a| a.kind == K::SshKeyAdded).unwrap();
+    assert!(key.detail.contains("uid 0"), "{alerts:#?}");
 }
 
 #[test]

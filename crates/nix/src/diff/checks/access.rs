@@ -23,7 +23,12 @@ const KEYS_DIR: &str = "ssh/authorized_keys.d/";
 /// `/etc/ssh/authorized_keys.d/<user>`: one alert per key added or
 /// removed.
 pub(super) fn ssh_keys(ctx: &mut Ctx<'_>) -> Result<()> {
-    for path in ctx.etc_changed_under(KEYS_DIR) {
+    let paths = ctx.etc_changed_under(KEYS_DIR);
+    if paths.is_empty() {
+        return Ok(());
+    }
+    let uid_zero = super::users::uid_zero_users(ctx.new)?;
+    for path in paths {
         let user = path.trim_start_matches(KEYS_DIR).to_owned();
         let (old, new) = ctx.etc_texts(&path)?;
         let keep = |line: &str| {
@@ -33,17 +38,23 @@ pub(super) fn ssh_keys(ctx: &mut Ctx<'_>) -> Result<()> {
         };
         let (added, removed) = line_changes(&old, &new, keep);
         let subject = format!("/etc/{path}");
+        let as_root = user != "root" && uid_zero.contains(&user);
         for key in added {
-            let severity = if user == "root" {
+            let severity = if user == "root" || as_root {
                 Severity::Critical
             } else {
                 Severity::High
+            };
+            let whom = if as_root {
+                format!("{user} (uid 0)")
+            } else {
+                user.clone()
             };
             ctx.push(
                 AlertKind::SshKeyAdded,
                 severity,
                 &subject,
-                format!("key for {user} added: {}", key_summary(&key)),
+                format!("key for {whom} added: {}", key_summary(&key)),
             );
         }
         for key in removed {

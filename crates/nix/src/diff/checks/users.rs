@@ -393,6 +393,20 @@ fn show_flag(flag: Option<bool>) -> &'static str {
     }
 }
 
+/// Lists the users of a system whose uid is 0 in its users data. A
+/// key login as one of them is a root login, whatever the name.
+pub(super) fn uid_zero_users(files: &SystemFiles) -> Result<BTreeSet<String>> {
+    Ok(users_data(files)?
+        .map(|data| {
+            data.users
+                .into_iter()
+                .filter(|(_, user)| user.uid == Some(0))
+                .map(|(name, _)| name)
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
 /// Finds and reads the users data of a system, if it has any.
 fn users_data(files: &SystemFiles) -> Result<Option<UsersData>> {
     if let Some(activate) = files.toplevel_text("activate")? {
