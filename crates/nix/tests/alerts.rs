@@ -101,6 +101,21 @@ fn etc_includes(s: &mut SystemSpec, sudo: &str, nix: &str, sshd: &str) {
     s.set_etc("ssh/sshd_config.d/10-local.conf", sshd);
 }
 
+/// Makes sshd read keys from `/etc/ssh/keys/<user>` too, with a file
+/// there for admin and, when `root`, one for root.
+fn ssh_keys_folder(s: &mut SystemSpec, root: bool) {
+    s.edit_etc("ssh/sshd_config", |t| {
+        t.replace(
+            "/etc/ssh/authorized_keys.d/%u",
+            "/etc/ssh/authorized_keys.d/%u /etc/ssh/keys/%u",
+        )
+    });
+    s.set_etc("ssh/keys/admin", &format!("{LAPTOP}\n"));
+    if root {
+        s.set_etc("ssh/keys/root", &format!("{PHONE}\n"));
+    }
+}
+
 type Change = fn(&mut SystemSpec);
 
 /// Variants that change files without changing their meaning.
@@ -175,6 +190,10 @@ fn variants() -> Vec<(&'static str, Change)> {
             admin.uid = Some(0);
             admin.authorized_keys.push(PHONE.into());
         }),
+        // sshd_config also reads keys from /etc/ssh/keys/%u. The pair
+        // differs in a key file for root there.
+        ("ssh-keys-folder", |s| ssh_keys_folder(s, false)),
+        ("ssh-keys-folder-root", |s| ssh_keys_folder(s, true)),
         ("ssh-key-removed", |s| {
             s.user_mut("admin").unwrap().authorized_keys.clear();
         }),
@@ -881,6 +900,20 @@ fn uid_zero_ssh_key_is_critical() {
     );
     let key = alerts.iter().find(|a| a.kind == K::SshKeyAdded).unwrap();
     assert!(key.detail.contains("uid 0"), "{alerts:#?}");
+}
+
+#[test]
+fn ssh_key_in_configured_folder() {
+    let diff =
+        system_diff(path("ssh-keys-folder"), path("ssh-keys-folder-root"))
+            .unwrap();
+    let alerts = system_alerts(&diff);
+    let key = alerts
+        .iter()
+        .find(|a| a.kind == K::SshKeyAdded)
+        .unwrap_or_else(|| panic!("no key alert in {alerts:#?}"));
+    assert_eq!(key.severity, S::Critical);
+    assert_eq!(key.subject, "/etc/ssh/keys/root");
 }
 
 #[test]

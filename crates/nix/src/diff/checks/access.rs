@@ -23,13 +23,24 @@ const KEYS_DIR: &str = "ssh/authorized_keys.d/";
 /// `/etc/ssh/authorized_keys.d/<user>`: one alert per key added or
 /// removed.
 pub(super) fn ssh_keys(ctx: &mut Ctx<'_>) -> Result<()> {
-    let paths = ctx.etc_changed_under(KEYS_DIR);
+    let mut folders = BTreeSet::from([KEYS_DIR.to_owned()]);
+    folders.extend(key_folders(ctx.old)?);
+    folders.extend(key_folders(ctx.new)?);
+    let mut paths = Vec::new();
+    for folder in &folders {
+        for path in ctx.etc_changed_under(folder) {
+            // A file of a subfolder is not `<folder>/%u`.
+            if !path[folder.len()..].contains('/') {
+                paths.push((path, folder));
+            }
+        }
+    }
     if paths.is_empty() {
         return Ok(());
     }
     let uid_zero = super::users::uid_zero_users(ctx.new)?;
-    for path in paths {
-        let user = path.trim_start_matches(KEYS_DIR).to_owned();
+    for (path, folder) in paths {
+        let user = path[folder.len()..].to_owned();
         let (old, new) = ctx.etc_texts(&path)?;
         let keep = |line: &str| {
             let line = line.trim();
@@ -45,7 +56,7 @@ pub(super) fn ssh_keys(ctx: &mut Ctx<'_>) -> Result<()> {
             } else {
                 Severity::High
             };
-            let whom = if as_root {
+            let named_user = if as_root {
                 format!("{user} (uid 0)")
             } else {
                 user.clone()
@@ -54,7 +65,7 @@ pub(super) fn ssh_keys(ctx: &mut Ctx<'_>) -> Result<()> {
                 AlertKind::SshKeyAdded,
                 severity,
                 &subject,
-                format!("key for {whom} added: {}", key_summary(&key)),
+                format!("key for {named_user} added: {}", key_summary(&key)),
             );
         }
         for key in removed {
@@ -67,6 +78,37 @@ pub(super) fn ssh_keys(ctx: &mut Ctx<'_>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Returns the `/etc` folders, relative to `/etc` and ending in `/`,
+/// from which the `AuthorizedKeysFile` setting of a system's
+/// sshd_config reads one file per user (`/etc/ssh/keys/%u` gives
+/// `ssh/keys/`).
+fn key_folders(files: &SystemFiles) -> Result<Vec<String>> {
+    let Some(text) = files.etc_text("ssh/sshd_config")? else {
+        return Ok(Vec::new());
+    };
+    let source = IncludeSource {
+        files,
+        dir: "/etc/ssh",
+        read_elsewhere: |path| path == "ssh/sshd_config",
+    };
+    let settings =
+        sshd_settings(&inline_includes(&text, sshd_include, source)?);
+    let Some((_, value)) = settings.get("authorizedkeysfile") else {
+        return Ok(Vec::new());
+    };
+    // NOTE: other key files (one file for all users, `%h/...` in home
+    // folders, other tokens) are not read as keys; a change under
+    // `/etc/ssh` raises only `ssh_config_changed` at medium.
+    Ok(value
+        .split_whitespace()
+        .filter_map(|pattern| {
+            let folder = pattern.strip_prefix("/etc/")?.strip_suffix("%u")?;
+            (folder.ends_with('/') && !folder.contains('%'))
+                .then(|| folder.to_owned())
+        })
+        .collect())
 }
 
 /// Describes an authorized key line as its type, SHA-256 fingerprint,
