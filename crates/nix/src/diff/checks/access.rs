@@ -94,7 +94,7 @@ fn key_folders(files: &SystemFiles) -> Result<Vec<String>> {
         read_elsewhere: |path| path == "ssh/sshd_config",
     };
     let settings =
-        sshd_settings(&inline_includes(&text, sshd_include, source)?);
+        sshd_settings(&inline_includes(&text, sshd_include, source)?.0);
     let Some((_, value)) = settings.get("authorizedkeysfile") else {
         return Ok(Vec::new());
     };
@@ -276,10 +276,18 @@ pub(super) fn sshd(ctx: &mut Ctx<'_>) -> Result<()> {
         dir: "/etc/ssh",
         read_elsewhere: |path| path == "ssh/sshd_config",
     };
-    let before =
-        sshd_settings(&inline_includes(&old, sshd_include, source(ctx.old))?);
-    let after =
-        sshd_settings(&inline_includes(&new, sshd_include, source(ctx.new))?);
+    let (old_inlined, old_cut) =
+        inline_includes(&old, sshd_include, source(ctx.old))?;
+    let (new_inlined, new_cut) =
+        inline_includes(&new, sshd_include, source(ctx.new))?;
+    push_cut_includes(
+        ctx,
+        AlertKind::SshdSettingChanged,
+        "/etc/ssh/sshd_config",
+        !old_cut && new_cut,
+    );
+    let before = sshd_settings(&old_inlined);
+    let after = sshd_settings(&new_inlined);
     let keys: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
     for key in keys {
         let old_value = before.get(key);
@@ -355,6 +363,29 @@ fn opens_root_or_empty_login(line: &str) -> bool {
     )
 }
 
+/// Raises a high `kind` alert on `subject` when `cut`: the files that
+/// its include lines name now add up to more than
+/// [`super::MAX_INLINED_BYTES`], so what lies beyond was not compared.
+fn push_cut_includes(
+    ctx: &mut Ctx<'_>,
+    kind: AlertKind,
+    subject: &str,
+    cut: bool,
+) {
+    if cut {
+        ctx.push(
+            kind,
+            Severity::High,
+            subject,
+            format!(
+                "the files its include lines name add up to more than {} \
+                 MiB; the rest was not read",
+                super::MAX_INLINED_BYTES / (1024 * 1024)
+            ),
+        );
+    }
+}
+
 /// Returns the store names of the single files that the include lines
 /// of `old` or `new` name.
 fn included_store_names(
@@ -427,10 +458,17 @@ pub(super) fn sudo(ctx: &mut Ctx<'_>) -> Result<()> {
                 dir: &dir,
                 read_elsewhere: is_sudoers,
             };
-            (
-                inline_includes(&old, sudo_include, source(ctx.old))?,
-                inline_includes(&new, sudo_include, source(ctx.new))?,
-            )
+            let (old, old_cut) =
+                inline_includes(&old, sudo_include, source(ctx.old))?;
+            let (new, new_cut) =
+                inline_includes(&new, sudo_include, source(ctx.new))?;
+            push_cut_includes(
+                ctx,
+                AlertKind::SudoConfigChanged,
+                &format!("/etc/{path}"),
+                !old_cut && new_cut,
+            );
+            (old, new)
         };
         let (added, removed) = line_changes(
             &join_continuations(&old),
@@ -879,8 +917,14 @@ pub(super) fn nix_conf(ctx: &mut Ctx<'_>) -> Result<()> {
         dir: "/etc/nix",
         read_elsewhere: |path| path == "nix/nix.conf",
     };
-    let old = inline_includes(&old, nix_include, source(ctx.old))?;
-    let new = inline_includes(&new, nix_include, source(ctx.new))?;
+    let (old, old_cut) = inline_includes(&old, nix_include, source(ctx.old))?;
+    let (new, new_cut) = inline_includes(&new, nix_include, source(ctx.new))?;
+    push_cut_includes(
+        ctx,
+        AlertKind::NixSettingChanged,
+        "/etc/nix/nix.conf",
+        !old_cut && new_cut,
+    );
     let before = nix_settings(&old);
     let after = nix_settings(&new);
     let keys: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
@@ -967,6 +1011,39 @@ pub(super) fn nix_conf(ctx: &mut Ctx<'_>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn self_including_files_are_cut() {
+        // A sudoers file that includes itself on every line would make
+        // 150^3 copies of itself three levels deep.
+        let dir = tempfile::tempdir().unwrap();
+        let location = dir.path().join("loop");
+        let text = "@include /etc/sudoers.loop\n".repeat(150);
+        std::fs::write(&location, &text).unwrap();
+        let mut files = SystemFiles::default();
+        files.etc.insert(
+            "sudoers.loop".to_owned(),
+            Node::File {
+                location: location.display().to_string(),
+                size: text.len() as u64,
+                executable: false,
+                sha256: None,
+            },
+        );
+        let source = IncludeSource {
+            files: &files,
+            dir: "/etc",
+            read_elsewhere: is_sudoers,
+        };
+        let (inlined, cut) =
+            inline_includes(&text, sudo_include, source).unwrap();
+        assert!(cut);
+        assert!(
+            inlined.len() <= text.len() + super::super::MAX_INLINED_BYTES,
+            "{} bytes",
+            inlined.len()
+        );
+    }
 
     #[test]
     fn sshd_first_value_wins_and_match_blocks_count() {

@@ -677,12 +677,41 @@ pub(super) struct IncludeSource<'a> {
 /// not part of what is reviewed, and an include line that names one is
 /// compared as a line. Included files are followed [`MAX_INCLUDE_DEPTH`]
 /// levels deep.
+///
+/// At most [`MAX_INLINED_BYTES`] of included text are put in, since a
+/// file that includes itself on many lines would otherwise grow to that
+/// number of lines cubed. The second value tells whether includes were
+/// left out for that reason.
 pub(super) fn inline_includes(
     text: &str,
     include: for<'a> fn(&'a str) -> Option<Include<'a>>,
     source: IncludeSource<'_>,
-) -> Result<String> {
-    inline_includes_at(text, include, source, 0)
+) -> Result<(String, bool)> {
+    let mut budget = MAX_INLINED_BYTES;
+    let mut cut = false;
+    let mut out = String::with_capacity(text.len());
+    inline_includes_at(
+        text,
+        include,
+        source,
+        0,
+        &mut Inlining {
+            out: &mut out,
+            budget: &mut budget,
+            cut: &mut cut,
+        },
+    )?;
+    Ok((out, cut))
+}
+
+/// Most bytes of included text that [`inline_includes`] puts in.
+pub(super) const MAX_INLINED_BYTES: usize = 4 * 1024 * 1024;
+
+/// The output of [`inline_includes`] and what is left of its budget.
+struct Inlining<'a> {
+    out: &'a mut String,
+    budget: &'a mut usize,
+    cut: &'a mut bool,
 }
 
 fn inline_includes_at(
@@ -690,12 +719,12 @@ fn inline_includes_at(
     include: for<'a> fn(&'a str) -> Option<Include<'a>>,
     source: IncludeSource<'_>,
     depth: usize,
-) -> Result<String> {
-    let mut out = String::with_capacity(text.len());
+    inlining: &mut Inlining<'_>,
+) -> Result<()> {
     for line in text.lines() {
-        out.push_str(line);
-        out.push('\n');
-        if depth >= MAX_INCLUDE_DEPTH {
+        inlining.out.push_str(line);
+        inlining.out.push('\n');
+        if depth >= MAX_INCLUDE_DEPTH || *inlining.cut {
             continue;
         }
         let included = match include(line.trim()) {
@@ -703,15 +732,15 @@ fn inline_includes_at(
             None => Vec::new(),
         };
         for text in included {
-            out.push_str(&inline_includes_at(
-                &text,
-                include,
-                source,
-                depth + 1,
-            )?);
+            if text.len() > *inlining.budget {
+                *inlining.cut = true;
+                break;
+            }
+            *inlining.budget -= text.len();
+            inline_includes_at(&text, include, source, depth + 1, inlining)?;
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// A test that a file name passes when an include line names the file.
