@@ -283,6 +283,14 @@ fn variants() -> Vec<(&'static str, Change)> {
                 "PermitEmptyPasswords yes\n",
             )
         }),
+        ("sudo-conf", |s| {
+            // sudo loads its policy plugin from the path that sudo.conf
+            // gives, as root.
+            s.set_etc(
+                "sudo.conf",
+                "Plugin sudoers_policy /var/lib/x/sudoers.so\n",
+            );
+        }),
         ("sudo-defaults", |s| {
             s.edit_etc("sudoers", |t| format!("{t}Defaults !authenticate\n"));
         }),
@@ -977,6 +985,11 @@ fn etc_includes_are_read() {
     let sshd = find(K::SshdSettingChanged, "/etc/ssh/sshd_config");
     assert_eq!(sshd.severity, S::Critical);
     assert_eq!(sshd.detail, "PermitEmptyPasswords (default) -> yes");
+}
+
+#[test]
+fn sudo_conf_plugin() {
+    check("sudo-conf", &[(K::SudoConfigChanged, S::High)], &[]);
 }
 
 #[test]

@@ -325,6 +325,9 @@ const OTHER_ETC: &[(&str, AlertKind, Severity)] = &[
         AlertKind::PreloadChanged,
         Severity::High,
     ),
+    // sudo loads the policy plugin that sudo.conf names, as root, and
+    // takes other programs and settings from it.
+    ("sudo.conf", AlertKind::SudoConfigChanged, Severity::High),
     (
         "ssh/authorized_principals.d/",
         AlertKind::SshConfigChanged,
@@ -412,6 +415,8 @@ const OTHER_ETC: &[(&str, AlertKind, Severity)] = &[
 
 /// Files under `/etc` that no other check reads; severity `Info` in
 /// [`OTHER_ETC`] marks paths that a check of their own covers.
+// NOTE: files outside OTHER_ETC raise nothing, among them some that
+// decide access (nsswitch.conf, dbus-1/system.d/, login.defs).
 fn other_etc(ctx: &mut Ctx<'_>) {
     let mut found = Vec::new();
     for change in &ctx.diff.etc {
@@ -459,6 +464,7 @@ fn other_etc(ctx: &mut Ctx<'_>) {
 const REVIEWED_ETC: &[&str] = &[
     "countersign/",
     "sudoers",
+    "sudo.conf",
     "doas.conf",
     "pam.d/",
     "pam/",
