@@ -50,6 +50,8 @@ fn regenerated_by_name(
 ) -> BTreeMap<String, (Vec<StorePath>, Vec<StorePath>)> {
     let old = store_references(old_text);
     let new = store_references(new_text);
+    // NOTE: a generated file named like a package (`backup-1.0`) is not
+    // opened; its change shows only as a version bump or a rebuild.
     let generated = |path: &StorePath| {
         let name = path.name();
         parse_drv_name(name).1.is_empty() && !READ_ELSEWHERE.contains(&name)
