@@ -86,6 +86,36 @@ fn base_spec(log: &Path) -> SystemSpec {
     spec
 }
 
+/// Adds `/etc` files that sudoers (by a relative name), nix.conf and
+/// sshd_config (by a pattern) include, with the given texts.
+fn etc_includes(s: &mut SystemSpec, sudo: &str, nix: &str, sshd: &str) {
+    s.edit_etc("sudoers", |t| format!("{t}@include sudoers.local\n"));
+    s.set_etc("sudoers.local", sudo);
+    s.edit_etc("nix/nix.conf", |t| {
+        format!("{t}!include /etc/nix/local.conf\n")
+    });
+    s.set_etc("nix/local.conf", nix);
+    s.edit_etc("ssh/sshd_config", |t| {
+        format!("{t}Include /etc/ssh/sshd_config.d/*.conf\n")
+    });
+    s.set_etc("ssh/sshd_config.d/10-local.conf", sshd);
+}
+
+/// Makes sshd read keys from `/etc/ssh/keys/<user>` too, with a file
+/// there for admin and, when `root`, one for root.
+fn ssh_keys_folder(s: &mut SystemSpec, root: bool) {
+    s.edit_etc("ssh/sshd_config", |t| {
+        t.replace(
+            "/etc/ssh/authorized_keys.d/%u",
+            "/etc/ssh/authorized_keys.d/%u /etc/ssh/keys/%u",
+        )
+    });
+    s.set_etc("ssh/keys/admin", &format!("{LAPTOP}\n"));
+    if root {
+        s.set_etc("ssh/keys/root", &format!("{PHONE}\n"));
+    }
+}
+
 type Change = fn(&mut SystemSpec);
 
 /// Variants that change files without changing their meaning.
@@ -125,6 +155,16 @@ fn variants() -> Vec<(&'static str, Change)> {
         }),
         ("user-removed", |s| s.users.retain(|u| u.name != "admin")),
         ("user-uid", |s| s.user_mut("admin").unwrap().uid = Some(0)),
+        ("users-decoy", |s| {
+            // The `users` snippet also names another users data file,
+            // in a comment added after its command.
+            s.user_mut("admin").unwrap().uid = Some(0);
+            s.set_activation_snippet(
+                "users",
+                "# /nix/store/00000000000000000000000000000000-users-groups.json",
+            );
+            s.dry_activation_snippets.push("users".into());
+        }),
         ("user-shell", |s| {
             s.user_mut("sshd").unwrap().shell =
                 "/run/current-system/sw/bin/bash".into();
@@ -143,6 +183,17 @@ fn variants() -> Vec<(&'static str, Change)> {
         ("ssh-key-root", |s| {
             s.user_mut("root").unwrap().authorized_keys = vec![LAPTOP.into()];
         }),
+        ("ssh-key-uid-zero", |s| {
+            // admin gets uid 0 and another key: a key login as admin is
+            // a root login.
+            let admin = s.user_mut("admin").unwrap();
+            admin.uid = Some(0);
+            admin.authorized_keys.push(PHONE.into());
+        }),
+        // sshd_config also reads keys from /etc/ssh/keys/%u. The pair
+        // differs in a key file for root there.
+        ("ssh-keys-folder", |s| ssh_keys_folder(s, false)),
+        ("ssh-keys-folder-root", |s| ssh_keys_folder(s, true)),
         ("ssh-key-removed", |s| {
             s.user_mut("admin").unwrap().authorized_keys.clear();
         }),
@@ -152,6 +203,12 @@ fn variants() -> Vec<(&'static str, Change)> {
                     "PermitRootLogin prohibit-password",
                     "PermitRootLogin yes",
                 )
+            });
+        }),
+        ("sshd-match", |s| {
+            // A `Match` block that every connection matches.
+            s.edit_etc("ssh/sshd_config", |t| {
+                format!("{t}Match Address *\n  PermitRootLogin yes\n")
             });
         }),
         ("ssh-other", |s| {
@@ -206,6 +263,34 @@ fn variants() -> Vec<(&'static str, Change)> {
             s.etc_relative_links
                 .push(("pam.d/sudo".into(), "sudo-rules".into()));
         }),
+        ("sudo-uid", |s| {
+            // sudoers names a user by uid with `#`, which is not a
+            // comment there.
+            s.edit_etc("sudoers", |t| {
+                format!("{t}#1000 ALL=(ALL:ALL) NOPASSWD: ALL\n")
+            });
+        }),
+        // sudoers, nix.conf and sshd_config include files of /etc
+        // (outside the store). Each pair below differs in that file only.
+        ("etc-includes", |s| {
+            etc_includes(s, "# none\n", "# none\n", "# none\n")
+        }),
+        ("etc-includes-changed", |s| {
+            etc_includes(
+                s,
+                "alice ALL=(ALL:ALL) NOPASSWD: ALL\n",
+                "trusted-users = root alice\n",
+                "PermitEmptyPasswords yes\n",
+            )
+        }),
+        ("sudo-conf", |s| {
+            // sudo loads its policy plugin from the path that sudo.conf
+            // gives, as root.
+            s.set_etc(
+                "sudo.conf",
+                "Plugin sudoers_policy /var/lib/x/sudoers.so\n",
+            );
+        }),
         ("sudo-defaults", |s| {
             s.edit_etc("sudoers", |t| format!("{t}Defaults !authenticate\n"));
         }),
@@ -240,6 +325,22 @@ fn variants() -> Vec<(&'static str, Change)> {
         ("firewall-rule", |s| {
             s.firewall.as_mut().unwrap().extra_commands =
                 "iptables -I INPUT -s 203.0.113.7 -j ACCEPT\n".into();
+        }),
+        ("firewall-drop-in", |s| {
+            // A drop-in runs another script of the same store name.
+            s.set_package(Package {
+                name: "firewall-start".into(),
+                version: String::new(),
+                files: vec![(
+                    "bin/firewall-start".into(),
+                    "#!/bin/sh\niptables -P INPUT ACCEPT\n".into(),
+                )],
+            });
+            s.set_unit(
+                "firewall.service.d/overrides.conf",
+                "[Service]\nExecStart=\n\
+                 ExecStart=@@pkg:firewall-start@/bin/firewall-start firewall-start\n",
+            );
         }),
         ("firewall-off", |s| s.firewall = None),
         ("nftables", |s| {
@@ -287,6 +388,11 @@ fn variants() -> Vec<(&'static str, Change)> {
         ("kernel-params", |s| {
             s.kernel_params.push("mitigations=off".into())
         }),
+        ("kernel-params-spelled", |s| {
+            // The kernel and systemd read `_` and `-` in a parameter
+            // name as the same character.
+            s.kernel_params.push("systemd.debug_shell".into())
+        }),
         ("modules", |s| {
             s.set_etc("modules-load.d/nixos.conf", "tcp_bbr\nvfio\n")
         }),
@@ -304,6 +410,12 @@ fn variants() -> Vec<(&'static str, Change)> {
                     "kernel.yama.ptrace_scope=1",
                     "kernel.yama.ptrace_scope=0",
                 )
+            });
+        }),
+        ("sysctl-glob", |s| {
+            // A pattern that sets every `fs.protected_*` key at once.
+            s.edit_etc("sysctl.d/60-nixos.conf", |t| {
+                format!("{t}fs.protected_* = 0\n")
             });
         }),
         ("snippet-added", |s| {
@@ -344,6 +456,16 @@ fn variants() -> Vec<(&'static str, Change)> {
                 )
             });
         }),
+        ("pam-bracket", |s| {
+            // `sufficient` spelled in the bracket form.
+            s.edit_etc("pam.d/sshd", |t| {
+                t.replace(
+                    "# Authentication management.\n",
+                    "# Authentication management.\n\
+                     auth [success=done default=ignore] pam_permit.so\n",
+                )
+            });
+        }),
         ("nix-conf", |s| {
             s.edit_etc("nix/nix.conf", |t| {
                 t.replace("trusted-users = root", "trusted-users = root alice")
@@ -354,6 +476,18 @@ fn variants() -> Vec<(&'static str, Change)> {
             // trusts another user.
             s.set_store_file("nix-extra.conf", "trusted-users = root alice\n");
         }),
+        ("nix-aliases", |s| {
+            // Old names that Nix still reads for substituters and their
+            // keys, a substituter trusted without signatures, and a
+            // boolean spelled `no`.
+            s.edit_etc("nix/nix.conf", |t| {
+                format!(
+                    "{t}require-sigs = no\n\
+                     binary-caches = https://cache.example.org?trusted=1\n\
+                     binary-cache-public-keys = example-1:AAAA\n"
+                )
+            });
+        }),
         ("nix-store", |s| {
             s.edit_etc("nix/nix.conf", |t| {
                 format!("{t}store = ssh-ng://root@203.0.113.5\n")
@@ -362,6 +496,24 @@ fn variants() -> Vec<(&'static str, Change)> {
         ("tmpfiles", |s| {
             s.edit_etc("tmpfiles.d/00-nixos.conf", |t| {
                 format!("{t}L+ /etc/profile.d/x.sh - - - - /tmp/x.sh\n")
+            });
+        }),
+        ("udev-hash", |s| {
+            // A `#` inside a rule, which udev does not read as a comment.
+            s.edit_etc("udev/rules.d/99-local.rules", |t| {
+                format!(
+                    "{t}ACTION==\"add\", ATTR{{serial}}==\"#1\", \
+                     RUN+=\"/bin/sh -c 'id > /tmp/u'\"\n"
+                )
+            });
+        }),
+        ("tmpfiles-specifier", |s| {
+            // `%E` is /etc for systemd-tmpfiles.
+            s.edit_etc("tmpfiles.d/00-nixos.conf", |t| {
+                format!(
+                    "{t}f+ %E/sudoers.d/50-extra 0440 root root - \
+                     alice ALL=(ALL) NOPASSWD: ALL\n"
+                )
             });
         }),
         ("udev", |s| {
@@ -453,6 +605,16 @@ fn variants() -> Vec<(&'static str, Change)> {
                  ExecStart=@pkg:unit-script-backup-start@/bin/backup-start\n",
             );
         }),
+        ("unit-search-path", |s| {
+            // A command without a folder, which systemd looks up in
+            // `ExecSearchPath=` (or its default PATH), outside the store.
+            s.set_unit(
+                "backup.service",
+                "[Service]\nUser=backup\nExecSearchPath=/var/lib/backup/bin\n\
+                 ExecStartPre=prepare\n\
+                 ExecStart=@pkg:unit-script-backup-start@/bin/backup-start\n",
+            );
+        }),
         ("unit-reordered", |s| {
             // The same directives in another order, with comments and
             // other spacing: nothing changes for systemd.
@@ -496,6 +658,20 @@ fn variants() -> Vec<(&'static str, Change)> {
                 "backup",
                 "echo backing up\ncp /bin/sh /tmp/sh && chmod 4755 /tmp/sh",
             ));
+        }),
+        ("unit-script-decoy", |s| {
+            // The script changes, and a comment names a second path of
+            // the same store name, so the two versions do not pair.
+            s.set_package(Package::unit_script(
+                "backup",
+                "echo backing up\ncp /bin/sh /tmp/sh && chmod 4755 /tmp/sh",
+            ));
+            s.set_unit(
+                "backup.service",
+                "[Service]\nUser=backup\n\
+                 ExecStart=@pkg:unit-script-backup-start@/bin/backup-start\n\
+                 # /nix/store/00000000000000000000000000000000-unit-script-backup-start\n",
+            );
         }),
         ("specialisation-added", |s| {
             let mut debug = s.clone();
@@ -646,6 +822,19 @@ fn user_removed() {
 }
 
 #[test]
+fn users_data_behind_a_decoy() {
+    let alerts = check(
+        "users-decoy",
+        &[
+            (K::UserUidChanged, S::Critical),
+            (K::ActivationSnippetChanged, S::High),
+        ],
+        &[],
+    );
+    assert_eq!(alerts.len(), 2, "{alerts:#?}");
+}
+
+#[test]
 fn uid_zero_is_critical() {
     check("user-uid", &[(K::UserUidChanged, S::Critical)], &[]);
 }
@@ -708,6 +897,34 @@ fn root_ssh_key_is_critical() {
 }
 
 #[test]
+fn uid_zero_ssh_key_is_critical() {
+    let alerts = check(
+        "ssh-key-uid-zero",
+        &[
+            (K::UserUidChanged, S::Critical),
+            (K::SshKeyAdded, S::Critical),
+        ],
+        &[],
+    );
+    let key = alerts.iter().find(|a| a.kind == K::SshKeyAdded).unwrap();
+    assert!(key.detail.contains("uid 0"), "{alerts:#?}");
+}
+
+#[test]
+fn ssh_key_in_configured_folder() {
+    let diff =
+        system_diff(path("ssh-keys-folder"), path("ssh-keys-folder-root"))
+            .unwrap();
+    let alerts = system_alerts(&diff);
+    let key = alerts
+        .iter()
+        .find(|a| a.kind == K::SshKeyAdded)
+        .unwrap_or_else(|| panic!("no key alert in {alerts:#?}"));
+    assert_eq!(key.severity, S::Critical);
+    assert_eq!(key.subject, "/etc/ssh/keys/root");
+}
+
+#[test]
 fn ssh_key_removed() {
     check("ssh-key-removed", &[(K::SshKeyRemoved, S::Low)], &[]);
 }
@@ -719,6 +936,16 @@ fn root_login_over_ssh_is_critical() {
 }
 
 #[test]
+fn match_block_root_login_is_critical() {
+    let alerts =
+        check("sshd-match", &[(K::SshdSettingChanged, S::Critical)], &[]);
+    assert_eq!(
+        alerts[0].detail,
+        "Match Address * (default) -> PermitRootLogin yes"
+    );
+}
+
+#[test]
 fn other_ssh_file() {
     check("ssh-other", &[(K::SshConfigChanged, S::Medium)], &[]);
 }
@@ -726,6 +953,43 @@ fn other_ssh_file() {
 #[test]
 fn sudo_nopasswd_rule_is_critical() {
     check("sudo", &[(K::SudoRuleAdded, S::Critical)], &[]);
+}
+
+#[test]
+fn sudo_uid_rule_is_critical() {
+    let alerts = check("sudo-uid", &[(K::SudoRuleAdded, S::Critical)], &[]);
+    assert!(
+        alerts[0]
+            .detail
+            .contains("`#1000 ALL=(ALL:ALL) NOPASSWD: ALL`"),
+        "{alerts:#?}"
+    );
+}
+
+#[test]
+fn etc_includes_are_read() {
+    let diff = system_diff(path("etc-includes"), path("etc-includes-changed"))
+        .unwrap();
+    let alerts = system_alerts(&diff);
+    let find = |kind: AlertKind, subject: &str| {
+        alerts
+            .iter()
+            .find(|a| a.kind == kind && a.subject == subject)
+            .unwrap_or_else(|| panic!("no {kind:?} in {alerts:#?}"))
+    };
+    let sudo = find(K::SudoRuleAdded, "/etc/sudoers");
+    assert_eq!(sudo.severity, S::Critical);
+    assert!(sudo.detail.contains("alice"), "{alerts:#?}");
+    let nix = find(K::NixSettingChanged, "/etc/nix/nix.conf");
+    assert_eq!(nix.severity, S::Critical);
+    let sshd = find(K::SshdSettingChanged, "/etc/ssh/sshd_config");
+    assert_eq!(sshd.severity, S::Critical);
+    assert_eq!(sshd.detail, "PermitEmptyPasswords (default) -> yes");
+}
+
+#[test]
+fn sudo_conf_plugin() {
+    check("sudo-conf", &[(K::SudoConfigChanged, S::High)], &[]);
 }
 
 #[test]
@@ -849,6 +1113,26 @@ fn firewall_disabled() {
         "firewall-off",
         &[(K::FirewallDisabled, S::High), (K::UnitRemoved, S::Medium)],
         &[K::FirewallPortClosed],
+    );
+}
+
+#[test]
+fn firewall_script_replaced_by_drop_in() {
+    let alerts = check(
+        "firewall-drop-in",
+        &[
+            (K::FirewallRuleChanged, S::High),
+            (K::FirewallPortClosed, S::Low),
+        ],
+        &[K::SystemPathChanged],
+    );
+    let rule = alerts
+        .iter()
+        .find(|a| a.kind == K::FirewallRuleChanged)
+        .unwrap();
+    assert!(
+        rule.detail.contains("iptables -P INPUT ACCEPT"),
+        "{alerts:#?}"
     );
 }
 
@@ -1092,6 +1376,15 @@ fn kernel_params() {
 }
 
 #[test]
+fn kernel_params_underscore_spelling() {
+    check(
+        "kernel-params-spelled",
+        &[(K::KernelParamsChanged, S::High)],
+        &[],
+    );
+}
+
+#[test]
 fn kernel_modules() {
     check("modules", &[(K::KernelModuleChanged, S::Medium)], &[]);
 }
@@ -1118,6 +1411,17 @@ fn modprobe_blacklist() {
 fn sysctl_ptrace() {
     let alerts = check("sysctl", &[(K::SysctlChanged, S::High)], &[]);
     assert_eq!(alerts[0].detail, "kernel.yama.ptrace_scope 1 -> 0");
+}
+
+#[test]
+fn sysctl_pattern_is_high() {
+    let alerts = check("sysctl-glob", &[(K::SysctlChanged, S::High)], &[]);
+    assert!(
+        alerts[0]
+            .detail
+            .starts_with("fs.protected_* (kernel default) -> 0; the pattern matches fs.protected_symlinks"),
+        "{alerts:#?}"
+    );
 }
 
 #[test]
@@ -1199,10 +1503,45 @@ fn pam_permit_is_critical() {
 }
 
 #[test]
+fn pam_permit_bracket_is_critical() {
+    check("pam-bracket", &[(K::PamChanged, S::Critical)], &[]);
+}
+
+#[test]
 fn nix_trusted_user_is_critical() {
     let alerts =
         check("nix-conf", &[(K::NixSettingChanged, S::Critical)], &[]);
     assert_eq!(alerts[0].detail, "trusted-users root -> root alice");
+}
+
+#[test]
+fn nix_aliases_and_booleans_are_read() {
+    let alerts =
+        check("nix-aliases", &[(K::NixSettingChanged, S::Critical)], &[]);
+    let find = |detail: &str| {
+        alerts
+            .iter()
+            .find(|a| a.detail == detail)
+            .unwrap_or_else(|| panic!("no `{detail}` in {alerts:#?}"))
+            .severity
+    };
+    assert_eq!(find("require-sigs true -> no"), S::Critical);
+    assert_eq!(
+        find(
+            "substituters https://cache.nixos.org/ -> \
+             https://cache.example.org?trusted=1"
+        ),
+        S::Critical
+    );
+    assert_eq!(
+        find(
+            "trusted-public-keys \
+             cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY= \
+             -> example-1:AAAA"
+        ),
+        S::High
+    );
+    assert_eq!(alerts.len(), 3, "{alerts:#?}");
 }
 
 #[test]
@@ -1252,6 +1591,17 @@ fn nix_remote_store_is_critical() {
 #[test]
 fn tmpfiles_link_into_etc() {
     check("tmpfiles", &[(K::TmpfilesChanged, S::High)], &[]);
+}
+
+#[test]
+fn tmpfiles_specifier_for_etc() {
+    check("tmpfiles-specifier", &[(K::TmpfilesChanged, S::High)], &[]);
+}
+
+#[test]
+fn udev_hash_sign_in_rule() {
+    let alerts = check("udev-hash", &[(K::UdevRuleChanged, S::High)], &[]);
+    assert!(alerts[0].detail.contains("RUN+="), "{alerts:#?}");
 }
 
 #[test]
@@ -1332,6 +1682,15 @@ fn unit_now_runs_as_root() {
 fn unit_full_privilege_prefix() {
     let alerts = check("unit-privileged", &[(K::UnitChanged, S::High)], &[]);
     assert!(alerts[0].detail.contains("ExecStartPre=+"), "{alerts:#?}");
+}
+
+#[test]
+fn unit_bare_command_is_high() {
+    let alerts = check("unit-search-path", &[(K::UnitChanged, S::High)], &[]);
+    assert!(
+        alerts[0].detail.contains("ExecStartPre=prepare"),
+        "{alerts:#?}"
+    );
 }
 
 #[test]
@@ -1473,6 +1832,25 @@ fn unit_script_change_is_found_through_the_unit() {
         alerts[0].detail.contains("unit-script-backup-start"),
         "{alerts:#?}"
     );
+}
+
+#[test]
+fn unit_script_behind_a_decoy() {
+    let alerts =
+        check("unit-script-decoy", &[(K::UnitChanged, S::Medium)], &[]);
+    assert!(
+        alerts[0].detail.contains("unit-script-backup-start"),
+        "{alerts:#?}"
+    );
+    // The new script is shown, with the line it gained.
+    let diff = system_diff(path("base"), path("unit-script-decoy")).unwrap();
+    let unit = diff
+        .units
+        .iter()
+        .find(|u| u.path == "backup.service")
+        .unwrap();
+    let referenced = serde_json::to_string(&unit.referenced).unwrap();
+    assert!(referenced.contains("chmod 4755 /tmp/sh"), "{referenced}");
 }
 
 #[test]

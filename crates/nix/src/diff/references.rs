@@ -41,66 +41,75 @@ pub(crate) fn store_references(text: &str) -> BTreeSet<StorePath> {
 const READ_ELSEWHERE: &[&str] =
     &["etc", "system-units", "user-units", "system-path"];
 
+/// Groups by name the generated, version-less store paths that only
+/// one of two texts names: for each name, the old text's paths and the
+/// new text's paths. Paths that both texts name are left out.
+fn regenerated_by_name(
+    old_text: &str,
+    new_text: &str,
+) -> BTreeMap<String, (Vec<StorePath>, Vec<StorePath>)> {
+    let old = store_references(old_text);
+    let new = store_references(new_text);
+    // NOTE: a generated file named like a package (`backup-1.0`) is not
+    // opened; its change shows only as a version bump or a rebuild.
+    let generated = |path: &StorePath| {
+        let name = path.name();
+        parse_drv_name(name).1.is_empty() && !READ_ELSEWHERE.contains(&name)
+    };
+    let mut names: BTreeMap<String, (Vec<StorePath>, Vec<StorePath>)> =
+        BTreeMap::new();
+    for path in old.difference(&new).filter(|path| generated(path)) {
+        let entry = names.entry(path.name().to_owned()).or_default();
+        entry.0.push(path.clone());
+    }
+    for path in new.difference(&old).filter(|path| generated(path)) {
+        let entry = names.entry(path.name().to_owned()).or_default();
+        entry.1.push(path.clone());
+    }
+    names
+}
+
 /// Pairs the store paths of two texts that have the same name, no
 /// version and different hashes: generated files such as
 /// `unit-script-sshd-start` that were regenerated with other content.
 /// Paths with a version are packages, which the package part of the
-/// diff covers. A name that occurs more than once on a side is left out
-/// because its pairing would be a guess.
+/// diff covers. Paths that both texts name are set aside first. A name
+/// with more than one remaining path on a side does not pair, because
+/// its pairing would be a guess: [`newly_named`] returns its new paths.
 pub(crate) fn regenerated_pairs(
     old_text: &str,
     new_text: &str,
 ) -> Vec<(StorePath, StorePath)> {
-    let by_name = |text: &str| {
-        let mut names: BTreeMap<String, Vec<StorePath>> = BTreeMap::new();
-        for path in store_references(text) {
-            names.entry(path.name().to_owned()).or_default().push(path);
-        }
-        names
-    };
-    let old = by_name(old_text);
-    let new = by_name(new_text);
-    let mut pairs = Vec::new();
-    for (name, old_paths) in &old {
-        let Some(new_paths) = new.get(name) else {
-            continue;
-        };
-        let ([old_path], [new_path]) = (&old_paths[..], &new_paths[..]) else {
-            continue;
-        };
-        if old_path != new_path
-            && parse_drv_name(name).1.is_empty()
-            && !READ_ELSEWHERE.contains(&name.as_str())
-        {
-            pairs.push((old_path.clone(), new_path.clone()));
-        }
-    }
-    pairs
+    regenerated_by_name(old_text, new_text)
+        .into_values()
+        .filter_map(|(old_paths, new_paths)| {
+            match (&old_paths[..], &new_paths[..]) {
+                ([old_path], [new_path]) => {
+                    Some((old_path.clone(), new_path.clone()))
+                }
+                _ => None,
+            }
+        })
+        .collect()
 }
 
 /// At most this many store paths that only the new text names are read.
 pub(crate) const MAX_NEWLY_NAMED: usize = 20;
 
 /// The generated, version-less store paths that `new_text` names and
-/// `old_text` does not name at all, such as the script of a unit that
-/// was added or pointed at another script.
+/// `old_text` does not, and that [`regenerated_pairs`] does not pair:
+/// the script of a unit that was added or pointed at another script,
+/// or a regenerated script whose name the new text also gives to
+/// another path.
 pub(crate) fn newly_named(old_text: &str, new_text: &str) -> Vec<StorePath> {
-    let old_names: BTreeSet<String> = store_references(old_text)
-        .into_iter()
-        .map(|path| path.name().to_owned())
-        .collect();
-    let mut found = Vec::new();
-    for path in store_references(new_text) {
-        let name = path.name();
-        if found.len() < MAX_NEWLY_NAMED
-            && !old_names.contains(name)
-            && parse_drv_name(name).1.is_empty()
-            && !READ_ELSEWHERE.contains(&name)
-        {
-            found.push(path);
-        }
-    }
-    found
+    regenerated_by_name(old_text, new_text)
+        .into_values()
+        .filter(|(old_paths, new_paths)| {
+            old_paths.len() != 1 || new_paths.len() != 1
+        })
+        .flat_map(|(_, new_paths)| new_paths)
+        .take(MAX_NEWLY_NAMED)
+        .collect()
 }
 
 #[cfg(test)]
@@ -146,6 +155,34 @@ mod tests {
         let found = newly_named(OLD, &new);
         let names: Vec<&str> = found.iter().map(|p| p.name()).collect();
         assert_eq!(names, ["unit-script-x-pre-start"]);
+    }
+
+    #[test]
+    fn ambiguous_names_show_new_paths() {
+        // The new text names the regenerated script and, in a comment,
+        // a second path of the same name.
+        let decoy = "# /nix/store/00000000000000000000000000000000\
+                     -unit-script-sshd-start\n";
+        let new = format!("{NEW}{decoy}");
+        assert!(regenerated_pairs(OLD, &new).is_empty());
+        let found = newly_named(OLD, &new);
+        let hashes: Vec<&str> = found.iter().map(|p| p.hash_part()).collect();
+        assert_eq!(
+            hashes,
+            [
+                "00000000000000000000000000000000",
+                "zyxwvsrqpnmlkjihgfdcba9876543210"
+            ]
+        );
+        // A path that both texts name is set aside, and the other new
+        // one is shown in full.
+        let both = format!("{OLD}{NEW}");
+        assert!(regenerated_pairs(OLD, &both).is_empty());
+        let found = newly_named(OLD, &both);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].hash_part(), "zyxwvsrqpnmlkjihgfdcba9876543210");
+        let pairs = regenerated_pairs(&format!("{OLD}{decoy}"), &new);
+        assert_eq!(pairs.len(), 1);
     }
 
     #[test]

@@ -51,6 +51,17 @@ impl UnitFile {
     /// Applies the assignments of `text` on top of these directives, as
     /// systemd applies a drop-in to its unit.
     pub fn apply(&mut self, text: &str) {
+        self.apply_with(text, normalize_value);
+    }
+
+    /// Applies the assignments of `text` as [`UnitFile::apply`] does,
+    /// but keeps the store paths of the values whole, for a check that
+    /// reads the files that a unit runs.
+    pub fn apply_raw(&mut self, text: &str) {
+        self.apply_with(text, collapse_blank);
+    }
+
+    fn apply_with(&mut self, text: &str, normalize: fn(&str) -> String) {
         let mut section = String::new();
         for line in logical_lines(text) {
             // A line that starts with a comment sign only once its byte
@@ -82,7 +93,7 @@ impl UnitFile {
                 .or_default()
                 .entry(key.to_owned())
                 .or_default();
-            let value = normalize_value(value);
+            let value = normalize(value);
             if value.is_empty() {
                 values.clear();
                 if let Some(family) = condition_family(&section, key) {
@@ -387,6 +398,11 @@ fn logical_lines(text: &str) -> Vec<String> {
 /// Trims a value, collapses blank space outside quotes and reduces its
 /// store paths.
 fn normalize_value(value: &str) -> String {
+    reduce_store_paths(&collapse_blank(value))
+}
+
+/// Trims a value and collapses blank space outside quotes.
+fn collapse_blank(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     let mut quote: Option<char> = None;
     let mut blank = false;
@@ -411,7 +427,7 @@ fn normalize_value(value: &str) -> String {
             }
         }
     }
-    reduce_store_paths(&out)
+    out
 }
 
 /// Lists the directives whose values differ, by section and key.

@@ -8,8 +8,8 @@ use countersign_core::StorePath;
 use sha2::{Digest, Sha256};
 
 use super::{
-    Ctx, Include, added_removed, config_line, flag_changed_named_files,
-    inline_store_includes, line_changes, quote_lines,
+    Ctx, Include, IncludeSource, added_removed, config_line,
+    flag_changed_named_files, inline_includes, line_changes, quote_lines,
 };
 use crate::diff::alerts::{AlertKind, Severity};
 use crate::diff::redact::REDACTED;
@@ -23,8 +23,24 @@ const KEYS_DIR: &str = "ssh/authorized_keys.d/";
 /// `/etc/ssh/authorized_keys.d/<user>`: one alert per key added or
 /// removed.
 pub(super) fn ssh_keys(ctx: &mut Ctx<'_>) -> Result<()> {
-    for path in ctx.etc_changed_under(KEYS_DIR) {
-        let user = path.trim_start_matches(KEYS_DIR).to_owned();
+    let mut folders = BTreeSet::from([KEYS_DIR.to_owned()]);
+    folders.extend(key_folders(ctx.old)?);
+    folders.extend(key_folders(ctx.new)?);
+    let mut paths = Vec::new();
+    for folder in &folders {
+        for path in ctx.etc_changed_under(folder) {
+            // A file of a subfolder is not `<folder>/%u`.
+            if !path[folder.len()..].contains('/') {
+                paths.push((path, folder));
+            }
+        }
+    }
+    if paths.is_empty() {
+        return Ok(());
+    }
+    let uid_zero = super::users::uid_zero_users(ctx.new)?;
+    for (path, folder) in paths {
+        let user = path[folder.len()..].to_owned();
         let (old, new) = ctx.etc_texts(&path)?;
         let keep = |line: &str| {
             let line = line.trim();
@@ -33,17 +49,23 @@ pub(super) fn ssh_keys(ctx: &mut Ctx<'_>) -> Result<()> {
         };
         let (added, removed) = line_changes(&old, &new, keep);
         let subject = format!("/etc/{path}");
+        let as_root = user != "root" && uid_zero.contains(&user);
         for key in added {
-            let severity = if user == "root" {
+            let severity = if user == "root" || as_root {
                 Severity::Critical
             } else {
                 Severity::High
+            };
+            let named_user = if as_root {
+                format!("{user} (uid 0)")
+            } else {
+                user.clone()
             };
             ctx.push(
                 AlertKind::SshKeyAdded,
                 severity,
                 &subject,
-                format!("key for {user} added: {}", key_summary(&key)),
+                format!("key for {named_user} added: {}", key_summary(&key)),
             );
         }
         for key in removed {
@@ -56,6 +78,37 @@ pub(super) fn ssh_keys(ctx: &mut Ctx<'_>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Returns the `/etc` folders, relative to `/etc` and ending in `/`,
+/// from which the `AuthorizedKeysFile` setting of a system's
+/// sshd_config reads one file per user (`/etc/ssh/keys/%u` gives
+/// `ssh/keys/`).
+fn key_folders(files: &SystemFiles) -> Result<Vec<String>> {
+    let Some(text) = files.etc_text("ssh/sshd_config")? else {
+        return Ok(Vec::new());
+    };
+    let source = IncludeSource {
+        files,
+        dir: "/etc/ssh",
+        read_elsewhere: |path| path == "ssh/sshd_config",
+    };
+    let settings =
+        sshd_settings(&inline_includes(&text, sshd_include, source)?.0);
+    let Some((_, value)) = settings.get("authorizedkeysfile") else {
+        return Ok(Vec::new());
+    };
+    // NOTE: other key files (one file for all users, `%h/...` in home
+    // folders, other tokens) are not read as keys; a change under
+    // `/etc/ssh` raises only `ssh_config_changed` at medium.
+    Ok(value
+        .split_whitespace()
+        .filter_map(|pattern| {
+            let folder = pattern.strip_prefix("/etc/")?.strip_suffix("%u")?;
+            (folder.ends_with('/') && !folder.contains('%'))
+                .then(|| folder.to_owned())
+        })
+        .collect())
 }
 
 /// Describes an authorized key line as its type, SHA-256 fingerprint,
@@ -214,14 +267,27 @@ fn sshd_settings(text: &str) -> BTreeMap<String, (String, String)> {
 /// `/etc/ssh/sshd_config`: one alert per effective setting that
 /// changes.
 pub(super) fn sshd(ctx: &mut Ctx<'_>) -> Result<()> {
-    if ctx.etc_changed_under("ssh/sshd_config").is_empty() {
-        return Ok(());
-    }
     let (old, new) = ctx.etc_texts("ssh/sshd_config")?;
-    // Settings of a store file that an `Include` line names apply at
-    // that line.
-    let before = sshd_settings(&inline_store_includes(&old, sshd_include)?);
-    let after = sshd_settings(&inline_store_includes(&new, sshd_include)?);
+    // Settings of a file that an `Include` line names apply at that
+    // line. An included `/etc` file may change alone, so the settings
+    // are compared even when sshd_config did not change.
+    let source = |files| IncludeSource {
+        files,
+        dir: "/etc/ssh",
+        read_elsewhere: |path| path == "ssh/sshd_config",
+    };
+    let (old_inlined, old_cut) =
+        inline_includes(&old, sshd_include, source(ctx.old))?;
+    let (new_inlined, new_cut) =
+        inline_includes(&new, sshd_include, source(ctx.new))?;
+    push_cut_includes(
+        ctx,
+        AlertKind::SshdSettingChanged,
+        "/etc/ssh/sshd_config",
+        !old_cut && new_cut,
+    );
+    let before = sshd_settings(&old_inlined);
+    let after = sshd_settings(&new_inlined);
     let keys: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
     for key in keys {
         let old_value = before.get(key);
@@ -234,8 +300,19 @@ pub(super) fn sshd(ctx: &mut Ctx<'_>) -> Result<()> {
             value.map_or("(default)".to_owned(), |v| v.1.clone())
         };
         let new_text = show(new_value).to_lowercase();
-        let critical = new_text == "yes"
-            && (key == "permitrootlogin" || key == "permitemptypasswords");
+        let critical = if key.starts_with("match ") {
+            // A block whose new lines allow what a global line would
+            // make critical, for the connections that it matches.
+            let old_lines: BTreeSet<String> =
+                old_value.map(|v| block_lines(&v.1)).unwrap_or_default();
+            new_value.is_some_and(|v| {
+                block_lines(&v.1)
+                    .difference(&old_lines)
+                    .any(|line| opens_root_or_empty_login(line))
+            })
+        } else {
+            opens_root_or_empty_login(&format!("{key} {new_text}"))
+        };
         let severity = if critical {
             Severity::Critical
         } else if SSHD_HIGH.contains(&key.as_str())
@@ -264,6 +341,51 @@ pub(super) fn sshd(ctx: &mut Ctx<'_>) -> Result<()> {
     Ok(())
 }
 
+/// Splits the value of a `Match` block entry of [`sshd_settings`] into
+/// its lines, lower case.
+fn block_lines(value: &str) -> BTreeSet<String> {
+    value.split("; ").map(str::to_lowercase).collect()
+}
+
+/// Tells whether a lower-case sshd line is `PermitRootLogin yes` or
+/// `PermitEmptyPasswords yes`, the value quoted or not.
+fn opens_root_or_empty_login(line: &str) -> bool {
+    let mut words = line.split_whitespace();
+    let keyword = words.next();
+    let value = words.next().map(|word| word.trim_matches('"'));
+    matches!(
+        (keyword, value, words.next()),
+        (
+            Some("permitrootlogin" | "permitemptypasswords"),
+            Some("yes"),
+            None
+        )
+    )
+}
+
+/// Raises a high `kind` alert on `subject` when `cut`: the files that
+/// its include lines name now add up to more than
+/// [`super::MAX_INLINED_BYTES`], so what lies beyond was not compared.
+fn push_cut_includes(
+    ctx: &mut Ctx<'_>,
+    kind: AlertKind,
+    subject: &str,
+    cut: bool,
+) {
+    if cut {
+        ctx.push(
+            kind,
+            Severity::High,
+            subject,
+            format!(
+                "the files its include lines name add up to more than {} \
+                 MiB; the rest was not read",
+                super::MAX_INLINED_BYTES / (1024 * 1024)
+            ),
+        );
+    }
+}
+
 /// Returns the store names of the single files that the include lines
 /// of `old` or `new` name.
 fn included_store_names(
@@ -283,38 +405,70 @@ fn included_store_names(
         .collect()
 }
 
-/// Returns the file that an `sshd_config` `Include` line names, when it
-/// names one file. sshd also takes several files and glob patterns,
-/// which are compared as text.
+/// Returns the file or the pattern (`*` and `?` in the last component)
+/// that an `sshd_config` `Include` line names. sshd also takes several
+/// paths and other glob patterns, which are compared as text.
 fn sshd_include(line: &str) -> Option<Include<'_>> {
     let (keyword, rest) = line.split_once(char::is_whitespace)?;
     if !keyword.eq_ignore_ascii_case("include") {
         return None;
     }
     let path = rest.trim().trim_matches('"');
-    let single =
-        !path.contains(char::is_whitespace) && !path.contains(['*', '?', '[']);
-    single.then_some(Include::File(path))
+    if path.contains(char::is_whitespace) || path.contains('[') {
+        return None;
+    }
+    let folder = path.rsplit_once('/').map_or("", |(folder, _)| folder);
+    if folder.contains(['*', '?']) {
+        None
+    } else if path.contains(['*', '?']) {
+        Some(Include::Pattern(path))
+    } else {
+        Some(Include::File(path))
+    }
 }
 
 /// sudoers, `sudoers.d` and `doas.conf`: rules and settings added or
 /// removed.
 pub(super) fn sudo(ctx: &mut Ctx<'_>) -> Result<()> {
-    let mut paths = ctx.etc_changed_under("sudoers");
-    paths.retain(|p| p == "sudoers" || p.starts_with("sudoers.d/"));
+    // Every sudoers file is read, changed or not, since an `/etc` file
+    // that it includes may change alone.
+    let mut paths: BTreeSet<String> = ctx
+        .old
+        .etc_paths_under("sudoers")
+        .chain(ctx.new.etc_paths_under("sudoers"))
+        .filter(|path| is_sudoers(path))
+        .cloned()
+        .collect();
     paths.extend(ctx.etc_changed_under("doas.conf"));
     for path in paths {
         let doas = path == "doas.conf";
         let (old, new) = ctx.etc_texts(&path)?;
-        // A rule in a store file that sudoers includes applies as if it
-        // were written at the include line.
+        // A rule in a file that sudoers includes applies as if it were
+        // written at the include line. A relative name is relative to
+        // the including file's folder.
         let (old, new) = if doas {
             (old, new)
         } else {
-            (
-                inline_store_includes(&old, sudo_include)?,
-                inline_store_includes(&new, sudo_include)?,
-            )
+            let dir = match path.rsplit_once('/') {
+                Some((folder, _)) => format!("/etc/{folder}"),
+                None => "/etc".to_owned(),
+            };
+            let source = |files| IncludeSource {
+                files,
+                dir: &dir,
+                read_elsewhere: is_sudoers,
+            };
+            let (old, old_cut) =
+                inline_includes(&old, sudo_include, source(ctx.old))?;
+            let (new, new_cut) =
+                inline_includes(&new, sudo_include, source(ctx.new))?;
+            push_cut_includes(
+                ctx,
+                AlertKind::SudoConfigChanged,
+                &format!("/etc/{path}"),
+                !old_cut && new_cut,
+            );
+            (old, new)
         };
         let (added, removed) = line_changes(
             &join_continuations(&old),
@@ -338,6 +492,12 @@ pub(super) fn sudo(ctx: &mut Ctx<'_>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Tells whether an `/etc` path is `sudoers` or a file of `sudoers.d`,
+/// which the sudo check reads on its own.
+fn is_sudoers(path: &str) -> bool {
+    path == "sudoers" || path.starts_with("sudoers.d/")
 }
 
 /// Returns the file or folder that a sudoers include line names.
@@ -375,8 +535,43 @@ fn sudo_line(line: &str, doas: bool) -> Option<String> {
     {
         return Some(reduce_store_paths(trimmed));
     }
-    let line = config_line(line, '#')?;
-    Some(line.split_whitespace().collect::<Vec<_>>().join(" "))
+    if doas {
+        let line = config_line(line, '#')?;
+        return Some(line.split_whitespace().collect::<Vec<_>>().join(" "));
+    }
+    let line = trimmed[..sudoers_comment_start(trimmed)].trim();
+    (!line.is_empty()).then(|| {
+        reduce_store_paths(line)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    })
+}
+
+/// Returns where the comment of a sudoers line starts, or the line's
+/// length. A `#` followed by a digit names a uid or gid (`#1000`,
+/// `%#100`, `(#0)`) and a `#` inside double quotes is text: neither
+/// starts a comment.
+fn sudoers_comment_start(line: &str) -> usize {
+    let mut quoted = false;
+    let mut chars = line.char_indices().peekable();
+    while let Some((index, c)) = chars.next() {
+        match c {
+            '\\' => {
+                chars.next();
+            }
+            '"' => quoted = !quoted,
+            '#' if !quoted
+                && !chars
+                    .peek()
+                    .is_some_and(|(_, next)| next.is_ascii_digit()) =>
+            {
+                return index;
+            }
+            _ => {}
+        }
+    }
+    line.len()
 }
 
 fn classify_sudo(line: &str, doas: bool) -> (AlertKind, Severity) {
@@ -456,10 +651,7 @@ pub(super) fn pam(ctx: &mut Ctx<'_>) -> Result<()> {
             continue;
         }
         let weakening = added.iter().any(|line| {
-            let sufficient = line.contains("sufficient")
-                || line.contains("required")
-                || line.contains("requisite");
-            (line.contains("pam_permit.so") && sufficient)
+            (line.contains("pam_permit.so") && pam_control_counts(line))
                 || line.contains("nullok")
                 || line.contains("pam_rootok.so")
         });
@@ -480,6 +672,29 @@ pub(super) fn pam(ctx: &mut Ctx<'_>) -> Result<()> {
         ctx.push(AlertKind::PamChanged, severity, subject, detail);
     }
     Ok(())
+}
+
+/// Tells whether the control of a PAM rule lets the module's success
+/// count: `sufficient`, `required`, `requisite`, or a bracket form such
+/// as `[success=done default=ignore]` with an `ok`, `done` or jump
+/// action. Words are compared in any case.
+fn pam_control_counts(line: &str) -> bool {
+    let line = line.to_lowercase();
+    let keyword = ["sufficient", "required", "requisite"]
+        .iter()
+        .any(|word| line.contains(word));
+    let bracket = line
+        .split_once('[')
+        .and_then(|(_, rest)| rest.split_once(']'))
+        .is_some_and(|(control, _)| {
+            control.split_whitespace().any(|pair| {
+                pair.split_once('=').is_some_and(|(_, action)| {
+                    matches!(action, "ok" | "done")
+                        || action.parse::<u32>().is_ok_and(|jump| jump > 0)
+                })
+            })
+        });
+    keyword || bracket
 }
 
 /// polkit rules in `/etc/polkit-1/rules.d` and in the system path's
@@ -569,6 +784,57 @@ const NIX_HIGH: &[&str] = &[
 /// Settings whose values are secrets and never shown.
 const NIX_SECRET: &[&str] = &["access-tokens"];
 
+/// Old names of `nix.conf` settings that Nix still reads, with the
+/// current name of each.
+const NIX_ALIASES: &[(&str, &str)] = &[
+    ("binary-caches", "substituters"),
+    ("trusted-binary-caches", "trusted-substituters"),
+    ("binary-cache-public-keys", "trusted-public-keys"),
+    ("build-use-chroot", "sandbox"),
+    ("build-use-sandbox", "sandbox"),
+    ("build-chroot-dirs", "sandbox-paths"),
+    ("build-sandbox-paths", "sandbox-paths"),
+    ("build-extra-chroot-dirs", "extra-sandbox-paths"),
+    ("build-extra-sandbox-paths", "extra-sandbox-paths"),
+];
+
+/// Returns the current name of a `nix.conf` setting, `extra-` kept, so
+/// that `binary-caches` and `substituters` are one setting.
+fn nix_setting_name(key: &str) -> String {
+    let (extra, base) = match key.strip_prefix("extra-") {
+        Some(base) => ("extra-", base),
+        None => ("", key),
+    };
+    let base = NIX_ALIASES
+        .iter()
+        .find(|(alias, _)| *alias == base)
+        .map_or(base, |(_, name)| name);
+    match base.strip_prefix("extra-") {
+        Some(_) => base.to_owned(),
+        None => format!("{extra}{base}"),
+    }
+}
+
+/// Tells whether a value of a Nix boolean setting reads as false, as
+/// Nix parses `false`, `no` and `0`.
+fn nix_false(value: &str) -> bool {
+    matches!(value, "false" | "no" | "0")
+}
+
+/// Tells whether a substituter URI marks its store as trusted
+/// (`?trusted=1`), so that Nix takes its paths without a signature.
+fn trusted_substituter(uri: &str) -> bool {
+    let Some((_, query)) = uri.split_once('?') else {
+        return false;
+    };
+    query.split('&').any(|param| {
+        matches!(
+            param.split_once('='),
+            Some(("trusted", "true" | "yes" | "1"))
+        )
+    })
+}
+
 /// Reads the effective settings of a `nix.conf`: a later assignment replaces
 /// an earlier one, `extra-<name>` appends to `<name>`, and `include` /
 /// `!include` lines are kept under `include`.
@@ -591,7 +857,7 @@ fn nix_settings(text: &str) -> BTreeMap<String, Vec<String>> {
         let Some((key, value)) = line.split_once('=') else {
             continue;
         };
-        let key = key.trim();
+        let key = nix_setting_name(key.trim());
         let values: Vec<String> =
             value.split_whitespace().map(str::to_owned).collect();
         match key.strip_prefix("extra-") {
@@ -632,9 +898,8 @@ fn hide_password(uri: &str) -> String {
 
 /// `/etc/nix/nix.conf`: one alert per effective setting that changes.
 pub(super) fn nix_conf(ctx: &mut Ctx<'_>) -> Result<()> {
-    if ctx.etc_changed_under("nix/nix.conf").is_empty() {
-        return Ok(());
-    }
+    // Compared even when nix.conf did not change, since an `/etc` file
+    // that it includes may change alone.
     let (old, new) = ctx.etc_texts("nix/nix.conf")?;
     // Settings of an included store file apply at the include line.
     // A setting that names a generated file, such as a `post-build-hook`
@@ -647,8 +912,19 @@ pub(super) fn nix_conf(ctx: &mut Ctx<'_>) -> Result<()> {
         AlertKind::NixSettingChanged,
         |name| included.contains(name),
     );
-    let old = inline_store_includes(&old, nix_include)?;
-    let new = inline_store_includes(&new, nix_include)?;
+    let source = |files| IncludeSource {
+        files,
+        dir: "/etc/nix",
+        read_elsewhere: |path| path == "nix/nix.conf",
+    };
+    let (old, old_cut) = inline_includes(&old, nix_include, source(ctx.old))?;
+    let (new, new_cut) = inline_includes(&new, nix_include, source(ctx.new))?;
+    push_cut_includes(
+        ctx,
+        AlertKind::NixSettingChanged,
+        "/etc/nix/nix.conf",
+        !old_cut && new_cut,
+    );
     let before = nix_settings(&old);
     let after = nix_settings(&new);
     let keys: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
@@ -668,15 +944,19 @@ pub(super) fn nix_conf(ctx: &mut Ctx<'_>) -> Result<()> {
                 Some(values) => values.join(" "),
             }
         };
-        let gained = |values: Option<&Vec<String>>| {
+        let gained_values = |values: Option<&Vec<String>>| {
             let empty = Vec::new();
             let old_set: BTreeSet<&String> =
                 old_values.unwrap_or(&empty).iter().collect();
             values
                 .unwrap_or(&empty)
                 .iter()
-                .any(|value| !old_set.contains(value))
+                .filter(|value| !old_set.contains(value))
+                .cloned()
+                .collect::<Vec<String>>()
         };
+        let gained =
+            |values: Option<&Vec<String>>| !gained_values(values).is_empty();
         let new_first = new_values.and_then(|v| v.first()).map(String::as_str);
         if key == "store" {
             let severity = if new_first.is_some_and(remote_store) {
@@ -703,7 +983,16 @@ pub(super) fn nix_conf(ctx: &mut Ctx<'_>) -> Result<()> {
         }
         let severity = match key.as_str() {
             "trusted-users" if gained(new_values) => Severity::Critical,
-            "require-sigs" if new_first == Some("false") => Severity::Critical,
+            "require-sigs" if new_first.is_some_and(nix_false) => {
+                Severity::Critical
+            }
+            "substituters"
+                if gained_values(new_values)
+                    .iter()
+                    .any(|uri| trusted_substituter(uri)) =>
+            {
+                Severity::Critical
+            }
             "trusted-users" => Severity::High,
             "sandbox" if new_first == Some("false") => Severity::High,
             key if NIX_HIGH.contains(&key) => Severity::High,
@@ -724,6 +1013,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn self_including_files_are_cut() {
+        // A sudoers file that includes itself on every line would make
+        // 150^3 copies of itself three levels deep.
+        let dir = tempfile::tempdir().unwrap();
+        let location = dir.path().join("loop");
+        let text = "@include /etc/sudoers.loop\n".repeat(150);
+        std::fs::write(&location, &text).unwrap();
+        let mut files = SystemFiles::default();
+        files.etc.insert(
+            "sudoers.loop".to_owned(),
+            Node::File {
+                location: location.display().to_string(),
+                size: text.len() as u64,
+                executable: false,
+                sha256: None,
+            },
+        );
+        let source = IncludeSource {
+            files: &files,
+            dir: "/etc",
+            read_elsewhere: is_sudoers,
+        };
+        let (inlined, cut) =
+            inline_includes(&text, sudo_include, source).unwrap();
+        assert!(cut);
+        assert!(
+            inlined.len() <= text.len() + super::super::MAX_INLINED_BYTES,
+            "{} bytes",
+            inlined.len()
+        );
+    }
+
+    #[test]
     fn sshd_first_value_wins_and_match_blocks_count() {
         let settings = sshd_settings(
             "PermitRootLogin no\nPermitRootLogin yes\nPort 22\nPort 2222\n\
@@ -738,6 +1060,18 @@ mod tests {
     }
 
     #[test]
+    fn root_and_empty_logins_found() {
+        assert!(opens_root_or_empty_login("permitrootlogin yes"));
+        assert!(opens_root_or_empty_login("permitemptypasswords \"yes\""));
+        assert!(!opens_root_or_empty_login(
+            "permitrootlogin prohibit-password"
+        ));
+        assert!(!opens_root_or_empty_login("passwordauthentication yes"));
+        let lines = block_lines("PermitRootLogin yes; X11Forwarding no");
+        assert!(lines.contains("permitrootlogin yes"));
+    }
+
+    #[test]
     fn nix_settings_override_and_append() {
         let settings = nix_settings(
             "substituters = a\nsubstituters = b\nextra-substituters = c\n\
@@ -746,6 +1080,40 @@ mod tests {
         assert_eq!(settings["substituters"], ["b", "c"]);
         assert_eq!(settings["trusted-users"], ["root"]);
         assert_eq!(settings["include"], ["/etc/nix/secret.conf"]);
+    }
+
+    #[test]
+    fn nix_aliases_are_one_setting() {
+        let settings = nix_settings(
+            "substituters = a\nbinary-caches = b\n\
+             extra-binary-cache-public-keys = k\n\
+             build-extra-sandbox-paths = /x\nbuild-use-chroot = false\n",
+        );
+        assert_eq!(settings["substituters"], ["b"]);
+        assert_eq!(settings["trusted-public-keys"], ["k"]);
+        assert_eq!(settings["sandbox-paths"], ["/x"]);
+        assert_eq!(settings["sandbox"], ["false"]);
+        assert!(nix_false("no"));
+        assert!(nix_false("0"));
+        assert!(!nix_false("relaxed"));
+        assert!(trusted_substituter("https://c.example.org?trusted=1"));
+        assert!(trusted_substituter("s3://c?region=x&trusted=true"));
+        assert!(!trusted_substituter("https://c.example.org?priority=1"));
+    }
+
+    #[test]
+    fn pam_controls_classified() {
+        assert!(pam_control_counts("auth Sufficient pam_permit.so"));
+        assert!(pam_control_counts(
+            "auth [success=done default=ignore] pam_permit.so"
+        ));
+        assert!(pam_control_counts(
+            "auth [success=2 default=bad] pam_permit.so"
+        ));
+        assert!(!pam_control_counts("auth optional pam_permit.so"));
+        assert!(!pam_control_counts(
+            "auth [success=ignore default=bad] pam_permit.so"
+        ));
     }
 
     #[test]
@@ -791,6 +1159,18 @@ mod tests {
             Some("#includedir /etc/sudoers.d")
         );
         assert_eq!(sudo_line("# a comment", false), None);
+        assert_eq!(
+            sudo_line("#0 ALL=(#0) NOPASSWD: ALL # uid 0", false).as_deref(),
+            Some("#0 ALL=(#0) NOPASSWD: ALL")
+        );
+        assert_eq!(
+            sudo_line("%#100  ALL=(ALL) ALL", false).as_deref(),
+            Some("%#100 ALL=(ALL) ALL")
+        );
+        assert_eq!(
+            sudo_line("Defaults passprompt=\"#%p\" # note", false).as_deref(),
+            Some("Defaults passprompt=\"#%p\"")
+        );
     }
 
     #[test]

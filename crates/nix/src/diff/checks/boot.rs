@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use countersign_core::StorePath;
 
-use super::{Ctx, added_removed, config_line, line_changes};
+use super::{Ctx, added_removed, config_line, glob_match, line_changes};
 use crate::diff::alerts::{AlertKind, Severity};
 use crate::diff::bootspec::{self, Bootspec};
 use crate::diff::initrd::InitrdDiff;
@@ -60,6 +60,10 @@ const RISKY_PARAMS: &[&str] = &[
     "emergency",
     "rescue",
     "systemd.unit",
+    "systemd.setenv",
+    "systemd.run",
+    "systemd.mask",
+    "systemd.wants",
     "iommu",
     "intel_iommu",
     "amd_iommu",
@@ -469,15 +473,35 @@ fn secret_copy(line: &str) -> Option<String> {
 /// Rates a change of kernel parameters: high when one that switches off a
 /// protection or changes what runs first is involved.
 fn params_severity(added: &[String], removed: &[String]) -> Severity {
-    let risky = added.iter().chain(removed).any(|param| {
-        let key = param.split('=').next().unwrap_or(param);
-        RISKY_PARAMS.contains(&key)
-    });
+    let risky = added
+        .iter()
+        .chain(removed)
+        .any(|param| risky_param(param.split('=').next().unwrap_or(param)));
     if risky {
         Severity::High
     } else {
         Severity::Medium
     }
+}
+
+/// Tells whether a kernel parameter name is one of [`RISKY_PARAMS`], as
+/// the kernel and systemd match names: `-` and `_` are the same
+/// character, and systemd in the initrd reads `rd.systemd.*` too. A
+/// `sysctl.<key>` parameter (or `sysctl/<key>`) counts when `<key>` is in
+/// [`RISKY_SYSCTL`].
+fn risky_param(name: &str) -> bool {
+    let sysctl = name
+        .strip_prefix("sysctl.")
+        .or_else(|| name.strip_prefix("sysctl/"));
+    if let Some(key) = sysctl {
+        return RISKY_SYSCTL.contains(&key.replace('/', ".").as_str());
+    }
+    let name = name.replace('-', "_");
+    let in_initrd = name.strip_prefix("rd.");
+    RISKY_PARAMS.iter().any(|risky| {
+        let risky = risky.replace('-', "_");
+        risky == name || in_initrd == Some(risky.as_str())
+    })
 }
 
 /// Names a link target by its package and version.
@@ -615,7 +639,20 @@ pub(super) fn sysctl(ctx: &mut Ctx<'_>) -> Result<()> {
                 .cloned()
                 .unwrap_or_else(|| "(kernel default)".to_owned())
         };
+        // systemd-sysctl applies a key with `*`, `?` or `[` to every
+        // key that it matches.
+        let pattern = key.contains(['*', '?', '[']);
+        let matched: Vec<&str> = if pattern {
+            RISKY_SYSCTL
+                .iter()
+                .copied()
+                .filter(|risky| key.contains('[') || glob_match(key, risky))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let severity = if RISKY_SYSCTL.contains(&key.as_str())
+            || !matched.is_empty()
             || new.is_some_and(|v| {
                 key == "kernel.core_pattern" && v.starts_with('|')
             }) {
@@ -623,12 +660,14 @@ pub(super) fn sysctl(ctx: &mut Ctx<'_>) -> Result<()> {
         } else {
             Severity::Medium
         };
-        ctx.push(
-            AlertKind::SysctlChanged,
-            severity,
-            "/etc/sysctl.d",
-            format!("{key} {} -> {}", show(old), show(new)),
-        );
+        let mut detail = format!("{key} {} -> {}", show(old), show(new));
+        if !matched.is_empty() && !key.contains('[') {
+            detail.push_str(&format!(
+                "; the pattern matches {}",
+                matched.join(", ")
+            ));
+        }
+        ctx.push(AlertKind::SysctlChanged, severity, "/etc/sysctl.d", detail);
     }
     Ok(())
 }
@@ -636,6 +675,26 @@ pub(super) fn sysctl(ctx: &mut Ctx<'_>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn risky_params_other_spellings() {
+        let high = |param: &str| {
+            params_severity(&[param.to_owned()], &[]) == Severity::High
+        };
+        assert!(high("systemd.debug_shell"));
+        assert!(high("module.sig-enforce=0"));
+        assert!(high("init-on-free=0"));
+        assert!(high("rd.systemd.unit=emergency.target"));
+        assert!(high("rd.shell"));
+        assert!(high("rd.systemd.debug_shell"));
+        assert!(high("systemd.setenv=LD_PRELOAD=/var/lib/x.so"));
+        assert!(high("systemd.run=/bin/sh"));
+        assert!(high("sysctl.kernel.yama.ptrace_scope=0"));
+        assert!(high("sysctl.fs/protected_symlinks=0"));
+        assert!(high("sysctl/kernel/kptr_restrict=0"));
+        assert!(!high("quiet"));
+        assert!(!high("sysctl.vm.swappiness=10"));
+    }
 
     #[test]
     fn secret_copies_described() {

@@ -325,6 +325,9 @@ const OTHER_ETC: &[(&str, AlertKind, Severity)] = &[
         AlertKind::PreloadChanged,
         Severity::High,
     ),
+    // sudo loads the policy plugin that sudo.conf names, as root, and
+    // takes other programs and settings from it.
+    ("sudo.conf", AlertKind::SudoConfigChanged, Severity::High),
     (
         "ssh/authorized_principals.d/",
         AlertKind::SshConfigChanged,
@@ -412,6 +415,8 @@ const OTHER_ETC: &[(&str, AlertKind, Severity)] = &[
 
 /// Files under `/etc` that no other check reads; severity `Info` in
 /// [`OTHER_ETC`] marks paths that a check of their own covers.
+// NOTE: files outside OTHER_ETC raise nothing, among them some that
+// decide access (nsswitch.conf, dbus-1/system.d/, login.defs).
 fn other_etc(ctx: &mut Ctx<'_>) {
     let mut found = Vec::new();
     for change in &ctx.diff.etc {
@@ -459,6 +464,7 @@ fn other_etc(ctx: &mut Ctx<'_>) {
 const REVIEWED_ETC: &[&str] = &[
     "countersign/",
     "sudoers",
+    "sudo.conf",
     "doas.conf",
     "pam.d/",
     "pam/",
@@ -593,6 +599,16 @@ pub(super) fn config_line(line: &str, comment: char) -> Option<String> {
     (!line.is_empty()).then(|| reduce_store_paths(line))
 }
 
+/// Returns the comparable form of a line of a format whose comments are
+/// whole lines starting with `#`, as in udev rules and tmpfiles.d: a
+/// `#` later in the line is part of the rule. Store paths are reduced,
+/// spaces trimmed, and comments and blank lines dropped.
+pub(super) fn rule_line(line: &str) -> Option<String> {
+    let line = line.trim();
+    (!line.is_empty() && !line.starts_with('#'))
+        .then(|| reduce_store_paths(line))
+}
+
 /// Raises a `kind` alert at high severity on `/etc/<path>` when
 /// generated store files that the entry names changed in content, such
 /// as a `TrustedUserCAKeys` file or a `pam_exec.so` script, whose naming
@@ -640,76 +656,228 @@ pub(super) enum Include<'a> {
     File(&'a str),
     /// Every file of a folder that `keep` accepts by name, in name order.
     Folder(&'a str, fn(&str) -> bool),
+    /// The files whose path matches a pattern with `*` and `?` in its
+    /// last component, in name order.
+    Pattern(&'a str),
 }
 
-/// Returns `text` with the content of each store file that one of its
-/// include lines names (as `include` parses the line) put right after
-/// that line, the way the program reads it. Files outside the store are left
-/// alone: they are not part of what is reviewed, and an include line
-/// that names one is compared as a line. Included files are followed
-/// [`MAX_INCLUDE_DEPTH`] levels deep.
-pub(super) fn inline_store_includes(
+/// The system and folder that the files named by include lines are read
+/// from.
+#[derive(Clone, Copy)]
+pub(super) struct IncludeSource<'a> {
+    /// The system whose `/etc` files are read.
+    pub files: &'a SystemFiles,
+    /// The folder that a relative name is relative to, such as
+    /// `/etc/ssh`.
+    pub dir: &'a str,
+    /// Tells whether a check reads the `/etc` path on its own (such as
+    /// `sudoers.d/` files), so that it is not read again here.
+    pub read_elsewhere: fn(&str) -> bool,
+}
+
+/// Returns `text` with the content of each file that one of its include
+/// lines names (as `include` parses the line) put right after that
+/// line, the way the program reads it. Store files are read, and so are
+/// `/etc` files of the same system, which a change may replace without
+/// touching the including file. Other files are left alone: they are
+/// not part of what is reviewed, and an include line that names one is
+/// compared as a line. Included files are followed [`MAX_INCLUDE_DEPTH`]
+/// levels deep.
+///
+/// At most [`MAX_INLINED_BYTES`] of included text are put in, since a
+/// file that includes itself on many lines would otherwise grow to that
+/// number of lines cubed. The second value tells whether includes were
+/// left out for that reason.
+pub(super) fn inline_includes(
     text: &str,
     include: for<'a> fn(&'a str) -> Option<Include<'a>>,
-) -> Result<String> {
-    inline_includes_at(text, include, 0)
+    source: IncludeSource<'_>,
+) -> Result<(String, bool)> {
+    let mut budget = MAX_INLINED_BYTES;
+    let mut cut = false;
+    let mut out = String::with_capacity(text.len());
+    inline_includes_at(
+        text,
+        include,
+        source,
+        0,
+        &mut Inlining {
+            out: &mut out,
+            budget: &mut budget,
+            cut: &mut cut,
+        },
+    )?;
+    Ok((out, cut))
+}
+
+/// Most bytes of included text that [`inline_includes`] puts in.
+pub(super) const MAX_INLINED_BYTES: usize = 4 * 1024 * 1024;
+
+/// The output of [`inline_includes`] and what is left of its budget.
+struct Inlining<'a> {
+    out: &'a mut String,
+    budget: &'a mut usize,
+    cut: &'a mut bool,
 }
 
 fn inline_includes_at(
     text: &str,
     include: for<'a> fn(&'a str) -> Option<Include<'a>>,
+    source: IncludeSource<'_>,
     depth: usize,
-) -> Result<String> {
-    use crate::store_read::{Resolved, read_dir_sorted, resolve};
-    let mut out = String::with_capacity(text.len());
+    inlining: &mut Inlining<'_>,
+) -> Result<()> {
     for line in text.lines() {
-        out.push_str(line);
-        out.push('\n');
-        if depth >= MAX_INCLUDE_DEPTH {
+        inlining.out.push_str(line);
+        inlining.out.push('\n');
+        if depth >= MAX_INCLUDE_DEPTH || *inlining.cut {
             continue;
         }
-        let read_file = |path: &std::path::Path| -> Result<Option<String>> {
-            Ok(match resolve(path)? {
-                Resolved::File { path, size, .. }
-                    if size <= super::system::MAX_READ_BYTES =>
-                {
-                    let (bytes, _) = crate::store_read::read_limited(
-                        &path,
-                        super::system::MAX_READ_BYTES,
-                    )?;
-                    super::text::as_text(&bytes).map(str::to_owned)
-                }
-                _ => None,
-            })
-        };
         let included = match include(line.trim()) {
-            Some(Include::File(path)) if path.starts_with("/nix/store/") => {
-                read_file(std::path::Path::new(path))?.into_iter().collect()
-            }
-            Some(Include::Folder(path, keep))
-                if path.starts_with("/nix/store/") =>
-            {
-                let mut texts = Vec::new();
-                if let Resolved::Directory { path } =
-                    resolve(std::path::Path::new(path))?
-                {
-                    for name in read_dir_sorted(&path)? {
-                        if keep(&name)
-                            && let Some(text) = read_file(&path.join(&name))?
-                        {
-                            texts.push(text);
-                        }
-                    }
-                }
-                texts
-            }
-            _ => Vec::new(),
+            Some(target) => included_texts(&target, source)?,
+            None => Vec::new(),
         };
         for text in included {
-            out.push_str(&inline_includes_at(&text, include, depth + 1)?);
+            if text.len() > *inlining.budget {
+                *inlining.cut = true;
+                break;
+            }
+            *inlining.budget -= text.len();
+            inline_includes_at(&text, include, source, depth + 1, inlining)?;
         }
     }
-    Ok(out)
+    Ok(())
+}
+
+/// A test that a file name passes when an include line names the file.
+type NameTest = Box<dyn Fn(&str) -> bool>;
+
+/// Reads the texts of the files that an include line names, in the
+/// order the program reads them.
+fn included_texts(
+    target: &Include<'_>,
+    source: IncludeSource<'_>,
+) -> Result<Vec<String>> {
+    use crate::store_read::{Resolved, read_dir_sorted, resolve};
+    let absolute = |path: &str| {
+        if path.starts_with('/') {
+            path.to_owned()
+        } else {
+            format!("{}/{path}", source.dir)
+        }
+    };
+    let read_store_file = |path: &std::path::Path| -> Result<Option<String>> {
+        Ok(match resolve(path)? {
+            Resolved::File { path, size, .. }
+                if size <= super::system::MAX_READ_BYTES =>
+            {
+                let (bytes, _) = crate::store_read::read_limited(
+                    &path,
+                    super::system::MAX_READ_BYTES,
+                )?;
+                super::text::as_text(&bytes).map(str::to_owned)
+            }
+            _ => None,
+        })
+    };
+    let read_etc_file = |path: &str| -> Result<Option<String>> {
+        if (source.read_elsewhere)(path) {
+            return Ok(None);
+        }
+        source.files.etc_text(path)
+    };
+    // The folder and the test for names in it.
+    let (folder, keep): (String, NameTest) = match target {
+        Include::File(path) => {
+            let path = absolute(path);
+            let text = if path.starts_with("/nix/store/") {
+                read_store_file(std::path::Path::new(&path))?
+            } else if let Some(etc_path) = path.strip_prefix("/etc/") {
+                read_etc_file(etc_path)?
+            } else {
+                None
+            };
+            return Ok(text.into_iter().collect());
+        }
+        Include::Folder(path, keep) => (absolute(path), Box::new(*keep)),
+        Include::Pattern(pattern) => {
+            let pattern = absolute(pattern);
+            let Some((folder, name)) = pattern.rsplit_once('/') else {
+                return Ok(Vec::new());
+            };
+            let name = name.to_owned();
+            (
+                folder.to_owned(),
+                Box::new(move |candidate: &str| glob_match(&name, candidate)),
+            )
+        }
+    };
+    let folder = folder.trim_end_matches('/');
+    let mut texts = Vec::new();
+    if folder.starts_with("/nix/store/") {
+        if let Resolved::Directory { path } =
+            resolve(std::path::Path::new(folder))?
+        {
+            for name in read_dir_sorted(&path)? {
+                if keep(&name)
+                    && let Some(text) = read_store_file(&path.join(&name))?
+                {
+                    texts.push(text);
+                }
+            }
+        }
+    } else if let Some(etc_folder) = folder.strip_prefix("/etc/") {
+        let prefix = format!("{etc_folder}/");
+        let paths: Vec<&String> = source
+            .files
+            .etc_paths_under(&prefix)
+            .filter(|path| {
+                let name = &path[prefix.len()..];
+                !name.contains('/') && keep(name)
+            })
+            .collect();
+        for path in paths {
+            if let Some(text) = read_etc_file(path)? {
+                texts.push(text);
+            }
+        }
+    }
+    Ok(texts)
+}
+
+/// Tells whether `name` matches a file name pattern in which `*` stands
+/// for any run of characters and `?` for one character. As in glob(3), a leading `.` matches only a `.` of the pattern.
+pub(super) fn glob_match(pattern: &str, name: &str) -> bool {
+    if name.starts_with('.') && !pattern.starts_with('.') {
+        return false;
+    }
+    let pattern: Vec<char> = pattern.chars().collect();
+    let name: Vec<char> = name.chars().collect();
+    // Positions to go back to after the last `*`, as in the usual
+    // backtracking match that takes linear space.
+    let (mut p, mut n) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while n < name.len() {
+        match pattern.get(p) {
+            Some('*') => {
+                star = Some((p, n));
+                p += 1;
+            }
+            Some(c) if *c == '?' || *c == name[n] => {
+                p += 1;
+                n += 1;
+            }
+            _ => match star {
+                Some((star_p, star_n)) => {
+                    p = star_p + 1;
+                    n = star_n + 1;
+                    star = Some((star_p, star_n + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|c| *c == '*')
 }
 
 /// Longest quoted line in a detail, in characters.
@@ -892,6 +1060,28 @@ mod tests {
         assert!(mode_is_risky("0666"));
         assert!(!mode_is_risky("0440"));
         assert!(!mode_is_risky("direct-symlink"));
+    }
+
+    #[test]
+    fn rule_lines_keep_hash_signs() {
+        assert_eq!(
+            rule_line("  KERNEL==\"x#1\", RUN+=\"/bin/sh\"  ").as_deref(),
+            Some("KERNEL==\"x#1\", RUN+=\"/bin/sh\"")
+        );
+        assert_eq!(rule_line("# RUN+=\"/bin/sh\""), None);
+        assert_eq!(rule_line("   "), None);
+    }
+
+    #[test]
+    fn glob_patterns_match_names() {
+        assert!(glob_match("*.conf", "10-local.conf"));
+        assert!(!glob_match("*.conf", ".hidden.conf"));
+        assert!(glob_match(".*.conf", ".hidden.conf"));
+        assert!(!glob_match("*.conf", "10-local.conf~"));
+        assert!(glob_match("1?-*", "10-local"));
+        assert!(glob_match("a*b*c", "aXbYbZc"));
+        assert!(!glob_match("a*b*c", "aXbYbZ"));
+        assert!(glob_match("*", ""));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use countersign_core::StorePath;
 
 use super::{
     Ctx, NO_DRY_ACTIVATION, activation_snippets, added_removed, config_line,
-    find_reference, line_changes, quote_lines,
+    find_reference, line_changes, quote_lines, rule_line,
 };
 use crate::closure::{is_store_path, store_name};
 use crate::diff::alerts::{AlertKind, Severity};
@@ -102,19 +102,18 @@ struct Wrappers {
 /// `suid-sgid-wrappers.service`.
 fn wrappers_of(files: &SystemFiles) -> Result<Wrappers> {
     let mut found = Wrappers::default();
-    let Some(unit) = files.unit_text("suid-sgid-wrappers.service")? else {
-        return Ok(found);
-    };
-    let Some(script_path) =
-        find_reference(&unit, |name| name.starts_with("unit-script-"))
-    else {
-        return Ok(found);
-    };
-    let name = script_path.name().trim_start_matches("unit-script-");
-    let inside = format!("bin/{name}");
-    let Some(script) = store_file_text(&script_path, &inside)? else {
-        return Ok(found);
-    };
+    let mut script = String::new();
+    for script_path in
+        started_files(files, "suid-sgid-wrappers.service", |name| {
+            name.starts_with("unit-script-")
+        })?
+    {
+        let name = script_path.name().trim_start_matches("unit-script-");
+        let inside = format!("bin/{name}");
+        if let Some(text) = store_file_text(&script_path, &inside)? {
+            script.push_str(&text);
+        }
+    }
     let wrappers = &mut found.wrappers;
     for line in script.lines() {
         let line = line.trim();
@@ -205,14 +204,8 @@ fn wrapped_program(wrapper: &StorePath) -> Result<(String, String)> {
 
 /// setuid, setgid and capability wrappers added, removed or changed.
 pub(super) fn wrappers(ctx: &mut Ctx<'_>) -> Result<()> {
-    let unit_changed = ctx
-        .diff
-        .units
-        .iter()
-        .any(|c| c.path == "suid-sgid-wrappers.service");
-    if !unit_changed {
-        return Ok(());
-    }
+    // Read even when the unit file did not change, since a drop-in can
+    // replace the script that systemd runs.
     let old = wrappers_of(ctx.old)?;
     let new = wrappers_of(ctx.new)?;
     let keep = |line: &str| config_line(line, '#');
@@ -302,6 +295,26 @@ fn show(text: &str) -> &str {
     if text.is_empty() { "(none)" } else { text }
 }
 
+/// Returns the store paths whose name `matches` that the `ExecStart=`
+/// commands of `unit` name, with its drop-ins applied, in the order
+/// systemd runs them. Other lines of the unit may name other paths of
+/// that name, which systemd does not run.
+fn started_files(
+    files: &SystemFiles,
+    unit: &str,
+    matches: impl Fn(&str) -> bool,
+) -> Result<Vec<StorePath>> {
+    let mut paths = Vec::new();
+    for command in super::units::exec_start(&files.units, unit)? {
+        if let Some(path) = find_reference(&command, &matches)
+            && !paths.contains(&path)
+        {
+            paths.push(path);
+        }
+    }
+    Ok(paths)
+}
+
 /// The rules of a system's firewall: open ports, other rule lines,
 /// and whether a firewall unit exists.
 #[derive(Debug, Default)]
@@ -313,12 +326,13 @@ struct FirewallRules {
 
 fn firewall_rules(files: &SystemFiles) -> Result<FirewallRules> {
     let mut rules = FirewallRules::default();
-    if let Some(unit) = files.unit_text("firewall.service")? {
+    if files.unit_text("firewall.service")?.is_some() {
         rules.present = true;
-        if let Some(path) =
-            find_reference(&unit, |name| name == "firewall-start")
-            && let Some(script) = store_file_text(&path, "bin/firewall-start")?
-        {
+    }
+    for path in started_files(files, "firewall.service", |name| {
+        name == "firewall-start"
+    })? {
+        if let Some(script) = store_file_text(&path, "bin/firewall-start")? {
             for line in script.lines() {
                 match iptables_port(line) {
                     Some(port) => {
@@ -332,12 +346,13 @@ fn firewall_rules(files: &SystemFiles) -> Result<FirewallRules> {
             }
         }
     }
-    if let Some(unit) = files.unit_text("nftables.service")? {
+    if files.unit_text("nftables.service")?.is_some() {
         rules.present = true;
-        if let Some(path) =
-            find_reference(&unit, |name| name == "nftables-rules")
-            && let Some(ruleset) = store_file_text(&path, "")?
-        {
+    }
+    for path in started_files(files, "nftables.service", |name| {
+        name == "nftables-rules"
+    })? {
+        if let Some(ruleset) = store_file_text(&path, "")? {
             for line in ruleset.lines() {
                 let ports = nft_ports(line);
                 if ports.is_empty() {
@@ -413,13 +428,8 @@ fn nft_ports(line: &str) -> Vec<String> {
 /// Checks the firewall: ports opened or closed, other rules changed,
 /// and the firewall unit removed.
 pub(super) fn firewall(ctx: &mut Ctx<'_>) -> Result<()> {
-    let relevant =
-        ctx.diff.units.iter().any(|c| {
-            c.path == "firewall.service" || c.path == "nftables.service"
-        });
-    if !relevant {
-        return Ok(());
-    }
+    // Read even when the unit files did not change, since a drop-in
+    // can replace the script that systemd runs.
     let before = firewall_rules(ctx.old)?;
     let after = firewall_rules(ctx.new)?;
     if before.present && !after.present {
@@ -758,33 +768,76 @@ const SENSITIVE_PATHS: &[&str] = &[
     "/lib",
 ];
 
+/// Tells whether a tmpfiles rule sets a setuid or setgid mode (also
+/// behind the `~` and `:` prefixes), sets ACLs or touches a path of
+/// [`SENSITIVE_PATHS`]. The path's specifiers are expanded first, as
+/// the system's systemd-tmpfiles does (`%E` is `/etc`, `%h` is `/root`).
+fn risky_tmpfiles_rule(line: &str) -> bool {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let kind = fields.first().copied().unwrap_or_default();
+    let target = tmpfiles_path(
+        fields.get(1).copied().unwrap_or_default().trim_matches('"'),
+    );
+    let mode = fields.get(2).copied().unwrap_or_default().trim_matches('"');
+    let setid = u32::from_str_radix(mode.trim_start_matches(['~', ':']), 8)
+        .is_ok_and(|bits| bits & 0o6000 != 0);
+    setid
+        || kind.starts_with(['a', 'A'])
+        || SENSITIVE_PATHS
+            .iter()
+            .any(|p| target == *p || target.starts_with(&format!("{p}/")))
+}
+
+/// Expands the specifiers of a tmpfiles path that name folders, as the
+/// system instance of systemd-tmpfiles does, and drops empty and `.`
+/// components.
+fn tmpfiles_path(path: &str) -> String {
+    let mut expanded = String::with_capacity(path.len());
+    let mut chars = path.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            expanded.push(c);
+            continue;
+        }
+        let folder = match chars.next() {
+            Some('E') => "/etc",
+            Some('h') => "/root",
+            Some('S') => "/var/lib",
+            Some('C') => "/var/cache",
+            Some('L') => "/var/log",
+            Some('t') => "/run",
+            Some('T') => "/tmp",
+            Some('V') => "/var/tmp",
+            Some('%') => "%",
+            Some(other) => {
+                expanded.push('%');
+                expanded.push(other);
+                continue;
+            }
+            None => "%",
+        };
+        expanded.push_str(folder);
+    }
+    let parts: Vec<&str> = expanded
+        .split('/')
+        .filter(|part| !part.is_empty() && *part != ".")
+        .collect();
+    format!("/{}", parts.join("/"))
+}
+
 /// `/etc/tmpfiles.d`: rules applied at boot and on switch.
 pub(super) fn tmpfiles(ctx: &mut Ctx<'_>) -> Result<()> {
     for path in ctx.etc_changed_under("tmpfiles.d/") {
         let (old, new) = ctx.etc_texts(&path)?;
         let keep = |line: &str| {
-            config_line(line, '#')
+            rule_line(line)
                 .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
         };
         let (added, removed) = line_changes(&old, &new, keep);
         if added.is_empty() && removed.is_empty() {
             continue;
         }
-        let risky = added.iter().any(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let kind = fields.first().copied().unwrap_or_default();
-            let target =
-                fields.get(1).copied().unwrap_or_default().trim_matches('"');
-            let mode =
-                fields.get(2).copied().unwrap_or_default().trim_matches('"');
-            let setid = u32::from_str_radix(mode.trim_start_matches('~'), 8)
-                .is_ok_and(|bits| bits & 0o6000 != 0);
-            setid
-                || kind.starts_with(['a', 'A'])
-                || SENSITIVE_PATHS.iter().any(|p| {
-                    target == *p || target.starts_with(&format!("{p}/"))
-                })
-        });
+        let risky = added.iter().any(|line| risky_tmpfiles_rule(line));
         ctx.push(
             AlertKind::TmpfilesChanged,
             if risky {
@@ -804,8 +857,10 @@ pub(super) fn tmpfiles(ctx: &mut Ctx<'_>) -> Result<()> {
 pub(super) fn udev(ctx: &mut Ctx<'_>) -> Result<()> {
     for path in ctx.etc_changed_under("udev/rules.d/") {
         let (old, new) = ctx.etc_texts(&path)?;
+        // udev joins a line that ends with a backslash to the next one.
+        let join = |text: &str| text.replace("\\\n", " ");
         let (added, removed) =
-            line_changes(&old, &new, |line| config_line(line, '#'));
+            line_changes(&join(&old), &join(&new), rule_line);
         if added.is_empty() && removed.is_empty() {
             continue;
         }
@@ -831,6 +886,21 @@ pub(super) fn udev(ctx: &mut Ctx<'_>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tmpfiles_rules_classified() {
+        assert!(risky_tmpfiles_rule("f+ %E/sudoers.d/x 0440 root root -"));
+        assert!(risky_tmpfiles_rule("d %h/.ssh 0700 root root -"));
+        assert!(risky_tmpfiles_rule("d %S/nixos/x 0700 root root -"));
+        assert!(risky_tmpfiles_rule(
+            "L+ //etc/./profile.d/x.sh - - - - /tmp/x"
+        ));
+        assert!(risky_tmpfiles_rule("z /var/lib/app/tool :4755 root root -"));
+        assert!(risky_tmpfiles_rule("a+ /srv - - - - u:alice:rwx"));
+        assert!(!risky_tmpfiles_rule("d %S/app 0750 app app -"));
+        assert!(!risky_tmpfiles_rule("d /var/lib/%%E 0750 app app -"));
+        assert_eq!(tmpfiles_path("%t/x/%q"), "/run/x/%q");
+    }
 
     #[test]
     fn iptables_ports() {

@@ -130,6 +130,8 @@ fn unit_of(path: &str) -> &str {
 /// One unit of one system, with its drop-ins applied.
 struct Merged {
     directives: UnitFile,
+    /// The same directives with their store paths whole.
+    raw: UnitFile,
     /// Describes why the unit file itself could not be parsed, such as
     /// `links to /dev/null outside the Nix store (masked)`.
     unreadable: Option<String>,
@@ -157,12 +159,16 @@ fn merged(
     let mut found = false;
     let mut unit = Merged {
         directives: UnitFile::default(),
+        raw: UnitFile::default(),
         unreadable: None,
     };
     if let Some(node) = units.get(name) {
         found = true;
         match unit_node_text(node)? {
-            Some(text) => unit.directives.apply(&text),
+            Some(text) => {
+                unit.directives.apply(&text);
+                unit.raw.apply_raw(&text);
+            }
             None => unit.unreadable = Some(describe_unreadable(node)),
         }
     }
@@ -192,7 +198,10 @@ fn merged(
     for (file, path) in chosen {
         let node = &units[path];
         match unit_node_text(node)? {
-            Some(text) => unit.directives.apply(&text),
+            Some(text) => {
+                unit.directives.apply(&text);
+                unit.raw.apply_raw(&text);
+            }
             None => {
                 // systemd applies a drop-in the diff cannot read, so its
                 // settings are unknown here. A drop-in of a shared
@@ -212,6 +221,19 @@ fn merged(
         }
     }
     Ok(found.then_some(unit))
+}
+
+/// Returns the `ExecStart=` values of the unit `name` of a system with
+/// its drop-ins applied, store paths whole: the commands that systemd
+/// runs to start it, in order. A drop-in that resets `ExecStart=` and
+/// names another script replaces the unit file's command.
+pub(super) fn exec_start(
+    units: &BTreeMap<String, Node>,
+    name: &str,
+) -> Result<Vec<String>> {
+    Ok(merged(units, name)?
+        .map(|unit| unit.raw.get("Service", "ExecStart").to_vec())
+        .unwrap_or_default())
 }
 
 /// Lists the aliases of the unit `name`: links at the top of the unit
@@ -621,14 +643,18 @@ fn privileged(assignment: &str) -> bool {
 }
 
 /// Tells whether an `Exec*=` value runs a program outside the Nix store
-/// and outside the system profile, whose content nobody reviewed.
+/// and outside the system profile, whose content nobody reviewed. A
+/// command without a folder counts: systemd looks it up in
+/// `ExecSearchPath=` or its default search path (`/usr/local/bin`,
+/// `/usr/bin`, ...), folders that NixOS leaves alone but for
+/// `/usr/bin/env`.
 fn runs_outside_store(value: &str) -> bool {
     let command = value
         .trim_start_matches(['@', '-', ':', '+', '!', '|'])
         .split_whitespace()
         .next()
         .unwrap_or_default();
-    command.starts_with('/')
+    !command.is_empty()
         && !["/nix/store/", "/run/current-system/", "/run/wrappers/"]
             .iter()
             .any(|prefix| command.starts_with(prefix))
@@ -870,6 +896,16 @@ mod tests {
             "[Service]\nExecStart=/run/current-system/sw/bin/x --flag\n",
         );
         assert_eq!(directive_severity(&profile), Severity::Medium);
+        let bare = change(
+            "[Service]\nExecStart=/nix/store/…-x/bin/x\n",
+            "[Service]\nExecStart=-x --flag\n",
+        );
+        assert_eq!(directive_severity(&bare), Severity::High);
+        let reset = change(
+            "[Service]\nExecStart=/nix/store/…-x/bin/x\n",
+            "[Service]\nExecStart=\n",
+        );
+        assert_eq!(directive_severity(&reset), Severity::Medium);
     }
 
     #[test]
@@ -891,6 +927,7 @@ mod tests {
         }
         Merged {
             directives,
+            raw: UnitFile::default(),
             unreadable: None,
         }
     }

@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use countersign_core::StorePath;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -392,22 +393,34 @@ fn show_flag(flag: Option<bool>) -> &'static str {
     }
 }
 
+/// Lists the users of a system whose uid is 0 in its users data. A
+/// key login as one of them is a root login, whatever the name.
+pub(super) fn uid_zero_users(files: &SystemFiles) -> Result<BTreeSet<String>> {
+    Ok(users_data(files)?
+        .map(|data| {
+            data.users
+                .into_iter()
+                .filter(|(_, user)| user.uid == Some(0))
+                .map(|(name, _)| name)
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
 /// Finds and reads the users data of a system, if it has any.
 fn users_data(files: &SystemFiles) -> Result<Option<UsersData>> {
     if let Some(activate) = files.toplevel_text("activate")? {
         let snippets = activation_snippets(&activate);
         if let Some(users) = snippets.get("users")
-            && let Some(path) = find_reference(users, |name| {
-                name.ends_with("users-groups.json")
-            })
+            && let Some(path) =
+                data_file(users, "update-users-groups", "users-groups.json")
             && let Some(text) = store_file_text(&path, "")?
         {
             return Ok(parse_json(&text));
         }
     }
     if let Some(unit) = files.unit_text("userborn.service")?
-        && let Some(path) =
-            find_reference(&unit, |name| name.ends_with("userborn.json"))
+        && let Some(path) = data_file(&unit, "ExecStart=", "userborn.json")
         && let Some(text) = store_file_text(&path, "")?
     {
         return Ok(parse_json(&text));
@@ -423,6 +436,23 @@ fn users_data(files: &SystemFiles) -> Result<Option<UsersData>> {
         return Ok(Some(parse_sysusers(&sysusers)));
     }
     Ok(None)
+}
+
+/// Finds the users data file, a store path whose name ends with
+/// `suffix`, on the last line of `text` that contains `command` (the
+/// line that passes the file to the program that applies it), with
+/// backslash continuations joined. Another line may name other such
+/// paths, in a comment for example, which the program never reads.
+/// Without such a line, the first such path of `text` is taken.
+fn data_file(text: &str, command: &str, suffix: &str) -> Option<StorePath> {
+    let matches = |name: &str| name.ends_with(suffix);
+    let joined = text.replace("\\\n", " ");
+    joined
+        .lines()
+        .filter(|line| line.contains(command))
+        .filter_map(|line| find_reference(line, matches))
+        .next_back()
+        .or_else(|| find_reference(text, matches))
 }
 
 fn parse_json(text: &str) -> Option<UsersData> {
