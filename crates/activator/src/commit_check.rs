@@ -48,6 +48,17 @@ pub(crate) fn check(
     }
     let tree = tree_line(&object, format)?;
     let submodules = parse_submodules(&evidence.submodules, format)?;
+    // A source that is a symbolic link would make the check read the
+    // folder it points to, which can change after the check.
+    let is_folder = fs::symlink_metadata(source)
+        .is_ok_and(|metadata| metadata.file_type().is_dir());
+    if !is_folder {
+        return Err(format!(
+            "the source {} is not a folder, so it cannot be the tree of \
+             commit {commit}",
+            source.display()
+        ));
+    }
     let computed = format.tree_id(source, "", &submodules)?;
     if hex::encode(&computed) != tree {
         return Err(format!(
@@ -460,6 +471,21 @@ mod tests {
             .insert("modules/sub".into(), "xyz".into());
         let error = check(&source, &commit, &evidence).unwrap_err();
         assert!(error.contains("invalid id"), "{error}");
+    }
+
+    #[test]
+    fn source_link_to_the_tree_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repository(dir.path());
+        let commit = git(&repo, &["rev-parse", "HEAD"]);
+        let source = dir.path().join("source");
+        archive(&repo, &commit, &source);
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&source, &link).unwrap();
+        let evidence = evidence(&repo, &commit);
+        check(&source, &commit, &evidence).unwrap();
+        let error = check(&link, &commit, &evidence).unwrap_err();
+        assert!(error.contains("is not a folder"), "{error}");
     }
 
     #[test]
