@@ -541,6 +541,17 @@ fn variants() -> Vec<(&'static str, Change)> {
         ("preload", |s| {
             s.set_etc("ld-nix.so.preload", "/tmp/evil.so\n")
         }),
+        ("nsswitch", |s| {
+            s.set_etc("nsswitch.conf", "passwd: files evil\n")
+        }),
+        ("dbus-policy", |s| {
+            s.set_etc(
+                "dbus-1/system.d/evil.conf",
+                "<busconfig><policy context=\"default\">\
+                 <allow send_destination=\"*\"/></policy></busconfig>\n",
+            )
+        }),
+        ("login-defs", |s| s.set_etc("login.defs", "UMASK 000\n")),
         ("profile", |s| {
             s.set_etc("profile", "export PATH=/tmp:$PATH\n")
         }),
@@ -1624,6 +1635,15 @@ fn etc_mode_sidecar() {
 #[test]
 fn preload() {
     check("preload", &[(K::PreloadChanged, S::High)], &[]);
+}
+
+#[test]
+fn access_config() {
+    check("nsswitch", &[(K::AccessConfigChanged, S::High)], &[]);
+    let alerts =
+        check("dbus-policy", &[(K::AccessConfigChanged, S::High)], &[]);
+    assert_eq!(alerts[0].subject, "/etc/dbus-1/system.d/evil.conf");
+    check("login-defs", &[(K::AccessConfigChanged, S::Medium)], &[]);
 }
 
 #[test]

@@ -118,6 +118,10 @@ pub enum AlertKind {
     EtcModeChanged,
     /// `/etc/ld-nix.so.preload` changes.
     PreloadChanged,
+    /// A file that decides where accounts come from or who may log in
+    /// or call root's services changes: `nsswitch.conf`, the D-Bus
+    /// system bus policy, `login.defs` or `securetty`.
+    AccessConfigChanged,
     /// Code that every login shell runs (`/etc/profile`, `bashrc`,
     /// `set-environment`, ...) or a systemd generator changes.
     ShellInitChanged,

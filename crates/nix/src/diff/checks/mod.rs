@@ -325,6 +325,35 @@ const OTHER_ETC: &[(&str, AlertKind, Severity)] = &[
         AlertKind::PreloadChanged,
         Severity::High,
     ),
+    // NSS modules listed here supply users, groups and their uids to
+    // every program, so a new module can add a uid 0 account.
+    (
+        "nsswitch.conf",
+        AlertKind::AccessConfigChanged,
+        Severity::High,
+    ),
+    // The system bus policy decides which users may call the methods of
+    // services that run as root.
+    (
+        "dbus-1/system.conf",
+        AlertKind::AccessConfigChanged,
+        Severity::High,
+    ),
+    (
+        "dbus-1/system.d/",
+        AlertKind::AccessConfigChanged,
+        Severity::High,
+    ),
+    (
+        "login.defs",
+        AlertKind::AccessConfigChanged,
+        Severity::Medium,
+    ),
+    (
+        "securetty",
+        AlertKind::AccessConfigChanged,
+        Severity::Medium,
+    ),
     // sudo loads the policy plugin that sudo.conf names, as root, and
     // takes other programs and settings from it.
     ("sudo.conf", AlertKind::SudoConfigChanged, Severity::High),
@@ -415,8 +444,8 @@ const OTHER_ETC: &[(&str, AlertKind, Severity)] = &[
 
 /// Files under `/etc` that no other check reads; severity `Info` in
 /// [`OTHER_ETC`] marks paths that a check of their own covers.
-// NOTE: files outside OTHER_ETC raise nothing, among them some that
-// decide access (nsswitch.conf, dbus-1/system.d/, login.defs).
+// NOTE: files outside OTHER_ETC raise nothing, such as
+// `hosts.allow` or a program's own configuration under `/etc`.
 fn other_etc(ctx: &mut Ctx<'_>) {
     let mut found = Vec::new();
     for change in &ctx.diff.etc {
