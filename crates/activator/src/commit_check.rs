@@ -38,16 +38,17 @@ pub(crate) fn check(
         .map_err(|error| {
             format!("the commit object from the server is not base64: {error}")
         })?;
-    let id = format.object_id("commit", &object)?;
-    if hex::encode(&id) != commit {
+    let id = hex::encode(format.object_id("commit", &object)?);
+    if id != commit {
         return Err(format!(
-            "the commit object from the server hashes to {}, not to the \
-             statement's commit {commit}",
-            hex::encode(&id)
+            "the commit object from the server hashes to {id}, not to the \
+             statement's commit {commit}"
         ));
     }
+
     let tree = tree_line(&object, format)?;
     let submodules = parse_submodules(&evidence.submodules, format)?;
+
     // A source that is a symbolic link would make the check read the
     // folder it points to, which can change after the check.
     let is_folder = fs::symlink_metadata(source)
@@ -59,8 +60,9 @@ pub(crate) fn check(
             source.display()
         ));
     }
-    let computed = format.tree_id(source, "", &submodules)?;
-    if hex::encode(&computed) != tree {
+
+    let computed = hex::encode(format.tree_id(source, "", &submodules)?);
+    if computed != tree {
         return Err(format!(
             "the files of {} are not the tree {tree} of commit {commit} \
              (they hash to {}). Either the server named a commit whose \
@@ -69,7 +71,7 @@ pub(crate) fn check(
              export-subst, eol or a filter), so that Nix copied other \
              files than the tree contains",
             source.display(),
-            hex::encode(&computed)
+            computed
         ));
     }
     Ok(())
@@ -297,6 +299,8 @@ fn parse_submodules(
 mod tests {
     use std::process::Command;
 
+    use std::path::PathBuf;
+
     use super::*;
 
     fn git(dir: &Path, args: &[&str]) -> String {
@@ -316,9 +320,9 @@ mod tests {
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
     }
 
-    /// Creates a repository whose tree has nested folders, names that git sorts
-    /// differently from plain byte order, an executable, an empty file,
-    /// a symbolic link and a submodule.
+    /// Creates a repository whose tree has nested folders, names that
+    /// git sorts differently from plain byte order, an executable, an
+    /// empty file, a symbolic link and a submodule.
     fn repository(dir: &Path) -> PathBuf {
         let sub = dir.join("sub");
         fs::create_dir(&sub).unwrap();
@@ -380,15 +384,39 @@ mod tests {
             .unwrap()
     }
 
-    use std::path::PathBuf;
+    /// A test repository, its head commit and that commit's files as Nix
+    /// copies them.
+    struct Fixture {
+        dir: tempfile::TempDir,
+        repo: PathBuf,
+        commit: String,
+        source: PathBuf,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let repo = repository(dir.path());
+            let commit = git(&repo, &["rev-parse", "HEAD"]);
+            let source = dir.path().join("source");
+            archive(&repo, &commit, &source);
+            Self {
+                dir,
+                repo,
+                commit,
+                source,
+            }
+        }
+    }
 
     #[test]
     fn computed_tree_matches_git() {
-        let dir = tempfile::tempdir().unwrap();
-        let repo = repository(dir.path());
-        let commit = git(&repo, &["rev-parse", "HEAD"]);
-        let source = dir.path().join("source");
-        archive(&repo, &commit, &source);
+        let Fixture {
+            dir: _dir,
+            repo,
+            commit,
+            source,
+        } = Fixture::new();
         let evidence = evidence(&repo, &commit);
         assert_eq!(evidence.submodules.len(), 1, "{evidence:?}");
 
@@ -405,11 +433,12 @@ mod tests {
 
     #[test]
     fn changed_file_is_not_the_tree() {
-        let dir = tempfile::tempdir().unwrap();
-        let repo = repository(dir.path());
-        let commit = git(&repo, &["rev-parse", "HEAD"]);
-        let source = dir.path().join("source");
-        archive(&repo, &commit, &source);
+        let Fixture {
+            dir: _dir,
+            repo,
+            commit,
+            source,
+        } = Fixture::new();
         fs::write(source.join("a/deeper/y"), "changed\n").unwrap();
         let error =
             check(&source, &commit, &evidence(&repo, &commit)).unwrap_err();
@@ -418,11 +447,12 @@ mod tests {
 
     #[test]
     fn mode_change_is_not_the_tree() {
-        let dir = tempfile::tempdir().unwrap();
-        let repo = repository(dir.path());
-        let commit = git(&repo, &["rev-parse", "HEAD"]);
-        let source = dir.path().join("source");
-        archive(&repo, &commit, &source);
+        let Fixture {
+            dir: _dir,
+            repo,
+            commit,
+            source,
+        } = Fixture::new();
         fs::set_permissions(
             source.join("a/x"),
             fs::Permissions::from_mode(0o755),
@@ -455,11 +485,12 @@ mod tests {
 
     #[test]
     fn wrong_submodule_id_is_not_the_tree() {
-        let dir = tempfile::tempdir().unwrap();
-        let repo = repository(dir.path());
-        let commit = git(&repo, &["rev-parse", "HEAD"]);
-        let source = dir.path().join("source");
-        archive(&repo, &commit, &source);
+        let Fixture {
+            dir: _dir,
+            repo,
+            commit,
+            source,
+        } = Fixture::new();
         let mut evidence = evidence(&repo, &commit);
         evidence
             .submodules
@@ -475,11 +506,12 @@ mod tests {
 
     #[test]
     fn source_link_to_the_tree_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let repo = repository(dir.path());
-        let commit = git(&repo, &["rev-parse", "HEAD"]);
-        let source = dir.path().join("source");
-        archive(&repo, &commit, &source);
+        let Fixture {
+            dir,
+            repo,
+            commit,
+            source,
+        } = Fixture::new();
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&source, &link).unwrap();
         let evidence = evidence(&repo, &commit);

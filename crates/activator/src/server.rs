@@ -477,7 +477,7 @@ fn bind_socket(
         .map_err(io_error("create the socket directory", directory))?;
     // The socket is bound, changed and moved through the resolved
     // directory, which only root or this process's user may change.
-    // Nobody else can then swap it for a symlink before the chmod below.
+    // No other user can then swap it for a symlink before the chmod below.
     let directory = &directory
         .canonicalize()
         .map_err(io_error("resolve the socket directory", directory))?;

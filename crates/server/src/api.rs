@@ -98,10 +98,7 @@ async fn login(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<LoginRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let policy = state
-        .policy
-        .current()
-        .map_err(|error| ApiError::policy_unavailable_to_visitor(&error))?;
+    let policy = state.policy.current_for_visitor()?;
     let (approver, issued) = state.auth.login(
         &policy,
         &request.challenge,

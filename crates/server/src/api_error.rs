@@ -69,20 +69,6 @@ impl ApiError {
     }
 }
 
-impl ApiError {
-    /// Logs why the policy cannot be loaded and returns a 503 error for a
-    /// caller who is not signed in yet. The reason names the policy file
-    /// and quotes its content, so it goes to the log only.
-    pub fn policy_unavailable_to_visitor(error: &str) -> Self {
-        tracing::error!(error, "the policy cannot be loaded");
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the server cannot load its approval policy; the administrator \
-             finds the reason in the server log",
-        )
-    }
-}
-
 impl From<DbError> for ApiError {
     fn from(error: DbError) -> Self {
         Self::internal("a database operation", &error)

@@ -292,7 +292,7 @@ pub fn approver_for_signature<'p>(
 }
 
 /// Makes room in `open`, a table of at most `max_open` challenges, for
-/// one more challenge of `client`, and tells whether there is room.
+/// one more challenge of `client`, and returns whether there is room.
 /// `owner` returns a challenge's client and expiry.
 ///
 /// A client that already has [`MAX_CHALLENGES_PER_CLIENT`] open loses

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use countersign_core::{Policy, Sha256Digest};
 
+use crate::api_error::ApiError;
 use crate::auth::Auth;
 use crate::config::ServerConfig;
 use crate::db::Db;
@@ -86,6 +87,21 @@ impl PolicySource {
             host,
             cached: Mutex::new(Some((initial.sha256, Arc::new(initial)))),
         }
+    }
+
+    /// Returns the policy in force now to a caller who is not signed in
+    /// yet. A failure's reason names the policy file and quotes its
+    /// content, so it goes to the log only and the caller gets a 503
+    /// error without it.
+    pub fn current_for_visitor(&self) -> Result<Arc<Policy>, ApiError> {
+        self.current().map_err(|error| {
+            tracing::error!(error, "the policy cannot be loaded");
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "the server cannot load its approval policy; the \
+                 administrator finds the reason in the server log",
+            )
+        })
     }
 
     /// Reads the policy file and returns the policy in force now.

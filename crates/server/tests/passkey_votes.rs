@@ -401,7 +401,7 @@ async fn removed_approver_cookie_ends_for_the_api() {
 /// A policy that cannot be loaded is reported to visitors who are not
 /// signed in without its file name or content, which name the
 /// approvers and their keys. The sign-in page, the enrolment page and
-/// the API's login all answer 503.
+/// the API's login all return 503.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_policy_hidden_from_visitors() {
     let mut harness = Harness::prepare(Options::default());

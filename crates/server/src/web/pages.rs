@@ -259,16 +259,6 @@ fn policy(state: &AppState) -> Result<std::sync::Arc<Policy>, ApiError> {
     })
 }
 
-/// Loads the policy for a visitor who is not signed in yet.
-fn policy_for_visitor(
-    state: &AppState,
-) -> Result<std::sync::Arc<Policy>, ApiError> {
-    state
-        .policy
-        .current()
-        .map_err(|error| ApiError::policy_unavailable_to_visitor(&error))
-}
-
 fn parse_number(text: &str) -> Result<u64, ApiError> {
     text.parse::<u64>()
         .ok()
@@ -798,8 +788,10 @@ async fn sign_in_challenge(
         .web
         .enabled()
         .ok_or_else(|| StatusCode::NOT_FOUND.into_response())?;
-    let policy =
-        policy_for_visitor(&state).map_err(IntoResponse::into_response)?;
+    let policy = state
+        .policy
+        .current_for_visitor()
+        .map_err(IntoResponse::into_response)?;
     let party = passkey::relying_party(&policy)
         .map_err(|error| ApiError::conflict(error).into_response())?;
     let challenge = enabled
@@ -854,8 +846,10 @@ async fn sign_in(
             ));
         }
     }
-    let policy =
-        policy_for_visitor(&state).map_err(IntoResponse::into_response)?;
+    let policy = state
+        .policy
+        .current_for_visitor()
+        .map_err(IntoResponse::into_response)?;
     let approver =
         passkey::approver_of(&policy, &request.assertion.credential_id)
             .map_err(|error| ApiError::forbidden(error).into_response())?;
@@ -945,8 +939,10 @@ async fn enrol_challenge(
     let name = countersign_core::ApproverName::parse(&request.name).map_err(
         |error| ApiError::bad_request(error.to_string()).into_response(),
     )?;
-    let policy =
-        policy_for_visitor(&state).map_err(IntoResponse::into_response)?;
+    let policy = state
+        .policy
+        .current_for_visitor()
+        .map_err(IntoResponse::into_response)?;
     let party = passkey::relying_party(&policy)
         .map_err(|error| ApiError::conflict(error).into_response())?;
     let mut user_id = vec![0u8; 16];
@@ -1005,8 +1001,10 @@ async fn enrol(
         )
         .into_response());
     };
-    let policy =
-        policy_for_visitor(&state).map_err(IntoResponse::into_response)?;
+    let policy = state
+        .policy
+        .current_for_visitor()
+        .map_err(IntoResponse::into_response)?;
     let registered = passkey::register(
         &policy,
         &challenge,

@@ -643,8 +643,8 @@ fn privileged(assignment: &str) -> bool {
 }
 
 /// Tells whether an `Exec*=` value runs a program outside the Nix store
-/// and outside the system profile, whose content nobody reviewed. A
-/// command without a folder counts: systemd looks it up in
+/// and outside the system profile, whose content the diff does not
+/// show. A command without a folder counts, because systemd looks it up in
 /// `ExecSearchPath=` or its default search path (`/usr/local/bin`,
 /// `/usr/bin`, ...), folders that NixOS leaves alone but for
 /// `/usr/bin/env`.
